@@ -1,0 +1,502 @@
+"""ImageEmbedder: a frozen, pretrained network as a scikit-learn transformer, with an HDF5 cache."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import validate_data
+
+from featx.backbones import (
+    POOLINGS,
+    PREPROCESS_MODES,
+    RESIZE_POLICIES,
+    BackboneConfig,
+    Network,
+    get_builder_network,
+    get_network,
+    resolve_backbone,
+)
+from featx.cache import open_cache
+from featx.exceptions import FeatxError, ImageLoadError
+from featx.images import Item, as_items, batched, load_pixels, warn_if_unit_scale
+
+__all__ = ["ImageEmbedder", "EmbeddingReport"]
+
+#: Images larger than this many pixels are refused (decompression-bomb guard); Pillow's limit.
+MAX_PIXELS = 89_478_485
+
+
+@dataclass(eq=False)
+class EmbeddingReport:
+    """What the last ``transform`` did.
+
+    Attributes
+    ----------
+    n_items : int
+        Items received.
+    n_hits : int
+        Items whose embedding came from the cache.
+    n_misses : int
+        Items that were not in the cache (or all items, without a cache).
+    n_embedded : int
+        Distinct items that went through the network (duplicates are computed once).
+    n_failed : int
+        Items that could not be read or decoded.
+    failures : list of (index, source, reason)
+    dropped : list of int
+        Input positions left out of the output (``on_error="skip"``).
+    """
+
+    n_items: int = 0
+    n_hits: int = 0
+    n_misses: int = 0
+    n_embedded: int = 0
+    n_failed: int = 0
+    failures: list[tuple[int, str, str]] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+
+    def _replace_with(self, other: EmbeddingReport) -> None:
+        self.__dict__.update(other.__dict__)
+
+    def summary(self) -> str:
+        """One line: counts of items, hits, newly embedded and failures."""
+        return (
+            f"{self.n_items} items: {self.n_hits} from the cache, {self.n_embedded} embedded, "
+            f"{self.n_failed} failed"
+        )
+
+
+def _is_table(X: Any) -> bool:
+    """True for numeric tabular input (samples x features), which sklearn's validation handles."""
+    import scipy.sparse as sp
+
+    if sp.issparse(X):
+        return True
+    if hasattr(X, "columns") and hasattr(X, "dtypes"):
+        return X.shape[1] != 1 or X.dtypes.iloc[0].kind in "uifcb"
+    if isinstance(X, np.ndarray):
+        return X.ndim == 2 and (X.dtype.kind in "uifcb" or (X.dtype.kind == "O" and X.shape[1] > 1))
+    return False
+
+
+class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Embed images with a frozen, pretrained Keras network; a scikit-learn transformer.
+
+    The network is built on first use and shared by every clone in the process; with ``cache``
+    every embedding is stored in an HDF5 file under a content key, so that nothing is computed
+    twice, across calls, clones, grid-search folds and processes.
+
+    Parameters
+    ----------
+    backbone : str, path, keras.Model or callable, default="mobilenet"
+        A registry name (:func:`featx.list_backbones`), the path of a ``.keras``/``.h5`` model,
+        a ``keras.Model``, or a function ``f(input_shape) -> keras.Model`` that builds a
+        deterministic network for samples of that shape.
+    weights : {"imagenet"}, path or None, default="imagenet"
+        For registry backbones: ImageNet weights, a weights file (without the classifier), or
+        ``None`` for a random initialisation (seeded, so it is the same in every process).
+    layer : str, int or None, default=None
+        Where to cut the network: a layer name or index. ``None`` keeps the layer that feeds
+        the classifier (registry backbones) or the model's own output.
+    pooling : {"avg", "max", "flatten", "none"}, default="avg"
+        How a spatial feature map becomes a vector; ignored when the cut layer is already flat.
+    input_size : int, (height, width) or None, default=None
+        The size images are resized to; ``None`` uses the backbone's native size.
+    resize : {"resize", "center_crop"}, default="resize"
+        Plain resize (the aspect ratio is not kept), or a centre crop to the target aspect ratio
+        followed by a resize.
+    preprocess : {"auto", "none", "scale", "tf", "caffe", "torch"} or callable, default="auto"
+        ``"auto"`` applies the registry backbone's own ``preprocess_input`` and nothing for a
+        user's model; ``"scale"`` divides by 255; the others are Keras's ImageNet modes.
+    batch_size : int, default=32
+        Images per network call.
+    cache : str, path or None, default=None
+        An HDF5 file to keep embeddings in (created when missing).
+    on_error : {"raise", "skip", "nan"}, default="raise"
+        What a bad image does: ``"raise"`` embeds the rest (and caches it), then raises one error
+        listing every failure; ``"skip"`` leaves the item's row out; ``"nan"`` returns a row of NaN.
+    n_workers : int or None, default=None
+        Threads that read and decode images while the network runs; ``None``: up to 4.
+    verbose : bool, default=False
+        Show a progress bar.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of features, only for tabular (non-image) input.
+    report_ : EmbeddingReport
+        What the last ``transform`` did: cache hits, images embedded, failures.
+
+    Examples
+    --------
+    >>> import numpy as np, keras
+    >>> def tiny(shape):
+    ...     inp = keras.Input(shape)
+    ...     out = keras.layers.Conv2D(4, 3, kernel_initializer="ones")(inp)
+    ...     return keras.Model(inp, out)
+    >>> emb = ImageEmbedder(tiny, input_size=16)
+    >>> images = np.zeros((3, 20, 20), np.uint8)
+    >>> emb.fit_transform(images).shape
+    (3, 4)
+    >>> emb.get_feature_names_out()[:2].tolist()
+    ['imageembedder0', 'imageembedder1']
+    """
+
+    _parameter_constraints: dict = {
+        "backbone": [str, os.PathLike, callable, HasMethods(["get_layer"])],
+        "weights": [StrOptions({"imagenet"}), str, os.PathLike, None],
+        "layer": [str, Interval(Integral, None, None, closed="neither"), None],
+        "pooling": [StrOptions(set(POOLINGS)), None],
+        "input_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
+        "resize": [StrOptions(set(RESIZE_POLICIES))],
+        "preprocess": [StrOptions(set(PREPROCESS_MODES)), callable],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "cache": [str, os.PathLike, None],
+        "on_error": [StrOptions({"raise", "skip", "nan"})],
+        "n_workers": [Interval(Integral, 1, None, closed="left"), None],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone: Any = "mobilenet",
+        *,
+        weights: Any = "imagenet",
+        layer: str | int | None = None,
+        pooling: str | None = "avg",
+        input_size: Any = None,
+        resize: str = "resize",
+        preprocess: Any = "auto",
+        batch_size: int = 32,
+        cache: str | os.PathLike[str] | None = None,
+        on_error: str = "raise",
+        n_workers: int | None = None,
+        verbose: bool = False,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.input_size = input_size
+        self.resize = resize
+        self.preprocess = preprocess
+        self.batch_size = batch_size
+        self.cache = cache
+        self.on_error = on_error
+        self.n_workers = n_workers
+        self.verbose = verbose
+
+    # ---- scikit-learn protocol ------------------------------------------------------------------
+
+    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False  # a frozen network learns nothing from the data
+        tags.input_tags.string = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any = None) -> ImageEmbedder:
+        """Check the parameters and the input; the frozen network learns nothing.
+
+        Parameters
+        ----------
+        X : images or (n_samples, n_features) array
+        y : ignored
+
+        Returns
+        -------
+        self : ImageEmbedder
+        """
+        self.config_ = self._config()
+        if _is_table(X):
+            validate_data(self, X, dtype=np.float32, reset=True)
+        else:
+            as_items(X)  # fail early on input that is not a collection of images
+        self.report_ = EmbeddingReport()
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Embed ``X``: one float32 row per item, in input order.
+
+        Parameters
+        ----------
+        X : sequence of paths, bytes or PIL images; pandas Series or one-column DataFrame of
+            paths; array of shape (N, H, W), (N, H, W, 1) or (N, H, W, 3); or, for a non-image
+            network, an array of shape (n_samples, n_features).
+
+        Returns
+        -------
+        embeddings : ndarray of float32, shape (n_items, width)
+            With ``on_error="skip"`` the failed items' rows are left out (see ``report_.dropped``).
+        """
+        config = self._config()
+        if _is_table(X):
+            X = validate_data(self, X, dtype=np.float32, reset=not hasattr(self, "n_features_in_"))
+            items, kind = as_items(X)
+            sample_shape: tuple[int, ...] | None = (X.shape[1],)
+        else:
+            warn_if_unit_scale(X)
+            items, kind = as_items(X)
+            sample_shape = None
+        report = EmbeddingReport(n_items=len(items))
+        out, failed = self._embed_items(config, items, kind, sample_shape, report)
+        if not hasattr(self, "report_"):
+            self.report_ = EmbeddingReport()
+        self.report_._replace_with(report)
+        if failed:
+            return self._apply_error_policy(out, failed, report)
+        return out
+
+    def _apply_error_policy(
+        self, out: np.ndarray, failed: list[ImageLoadError], report: EmbeddingReport
+    ) -> np.ndarray:
+        if self.on_error == "raise":
+            lines = "; ".join(str(e) for e in failed[:10])
+            more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
+            raise ImageLoadError(
+                f"{len(failed)} of {report.n_items} items",
+                f"could not be loaded: {lines}{more}. The other items were embedded"
+                + (" and cached" if self.cache else "")
+                + "; pass on_error='skip' to leave the bad ones out or on_error='nan' for NaN rows.",
+            )
+        bad = sorted(e.index for e in failed if e.index is not None)
+        if self.on_error == "nan":
+            out[bad] = np.nan
+            return out
+        report.dropped = bad
+        self.report_.dropped = list(bad)
+        warnings.warn(
+            f"ImageEmbedder skipped {len(bad)} of {report.n_items} items that could not be "
+            f"loaded (positions {bad[:10]}); see .report_.failures for the reasons.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return np.delete(out, bad, axis=0)
+
+    # ---- the embedding pipeline ---------------------------------------------------------------
+
+    def _config(self) -> BackboneConfig:
+        return resolve_backbone(
+            self.backbone, weights=self.weights, layer=self.layer, pooling=self.pooling,
+            input_size=self.input_size, resize=self.resize, preprocess=self.preprocess,
+        )
+
+    def _network(self, config: BackboneConfig, kind: str, sample_shape: Any) -> Network:
+        if config.kind == "builder":
+            if sample_shape is None:
+                if config.input_size is None:
+                    raise FeatxError(
+                        "a backbone function needs input_size=(height, width) to build an image "
+                        "network; pass input_size."
+                    )
+                sample_shape = (*config.input_size, 3)
+            network = get_builder_network(config, tuple(sample_shape))
+        else:
+            network = get_network(config)
+        if kind == "vectors" and network.is_image:
+            raise ValueError(
+                f"got a 2-D array of feature vectors, but {config.label} takes images of shape "
+                f"{network.sample_shape}. Pass image paths or an (N, H, W[, C]) image array."
+            )
+        if kind == "images" and not network.is_image:
+            raise ValueError(
+                f"got images, but the network takes vectors of shape {network.sample_shape}. "
+                "Pass a 2-D (n_samples, n_features) array."
+            )
+        return network
+
+    @property
+    def _n_features_out(self) -> int:
+        config = self._config()
+        if config.kind == "registry" and config.layer is None and config.pooling in ("avg", "max"):
+            return config.source.width
+        shape = (self.n_features_in_,) if hasattr(self, "n_features_in_") else None
+        kind = "vectors" if shape is not None else "images"
+        return self._network(config, kind, shape).width
+
+    def _embed_items(
+        self,
+        config: BackboneConfig,
+        items: list[Item],
+        kind: str,
+        sample_shape: tuple[int, ...] | None,
+        report: EmbeddingReport,
+    ) -> tuple[np.ndarray, list[ImageLoadError]]:
+        n = len(items)
+        failed: list[ImageLoadError] = []
+        cache = open_cache(self.cache) if self.cache is not None else None
+        fingerprint = config.fingerprint
+        if config.kind == "builder":
+            fingerprint = f"{fingerprint}-{'x'.join(map(str, sample_shape or ()))}"
+        pool = ThreadPoolExecutor(self.n_workers or min(4, os.cpu_count() or 1))
+        try:
+            # 1. Content keys (only needed with a cache: they read every file once).
+            keys: list[str | None] = [None] * n
+            if cache is not None:
+                for i, result in enumerate(pool.map(_safe_key, items)):
+                    if isinstance(result, ImageLoadError):
+                        result.index = i
+                        failed.append(result)
+                    else:
+                        keys[i] = result
+            # 2. Cache lookups.
+            found = np.zeros(n, dtype=bool)
+            hit_vectors = np.zeros((0, 0), np.float32)
+            if cache is not None:
+                known = [i for i in range(n) if keys[i] is not None]
+                hit_mask, hit_vectors = cache.lookup(fingerprint, [keys[i] for i in known])
+                found[np.asarray(known, dtype=np.int64)[hit_mask]] = True
+            report.n_hits = int(found.sum())
+            failed_idx = {e.index for e in failed}
+            todo = [i for i in range(n) if not found[i] and i not in failed_idx]
+            report.n_misses = len(todo)
+            # 3. Duplicates are computed once: the first position with a key stands for the rest.
+            first_of: dict[str, int] = {}
+            unique: list[int] = []
+            for i in todo:
+                k = keys[i]
+                if k is None or k not in first_of:
+                    if k is not None:
+                        first_of[k] = i
+                    unique.append(i)
+            width = hit_vectors.shape[1] if hit_vectors.size else None
+            rows: dict[int, np.ndarray] = {}
+            if unique:
+                network = self._network(config, kind, sample_shape)
+                width = network.width
+                for positions, vectors in self._run_network(network, items, unique, pool, failed):
+                    for p, v in zip(positions, vectors, strict=True):
+                        rows[p] = v
+                    if cache is not None and positions:
+                        cache.append(
+                            fingerprint, [keys[p] for p in positions], vectors,  # type: ignore[misc]
+                            [items[p].name for p in positions],
+                            fields=config.fingerprint_fields, label=config.label,
+                        )
+                report.n_embedded = len(rows)
+            if width is None:
+                width = self._n_features_out if n == 0 or failed else hit_vectors.shape[1]
+            out = np.full((n, width), np.nan, dtype=np.float32)
+            if found.any():
+                out[found] = hit_vectors
+            for i in todo:
+                k = keys[i]
+                src = first_of.get(k, i) if k is not None else i
+                if src in rows:
+                    out[i] = rows[src]
+            # Duplicates of an item that failed fail too.
+            bad_first = {e.index for e in failed}
+            for i in todo:
+                k = keys[i]
+                if k is not None and first_of.get(k, i) in bad_first and i not in bad_first:
+                    failed.append(ImageLoadError(items[i].name, "same content as a failed item", i))
+        finally:
+            pool.shutdown(wait=True)
+        failed.sort(key=lambda e: e.index if e.index is not None else -1)
+        report.n_failed = len(failed)
+        report.failures = [(int(e.index or 0), e.source, e.reason) for e in failed]
+        return out, failed
+
+    def _run_network(
+        self,
+        network: Network,
+        items: list[Item],
+        positions: list[int],
+        pool: ThreadPoolExecutor,
+        failed: list[ImageLoadError],
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Decode batches in worker threads, one batch ahead of the network; yield embeddings."""
+        loader = self._loader(network)
+        progress = _progress(len(positions), self.verbose)
+        batches = iter(batched(positions, self.batch_size))
+        ahead: deque[tuple[Sequence[int], list[Future[Any]]]] = deque()
+
+        def submit() -> None:
+            batch = next(batches, None)
+            if batch is not None:
+                ahead.append((batch, [pool.submit(loader, items[p]) for p in batch]))
+
+        submit()
+        submit()
+        try:
+            while ahead:
+                batch, futures = ahead.popleft()
+                submit()
+                ok: list[int] = []
+                pixels: list[np.ndarray] = []
+                for p, fut in zip(batch, futures, strict=True):
+                    try:
+                        pixels.append(fut.result())
+                        ok.append(p)
+                    except ImageLoadError as exc:
+                        exc.index = p
+                        failed.append(exc)
+                if ok:
+                    x = network.preprocess(np.stack(pixels))
+                    yield ok, network.embed(x)
+                progress(len(batch))
+        finally:
+            for _, futures in ahead:
+                for fut in futures:
+                    fut.cancel()
+            progress(None)
+
+    def _loader(self, network: Network) -> Callable[[Item], np.ndarray]:
+        if not network.is_image:
+            shape = network.sample_shape
+
+            def load_vector(item: Item) -> np.ndarray:
+                v = np.asarray(item.value, dtype=np.float32)
+                if v.shape != shape:
+                    raise ImageLoadError(item.name, f"expected shape {shape}; got {v.shape}")
+                return v
+
+            return load_vector
+        size = network.sample_shape[:2]
+        channels = network.channels
+
+        def load_image(item: Item) -> np.ndarray:
+            return load_pixels(
+                item, (size[0], size[1]), channels=channels, resize=self.resize,
+                max_pixels=MAX_PIXELS,
+            )
+
+        return load_image
+
+
+def _safe_key(item: Item) -> str | ImageLoadError:
+    try:
+        return item.key()
+    except ImageLoadError as exc:
+        return exc
+
+
+def _progress(total: int, verbose: bool) -> Callable[[int | None], None]:
+    """A progress callback: ``step(k)`` advances by k items, ``step(None)`` closes."""
+    if not verbose or total == 0:
+        return lambda k: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="img", desc="embedding", leave=False)
+
+    def step(k: int | None) -> None:
+        if k is None:
+            bar.close()
+        else:
+            bar.update(k)
+
+    return step

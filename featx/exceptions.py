@@ -1,0 +1,48 @@
+"""Exceptions raised by featx. Each says what was received, what was expected and how to fix it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "FeatxError",
+    "UnknownBackboneError",
+    "WeightsNotFoundError",
+    "ImageLoadError",
+    "CacheError",
+]
+
+
+class FeatxError(Exception):
+    """Base class of every error featx raises on purpose."""
+
+
+class UnknownBackboneError(FeatxError, ValueError):
+    """A backbone name that is not in the registry, or a cut layer the model does not have."""
+
+
+class WeightsNotFoundError(FeatxError, FileNotFoundError):
+    """Pretrained weights are neither installed nor downloadable."""
+
+
+class ImageLoadError(FeatxError, ValueError):
+    """An image could not be read, decoded or converted.
+
+    Attributes
+    ----------
+    index : int or None
+        Position of the item in the input.
+    source : str
+        A printable name of the item (its path, or a description).
+    reason : str
+        What went wrong.
+    """
+
+    def __init__(self, source: str, reason: str, index: int | None = None):
+        self.source = source
+        self.reason = reason
+        self.index = index
+        where = f"item {index} ({source})" if index is not None else source
+        super().__init__(f"{where}: {reason}")
+
+
+class CacheError(FeatxError, OSError):
+    """The embedding cache file cannot be used as it is."""

@@ -1,0 +1,409 @@
+"""Image sources: naming, hashing, decoding and resizing them; listing folders and CSV files.
+
+An input ``X`` (paths, bytes, PIL images, arrays, a pandas column) becomes a list of
+:class:`Item` objects with :func:`as_items`. Each item can say what it is (``name``), give the
+bytes its cache key is made of (:meth:`Item.key`), and decode itself into a resized pixel array
+(:func:`load_pixels`). Errors on one item are raised as :class:`~featx.exceptions.ImageLoadError`
+naming the item, so that the caller can apply its ``on_error`` policy item by item.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from featx.exceptions import FeatxError, ImageLoadError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Item",
+    "as_items",
+    "load_pixels",
+    "load_image_folder",
+    "load_image_csv",
+    "batched",
+]
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Item:
+    """One input sample: a file path, encoded bytes, a PIL image or an array."""
+
+    kind: str  # "path" | "bytes" | "pil" | "array"
+    value: Any
+    name: str
+
+    def key(self) -> str:
+        """The content hash the cache stores this item under (sha256, hex)."""
+        h = hashlib.sha256()
+        if self.kind == "path":
+            try:
+                with open(self.value, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            except OSError as exc:
+                raise ImageLoadError(self.name, _os_reason(exc)) from None
+        elif self.kind == "bytes":
+            h.update(self.value)
+        elif self.kind == "pil":
+            img = self.value
+            h.update(f"pil:{img.mode}:{img.size}".encode())
+            h.update(img.tobytes())
+        else:
+            arr = np.ascontiguousarray(self.value)
+            h.update(f"array:{arr.dtype.str}:{arr.shape}".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not an image file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def as_items(X: Any) -> tuple[list[Item], str]:
+    """Split an input into items and say what kind of input it was.
+
+    Returns
+    -------
+    items : list of Item
+    kind : {"images", "vectors"}
+        ``"vectors"`` for a 2-D numeric array (samples x features, for non-image models).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> items, kind = as_items(np.zeros((2, 8, 8), np.uint8))
+    >>> len(items), kind, items[0].name
+    (2, 'images', 'array[0]')
+    """
+    if isinstance(X, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"expected a collection of images (a list of paths, an array, ...); got a single "
+            f"{type(X).__name__}. Wrap it in a list: [{X!r}]."
+        )
+    if hasattr(X, "iloc") and hasattr(X, "columns"):  # DataFrame
+        if X.shape[1] != 1:
+            raise ValueError(
+                f"expected a one-column DataFrame of image paths; got {X.shape[1]} columns "
+                f"({list(X.columns)[:5]}). Select the column: X[['path']]."
+            )
+        X = X.iloc[:, 0]
+    if hasattr(X, "iloc"):  # Series
+        X = X.to_numpy()
+    if isinstance(X, np.ndarray) and X.dtype.kind not in "OUS":
+        return _array_items(X)
+    if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[1] == 1:
+        X = X[:, 0]
+    if isinstance(X, Image.Image):
+        raise TypeError("expected a collection of images; got one PIL image. Pass [image].")
+    if not isinstance(X, (Sequence, np.ndarray)) and not hasattr(X, "__iter__"):
+        raise TypeError(
+            f"expected images as paths, bytes, PIL images or an array; got {type(X).__name__}."
+        )
+    items = [_one_item(i, x) for i, x in enumerate(X)]
+    return items, "images"
+
+
+def _array_items(X: np.ndarray) -> tuple[list[Item], str]:
+    if X.dtype.kind == "c":
+        raise ValueError(f"complex data is not supported; got an array of dtype {X.dtype}.")
+    if X.dtype.kind not in "uifb":
+        raise ValueError(f"expected a numeric array; got dtype {X.dtype}.")
+    if X.ndim == 2:
+        return [Item("array", X[i], f"row[{i}]") for i in range(len(X))], "vectors"
+    if X.ndim == 3 or (X.ndim == 4 and X.shape[-1] in (1, 3, 4)):
+        return [Item("array", X[i], f"array[{i}]") for i in range(len(X))], "images"
+    raise ValueError(
+        f"expected an image array of shape (N, H, W), (N, H, W, 1) or (N, H, W, 3), or a 2-D "
+        f"array (N, features) for a non-image model; got shape {X.shape}."
+    )
+
+
+def _one_item(i: int, x: Any) -> Item:
+    if isinstance(x, (str, os.PathLike)):
+        return Item("path", os.fspath(x), os.fspath(x))
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return Item("bytes", bytes(x), f"bytes[{i}]")
+    if isinstance(x, Image.Image):
+        return Item("pil", x, f"pil[{i}]")
+    if isinstance(x, np.ndarray) and x.dtype.kind in "uif":
+        return Item("array", x, f"array[{i}]")
+    raise TypeError(
+        f"item {i} is a {type(x).__name__}; expected a path (str or pathlib.Path), encoded "
+        "image bytes, a PIL image or a numeric array."
+    )
+
+
+def load_pixels(
+    item: Item,
+    size: tuple[int, int],
+    *,
+    channels: int = 3,
+    resize: str = "resize",
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Decode ``item`` and resize it to ``size`` = (height, width).
+
+    Returns a float32 array of shape ``(height, width, channels)`` on the 0-255 scale. Raises
+    :class:`ImageLoadError` naming the item when it cannot be read or decoded.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> item = Item("array", np.full((10, 20), 255, np.uint8), "grey")
+    >>> load_pixels(item, (4, 4)).shape
+    (4, 4, 3)
+    """
+    if item.kind == "array":
+        return _array_pixels(item, size, channels, resize)
+    try:
+        if item.kind == "pil":
+            img = item.value
+        else:
+            src = item.value if item.kind == "path" else io.BytesIO(item.value)
+            img = Image.open(src)
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageLoadError(
+                    item.name,
+                    f"image is {img.width}x{img.height} pixels, over the limit of {max_pixels}",
+                )
+            if img.format == "JPEG":
+                # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: big photos get cheap.
+                img.draft("RGB", (size[1], size[0]))
+            img = ImageOps.exif_transpose(img)
+        return _pil_pixels(img, size, channels, resize)
+    except ImageLoadError:
+        raise
+    except FileNotFoundError:
+        raise ImageLoadError(item.name, "file not found") from None
+    except OSError as exc:
+        reason = str(exc) or type(exc).__name__
+        if "cannot identify image file" in reason:
+            reason = "not an image file Pillow can read (unknown or damaged format)"
+        raise ImageLoadError(item.name, reason) from None
+    except (ValueError, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(item.name, str(exc)) from None
+
+
+def _pil_pixels(img: Image.Image, size: tuple[int, int], channels: int, resize: str) -> np.ndarray:
+    mode = "L" if channels == 1 else "RGB"
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite transparent pixels onto white rather than whatever colour they hide.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8))
+    if img.mode != mode:
+        img = img.convert(mode)
+    if resize == "center_crop":
+        img = _center_crop(img, size)
+    if img.size != (size[1], size[0]):
+        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    target = size[1] / size[0]  # width / height
+    w, h = img.size
+    if w / h > target:
+        new_w = max(1, round(h * target))
+        left = (w - new_w) // 2
+        return img.crop((left, 0, left + new_w, h))
+    new_h = max(1, round(w / target))
+    top = (h - new_h) // 2
+    return img.crop((0, top, w, top + new_h))
+
+
+def _array_pixels(item: Item, size: tuple[int, int], channels: int, resize: str) -> np.ndarray:
+    arr = np.asarray(item.value)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3)):
+        raise ImageLoadError(
+            item.name, f"expected an image of shape (H, W), (H, W, 1) or (H, W, 3); got {arr.shape}"
+        )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ImageLoadError(item.name, "the array holds NaN or infinite values")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype == np.uint8:
+        img = Image.fromarray(arr)
+        return _pil_pixels(img, size, channels, resize)
+    # Other dtypes keep their values (0-255 scale): resize each channel as a float image.
+    arr = arr.astype(np.float32)
+    planes = [arr] if arr.ndim == 2 else [arr[..., c] for c in range(arr.shape[-1])]
+    out = []
+    for plane in planes:
+        img = Image.fromarray(plane, mode="F")
+        if resize == "center_crop":
+            img = _center_crop(img, size)
+        if img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        out.append(np.asarray(img, dtype=np.float32))
+    pixels = np.stack(out, axis=-1)
+    if channels == 3 and pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    elif channels == 1 and pixels.shape[-1] == 3:
+        pixels = (pixels @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    return pixels
+
+
+def warn_if_unit_scale(X: Any) -> None:
+    """Warn when a float image array looks like it holds [0, 1] values (featx expects 0-255)."""
+    if isinstance(X, np.ndarray) and X.dtype.kind == "f" and X.ndim >= 3 and X.size:
+        finite = X[np.isfinite(X)]
+        if finite.size and finite.max() <= 1.0 and finite.min() >= 0.0:
+            warnings.warn(
+                "the float image array holds values in [0, 1]; featx reads float images on the "
+                "0-255 scale (as keras.applications preprocess_input does). Multiply by 255 if "
+                "these are normalised pixels.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def batched(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Yield consecutive slices of ``seq`` of at most ``size`` items; they concatenate to ``seq``.
+
+    Examples
+    --------
+    >>> [list(b) for b in batched(range(5), 2)]
+    [[0, 1], [2, 3], [4]]
+    """
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1; got {size}.")
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def load_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """List a folder laid out with one sub-folder per class.
+
+    Classes are the sub-folder names in alphanumeric order and labels are their indices, as
+    ``keras.utils.image_dataset_from_directory`` reads such a folder. Files are listed in sorted
+    order; files whose extension is not an image extension are ignored.
+
+    Parameters
+    ----------
+    root : path
+        The folder, e.g. ``chest_xray/train`` holding ``NORMAL/`` and ``PNEUMONIA/``.
+    extensions : sequence of str
+        File extensions (lower case, with the dot) counted as images.
+
+    Returns
+    -------
+    paths : list of str
+    labels : ndarray of int, shape (n_images,)
+    class_names : list of str
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for c in ("cat", "dog"):
+    ...     (root / c).mkdir()
+    ...     (root / c / "a.png").write_bytes(b"")
+    >>> paths, y, classes = load_image_folder(root)
+    >>> classes, y.tolist()
+    (['cat', 'dog'], [0, 1])
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise FeatxError(f"image folder {str(base)!r} does not exist or is not a folder.")
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise FeatxError(
+            f"image folder {str(base)!r} has no sub-folders; expected one sub-folder per class "
+            "(e.g. train/cat/*.jpg, train/dog/*.jpg)."
+        )
+    exts = {e.lower() for e in extensions}
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, cls in enumerate(classes):
+        for f in sorted((base / cls).rglob("*")):
+            if f.is_file() and f.suffix.lower() in exts:
+                paths.append(str(f))
+                labels.append(label)
+    if not paths:
+        raise FeatxError(
+            f"image folder {str(base)!r} has class folders {classes[:5]} but no image files "
+            f"with extensions {sorted(exts)}."
+        )
+    return paths, np.asarray(labels, dtype=np.int64), classes
+
+
+def load_image_csv(
+    csv_path: str | os.PathLike[str],
+    *,
+    path_column: str = "path",
+    label_column: str | None = "label",
+) -> tuple[list[str], np.ndarray | None, list[str]]:
+    """Read image paths and labels from a CSV file with a header row.
+
+    Relative paths are taken relative to the CSV file's folder. Labels are encoded as indices
+    into the sorted class names.
+
+    Returns
+    -------
+    paths : list of str
+    labels : ndarray of int or None
+        ``None`` when ``label_column`` is None.
+    class_names : list of str
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "list.csv").write_text("path,label\\na.jpg,dog\\nb.jpg,cat\\n")
+    >>> paths, y, classes = load_image_csv(d / "list.csv")
+    >>> [pathlib.Path(p).name for p in paths], y.tolist(), classes
+    (['a.jpg', 'b.jpg'], [1, 0], ['cat', 'dog'])
+    """
+    file = Path(csv_path)
+    if not file.is_file():
+        raise FeatxError(f"CSV file {str(file)!r} does not exist.")
+    with open(file, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        wanted = [path_column] + ([label_column] if label_column else [])
+        missing = [c for c in wanted if c not in columns]
+        if missing:
+            raise FeatxError(
+                f"CSV file {str(file)!r} has no column {missing[0]!r}; its columns are "
+                f"{columns}. Pass path_column=/label_column= to name yours."
+            )
+        rows = list(reader)
+    paths = [str((file.parent / r[path_column]).resolve()) if not os.path.isabs(r[path_column])
+             else r[path_column] for r in rows]
+    if not label_column:
+        return paths, None, []
+    raw = [r[label_column] for r in rows]
+    classes = sorted(set(raw))
+    index = {c: i for i, c in enumerate(classes)}
+    return paths, np.asarray([index[v] for v in raw], dtype=np.int64), classes
