@@ -1,4 +1,4 @@
-"""The backbone registry, and turning a backbone description into a frozen, compiled feature network.
+"""The backbone registry; turning a backbone description into a frozen, compiled network.
 
 A backbone is described by plain values (a registry name, a model path, a ``keras.Model`` or a
 builder function; weights; cut layer; pooling; input size; preprocessing). :func:`resolve_backbone`

@@ -12,7 +12,12 @@ from numbers import Integral
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
@@ -198,7 +203,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
     # ---- scikit-learn protocol ------------------------------------------------------------------
 
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+    def __sklearn_tags__(self):  # type: ignore[no-untyped-def,unused-ignore]
         tags = super().__sklearn_tags__()
         tags.requires_fit = False  # a frozen network learns nothing from the data
         tags.input_tags.string = True
@@ -271,7 +276,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 f"{len(failed)} of {report.n_items} items",
                 f"could not be loaded: {lines}{more}. The other items were embedded"
                 + (" and cached" if self.cache else "")
-                + "; pass on_error='skip' to leave the bad ones out or on_error='nan' for NaN rows.",
+                + "; pass on_error='skip' to leave the bad ones out, or on_error='nan' for "
+                "NaN rows.",
             )
         bad = sorted(e.index for e in failed if e.index is not None)
         if self.on_error == "nan":
@@ -358,7 +364,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             hit_vectors = np.zeros((0, 0), np.float32)
             if cache is not None:
                 known = [i for i in range(n) if keys[i] is not None]
-                hit_mask, hit_vectors = cache.lookup(fingerprint, [keys[i] for i in known])
+                hit_mask, hit_vectors = cache.lookup(fingerprint, [str(keys[i]) for i in known])
                 found[np.asarray(known, dtype=np.int64)[hit_mask]] = True
             report.n_hits = int(found.sum())
             failed_idx = {e.index for e in failed}
@@ -383,7 +389,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                         rows[p] = v
                     if cache is not None and positions:
                         cache.append(
-                            fingerprint, [keys[p] for p in positions], vectors,  # type: ignore[misc]
+                            fingerprint, [str(keys[p]) for p in positions], vectors,
                             [items[p].name for p in positions],
                             fields=config.fingerprint_fields, label=config.label,
                         )

