@@ -150,9 +150,9 @@ def get_backbone(name: str) -> BackboneSpec:
     if key.replace("_", "") in compact:
         return BACKBONES[compact[key.replace("_", "")]]
     close = difflib.get_close_matches(key, list(BACKBONES), n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
     raise UnknownBackboneError(
-        f"backbone {name!r} is not known.{hint} Known: {', '.join(list_backbones())}. "
+        f"backbone {name!r} is not known{hint} Known: {', '.join(list_backbones())}. "
         "A path to your own .keras/.h5 model or a keras.Model works too."
     )
 
@@ -530,8 +530,14 @@ def get_builder_network(config: BackboneConfig, sample_shape: tuple[int, ...]) -
     with _NETWORKS_LOCK:
         net = _NETWORKS.get(key)
         if net is None:
-            with _seeded():
-                model = config.source(sample_shape)
+            try:
+                with _seeded():
+                    model = config.source(sample_shape)
+            except Exception as exc:
+                raise FeatxError(
+                    f"the backbone function {config.name} could not build a network for samples "
+                    f"of shape {sample_shape}: {exc}"
+                ) from exc
             if not _is_keras_model(model):
                 raise FeatxError(
                     f"the backbone function {config.name} returned {type(model).__name__}; "
@@ -636,9 +642,9 @@ def _cut(model: Any, layer: str | int | None) -> Any:
     else:
         if layer not in names:
             close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
-            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
             raise UnknownBackboneError(
-                f"layer {layer!r} is not in model {model.name!r}.{hint} "
+                f"layer {layer!r} is not in model {model.name!r}{hint} "
                 f"Its last layers are: {', '.join(names[-8:])}."
             )
         target = model.get_layer(layer)

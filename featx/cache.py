@@ -80,6 +80,7 @@ class EmbeddingCache:
     >>> import numpy as np, tempfile, os
     >>> cache = EmbeddingCache(os.path.join(tempfile.mkdtemp(), "emb.h5"))
     >>> cache.append("fp0", ["a" * 64], np.ones((1, 3), np.float32), ["x.png"])
+    1
     >>> found, vectors = cache.lookup("fp0", ["a" * 64, "b" * 64])
     >>> found.tolist(), vectors.shape
     ([True, False], (1, 3))

@@ -81,6 +81,16 @@ class EmbeddingReport:
         )
 
 
+def _as_input(X: Any) -> Any:
+    """Turn array-likes that are not arrays, lists or pandas objects into arrays."""
+    if hasattr(X, "__array__") and not isinstance(X, (np.ndarray, list, tuple)):
+        if not hasattr(X, "iloc") and not hasattr(X, "tocsr"):
+            return np.asarray(X)
+    if isinstance(X, (list, tuple)) and X and isinstance(X[0], (list, tuple)):
+        return np.asarray(X)  # rows of numbers
+    return X
+
+
 def _is_table(X: Any) -> bool:
     """True for numeric tabular input (samples x features), which sklearn's validation handles."""
     import scipy.sparse as sp
@@ -227,6 +237,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self : ImageEmbedder
         """
         self.config_ = self._config()
+        X = _as_input(X)
         if _is_table(X):
             validate_data(self, X, dtype=np.float32, reset=True)
         else:
@@ -249,6 +260,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             With ``on_error="skip"`` the failed items' rows are left out (see ``report_.dropped``).
         """
         config = self._config()
+        X = _as_input(X)
         if _is_table(X):
             X = validate_data(self, X, dtype=np.float32, reset=not hasattr(self, "n_features_in_"))
             items, kind = as_items(X)

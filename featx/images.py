@@ -129,6 +129,12 @@ def _array_items(X: np.ndarray) -> tuple[list[Item], str]:
         raise ValueError(f"expected a numeric array; got dtype {X.dtype}.")
     if X.ndim == 2:
         return [Item("array", X[i], f"row[{i}]") for i in range(len(X))], "vectors"
+    if X.ndim < 2:
+        raise ValueError(
+            f"expected a 2-D array of samples or an array of images; got a {X.ndim}-D array of "
+            f"shape {X.shape}. Reshape your data: X.reshape(1, -1) for one sample of features, "
+            "or X.reshape(-1, 1) for one feature."
+        )
     if X.ndim == 3 or (X.ndim == 4 and X.shape[-1] in (1, 3, 4)):
         return [Item("array", X[i], f"array[{i}]") for i in range(len(X))], "images"
     raise ValueError(
@@ -179,16 +185,17 @@ def load_pixels(
             img = item.value
         else:
             src = item.value if item.kind == "path" else io.BytesIO(item.value)
-            img = Image.open(src)
-            if max_pixels is not None and img.width * img.height > max_pixels:
-                raise ImageLoadError(
-                    item.name,
-                    f"image is {img.width}x{img.height} pixels, over the limit of {max_pixels}",
-                )
-            if img.format == "JPEG":
-                # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: big photos get cheap.
-                img.draft("RGB", (size[1], size[0]))
-            img = ImageOps.exif_transpose(img)
+            with Image.open(src) as opened:  # closed on errors too; exif_transpose copies
+                if max_pixels is not None and opened.width * opened.height > max_pixels:
+                    raise ImageLoadError(
+                        item.name,
+                        f"image is {opened.width}x{opened.height} pixels, over the limit of "
+                        f"{max_pixels}",
+                    )
+                if opened.format == "JPEG":
+                    # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: cheap big photos.
+                    opened.draft("RGB", (size[1], size[0]))
+                img = ImageOps.exif_transpose(opened)
         return _pil_pixels(img, size, channels, resize)
     except ImageLoadError:
         raise
@@ -328,7 +335,7 @@ def load_image_folder(
     >>> root = pathlib.Path(tempfile.mkdtemp())
     >>> for c in ("cat", "dog"):
     ...     (root / c).mkdir()
-    ...     (root / c / "a.png").write_bytes(b"")
+    ...     _ = (root / c / "a.png").write_bytes(b"")
     >>> paths, y, classes = load_image_folder(root)
     >>> classes, y.tolist()
     (['cat', 'dog'], [0, 1])
@@ -388,7 +395,7 @@ def load_image_csv(
     file = Path(csv_path)
     if not file.is_file():
         raise FeatxError(f"CSV file {str(file)!r} does not exist.")
-    with open(file, newline="", encoding="utf-8") as f:
+    with open(file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         wanted = [path_column] + ([label_column] if label_column else [])

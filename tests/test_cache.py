@@ -1,0 +1,418 @@
+"""The HDF5 embedding cache: lookups, appends, sharing between objects, damaged files, layout."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from featx.cache import CACHE_FORMAT_VERSION, EmbeddingCache, GroupInfo, open_cache
+from featx.exceptions import CacheError
+
+
+def key(name: object) -> str:
+    """A content key as featx makes them: 64 hex characters."""
+    return hashlib.sha256(str(name).encode()).hexdigest()
+
+
+def vecs(n: int, width: int = 4, start: float = 0.0) -> np.ndarray:
+    """Distinct, recognisable float32 rows: row i is start + i + [0, 0.25, 0.5, ...]."""
+    base = start + np.arange(n, dtype=np.float32)[:, None]
+    return base + np.arange(width, dtype=np.float32)[None, :] / 4
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "emb.h5"
+
+
+@pytest.fixture
+def cache(path: Path) -> EmbeddingCache:
+    return EmbeddingCache(path)
+
+
+# ---- lookup and append ----------------------------------------------------------------------
+
+
+def test_lookup_returns_rows_in_query_order_with_misses(cache: EmbeddingCache) -> None:
+    keys = [key(i) for i in range(5)]
+    assert cache.append("fp", keys, vecs(5), [f"img{i}.png" for i in range(5)]) == 5
+
+    query = [keys[3], key("missing"), keys[0], keys[3], key("other"), keys[1]]
+    found, vectors = cache.lookup("fp", query)
+
+    assert found.tolist() == [True, False, True, True, False, True]
+    assert vectors.dtype == np.float32
+    np.testing.assert_array_equal(vectors, vecs(5)[[3, 0, 3, 1]])
+
+
+def test_lookup_of_unknown_fingerprint_finds_nothing(cache: EmbeddingCache) -> None:
+    cache.append("fp", [key(1)], vecs(1), ["a"])
+    found, vectors = cache.lookup("other-fp", [key(1), key(2)])
+    assert found.tolist() == [False, False]
+    assert vectors.shape[0] == 0
+
+
+def test_lookup_on_missing_file_finds_nothing_and_creates_nothing(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path / "sub" / "emb.h5")
+    found, vectors = cache.lookup("fp", [key(1), key(2)])
+    assert found.tolist() == [False, False]
+    assert vectors.shape[0] == 0
+    assert list(tmp_path.iterdir()) == []
+    assert cache.groups() == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_lookup(cache: EmbeddingCache) -> None:
+    cache.append("fp", [key(1)], vecs(1), ["a"])
+    found, vectors = cache.lookup("fp", [])
+    assert found.shape == (0,)
+    assert vectors.shape[0] == 0
+
+
+def test_keys_already_present_are_not_stored_again(cache: EmbeddingCache) -> None:
+    keys = [key(i) for i in range(3)]
+    assert cache.append("fp", keys, vecs(3), ["a", "b", "c"]) == 3
+    assert cache.append("fp", keys, vecs(3, start=100), ["a", "b", "c"]) == 0
+    # A mix: only the new key is written, and old keys keep their first vector.
+    assert cache.append("fp", [keys[1], key(9)], vecs(2, start=50), ["b", "z"]) == 1
+
+    stored, vectors, sources = cache.read_group("fp")
+    assert stored == keys + [key(9)]
+    np.testing.assert_array_equal(vectors, np.concatenate([vecs(3), vecs(2, start=50)[1:]]))
+    assert sources == ["a", "b", "c", "z"]
+    assert cache.groups()[0].rows == 4
+
+
+def test_duplicates_within_one_batch_are_stored_once(cache: EmbeddingCache) -> None:
+    batch = [key("a"), key("b"), key("a"), key("a"), key("b")]
+    assert cache.append("fp", batch, vecs(5), ["1", "2", "3", "4", "5"]) == 2
+    stored, vectors, sources = cache.read_group("fp")
+    assert stored == [key("a"), key("b")]
+    np.testing.assert_array_equal(vectors, vecs(5)[:2])  # the first occurrence wins
+    assert sources == ["1", "2"]
+
+
+def test_same_key_in_different_fingerprints_is_separate(cache: EmbeddingCache) -> None:
+    cache.append("fp1", [key(1)], vecs(1, start=1), ["a"])
+    assert cache.append("fp2", [key(1)], vecs(1, start=2), ["a"]) == 1
+    np.testing.assert_array_equal(cache.lookup("fp1", [key(1)])[1], vecs(1, start=1))
+    np.testing.assert_array_equal(cache.lookup("fp2", [key(1)])[1], vecs(1, start=2))
+
+
+def test_vectors_come_back_bitwise_equal(cache: EmbeddingCache) -> None:
+    special = np.array(
+        [[0.0, -0.0, np.inf, -np.inf],
+         [np.nan, 1e-45, np.finfo(np.float32).max, -np.finfo(np.float32).tiny],
+         [1 / 3, -2 / 3, 1e30, 123456.789]],
+        dtype=np.float32,
+    )
+    rng = np.random.default_rng(0)
+    random_bits = rng.integers(0, 2**32, size=(5, 4), dtype=np.uint64).astype(np.uint32)
+    rows = np.concatenate([special, random_bits.view(np.float32)])
+    keys = [key(i) for i in range(len(rows))]
+    cache.append("fp", keys, rows, ["s"] * len(rows))
+
+    for reader in (cache, EmbeddingCache(cache.path)):
+        found, vectors = reader.lookup("fp", keys[::-1])
+        assert found.all()
+        assert vectors.dtype == np.float32
+        np.testing.assert_array_equal(vectors.view(np.uint32), rows[::-1].view(np.uint32))
+    np.testing.assert_array_equal(cache.read_group("fp")[1].view(np.uint32), rows.view(np.uint32))
+
+
+def test_float64_vectors_are_stored_as_float32(cache: EmbeddingCache) -> None:
+    rows = np.array([[0.1, 0.2, 0.3]], dtype=np.float64)
+    cache.append("fp", [key(1)], rows, ["a"])
+    _, vectors = cache.lookup("fp", [key(1)])
+    np.testing.assert_array_equal(vectors.view(np.uint32), rows.astype(np.float32).view(np.uint32))
+
+
+def test_append_rejects_mismatched_lengths(cache: EmbeddingCache) -> None:
+    with pytest.raises(ValueError, match=r"as many keys \(2\), sources \(1\)"):
+        cache.append("fp", [key(1), key(2)], vecs(2), ["a"])
+    with pytest.raises(ValueError, match="as many keys"):
+        cache.append("fp", [key(1)], np.ones(4, np.float32), ["a"])
+    assert not cache.path.exists()
+
+
+def test_width_mismatch_raises_cache_error(cache: EmbeddingCache) -> None:
+    cache.append("fp", [key(1)], vecs(1, width=4), ["a"])
+    with pytest.raises(CacheError, match="stores vectors of width 4; got width 5"):
+        cache.append("fp", [key(2)], vecs(1, width=5), ["b"])
+    assert cache.groups()[0].rows == 1
+    # Another fingerprint may have another width.
+    assert cache.append("fp-other", [key(2)], vecs(1, width=5), ["b"]) == 1
+
+
+def test_non_ascii_sources_round_trip(cache: EmbeddingCache) -> None:
+    sources = ["ñandú_猫.png", "/data/été/𝔘.jpg"]
+    cache.append("fp", [key(1), key(2)], vecs(2), sources)
+    assert EmbeddingCache(cache.path).read_group("fp")[2] == sources
+
+
+# ---- several objects on one file ------------------------------------------------------------
+
+
+def test_second_object_sees_rows_appended_by_the_first(path: Path) -> None:
+    writer, reader = EmbeddingCache(path), EmbeddingCache(path)
+    writer.append("fp", [key(0), key(1)], vecs(2), ["a", "b"])
+    found, vectors = reader.lookup("fp", [key(1), key(2)])
+    assert found.tolist() == [True, False]
+    np.testing.assert_array_equal(vectors, vecs(2)[1:])
+
+    # The reader's index is now built; rows appended later must still be seen (refresh).
+    writer.append("fp", [key(2), key(3)], vecs(2, start=10), ["c", "d"])
+    found, vectors = reader.lookup("fp", [key(3), key(0), key(2)])
+    assert found.all()
+    later = vecs(2, start=10)
+    np.testing.assert_array_equal(vectors, np.stack([later[1], vecs(2)[0], later[0]]))
+
+    # And the reader does not store a key the writer stored since its last look.
+    writer.append("fp", [key(4)], vecs(1, start=20), ["e"])
+    assert reader.append("fp", [key(4), key(5)], vecs(2, start=30), ["e", "f"]) == 1
+    assert writer.read_group("fp")[0] == [key(i) for i in range(6)]
+    np.testing.assert_array_equal(writer.lookup("fp", [key(4)])[1], vecs(1, start=20))
+
+
+def test_replaced_file_is_reindexed(tmp_path: Path, path: Path) -> None:
+    cache = EmbeddingCache(path)
+    cache.append("fp", [key("old0"), key("old1")], vecs(2, start=0), ["a", "b"])
+    assert cache.lookup("fp", [key("old0")])[0].all()  # index built
+
+    # Another file with the same number of rows, moved over the first one.
+    other = tmp_path / "other.h5"
+    EmbeddingCache(other).append("fp", [key("new0"), key("new1")], vecs(2, start=7), ["c", "d"])
+    os.replace(other, path)
+
+    found, vectors = cache.lookup("fp", [key("old0"), key("old1"), key("new1"), key("new0")])
+    assert found.tolist() == [False, False, True, True]
+    np.testing.assert_array_equal(vectors, vecs(2, start=7)[::-1])
+    assert cache.append("fp", [key("old0")], vecs(1, start=3), ["a"]) == 1
+    assert cache.read_group("fp")[0] == [key("new0"), key("new1"), key("old0")]
+
+
+def test_deleted_file_is_recreated(path: Path) -> None:
+    cache = EmbeddingCache(path)
+    cache.append("fp", [key(0)], vecs(1), ["a"])
+    path.unlink()
+    assert not cache.lookup("fp", [key(0)])[0].any()
+    assert cache.append("fp", [key(1), key(0)], vecs(2, start=5), ["b", "a"]) == 2
+    np.testing.assert_array_equal(cache.lookup("fp", [key(0)])[1], vecs(2, start=5)[1:])
+
+
+def test_open_cache_returns_one_object_per_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    a = open_cache("emb.h5")
+    assert open_cache(tmp_path / "emb.h5") is a
+    assert open_cache(tmp_path / "other.h5") is not a
+    assert isinstance(a, EmbeddingCache)
+    assert a.path == tmp_path / "emb.h5"
+
+
+# ---- groups and layout ----------------------------------------------------------------------
+
+
+def test_groups_and_read_group_describe_the_file(cache: EmbeddingCache) -> None:
+    fields = {"backbone": "mobilenet", "size": [224, 224], "layer": None}
+    cache.append("fpA", [key(1), key(2)], vecs(2, width=3), ["a", "b"], fields=fields,
+                 label="mobilenet @224")
+    cache.append("fpB", [key(1)], vecs(1, width=5), ["c"])
+
+    groups = {g.fingerprint: g for g in EmbeddingCache(cache.path).groups()}
+    assert groups["fpA"] == GroupInfo("fpA", fields, "mobilenet @224", 3, 2)
+    assert groups["fpB"] == GroupInfo("fpB", {}, "", 5, 1)
+
+    keys, vectors, sources = cache.read_group("fpA")
+    assert keys == [key(1), key(2)]
+    assert vectors.shape == (2, 3) and vectors.dtype == np.float32
+    assert sources == ["a", "b"]
+
+
+def test_read_group_of_unknown_fingerprint_names_the_known_ones(cache: EmbeddingCache) -> None:
+    cache.append("fpA", [key(1)], vecs(1), ["a"])
+    with pytest.raises(CacheError, match=r"has no group 'nope'; it has \['fpA'\]"):
+        cache.read_group("nope")
+
+
+def test_layout_is_readable_with_h5py_alone(cache: EmbeddingCache) -> None:
+    fields = {"backbone": "tiny"}
+    cache.append("fp", [key(1), key(2)], vecs(2, width=3), ["a.png", "b.png"], fields=fields,
+                 label="tiny")
+    with h5py.File(cache.path, "r") as f:
+        assert int(f.attrs["featx_cache_format"]) == CACHE_FORMAT_VERSION
+        assert len(str(f.attrs["file_id"])) > 0
+        grp = f["embeddings/fp"]
+        assert set(grp.keys()) == {"keys", "vectors", "sources"}
+        assert int(grp.attrs["count"]) == 2
+        assert int(grp.attrs["width"]) == 3
+        assert str(grp.attrs["label"]) == "tiny"
+        assert '"backbone": "tiny"' in str(grp.attrs["fingerprint"])
+        assert [k.decode() for k in grp["keys"][:]] == [key(1), key(2)]
+        assert grp["vectors"].dtype == np.float32
+        np.testing.assert_array_equal(grp["vectors"][:], vecs(2, width=3))
+        assert grp["sources"].asstr()[:].tolist() == ["a.png", "b.png"]
+
+
+# ---- damaged and foreign files --------------------------------------------------------------
+
+
+def test_text_file_is_not_a_cache(path: Path) -> None:
+    path.write_text("this is not HDF5\n" * 10)
+    cache = EmbeddingCache(path)
+    with pytest.raises(CacheError, match="cannot be opened as HDF5"):
+        cache.lookup("fp", [key(1)])
+    with pytest.raises(CacheError, match=r"emb\.h5.*cannot be opened"):
+        cache.append("fp", [key(1)], vecs(1), ["a"])
+    assert path.read_text().startswith("this is not HDF5")  # left untouched
+
+
+def test_foreign_hdf5_file_is_not_a_featx_cache(path: Path) -> None:
+    with h5py.File(path, "w") as f:
+        f["data"] = np.arange(3)
+    cache = EmbeddingCache(path)
+    for call in (lambda: cache.lookup("fp", [key(1)]),
+                 lambda: cache.append("fp", [key(1)], vecs(1), ["a"]),
+                 cache.groups):
+        with pytest.raises(CacheError, match="not a featx cache"):
+            call()
+    with h5py.File(path, "r") as f:
+        assert list(f.keys()) == ["data"]
+        assert "featx_cache_format" not in f.attrs
+
+
+def test_empty_hdf5_file_becomes_a_cache(path: Path) -> None:
+    h5py.File(path, "w").close()
+    cache = EmbeddingCache(path)
+    assert not cache.lookup("fp", [key(1)])[0].any()
+    assert cache.append("fp", [key(1)], vecs(1), ["a"]) == 1
+    assert cache.lookup("fp", [key(1)])[0].all()
+
+
+def test_newer_format_is_refused(cache: EmbeddingCache) -> None:
+    cache.append("fp", [key(1)], vecs(1), ["a"])
+    with h5py.File(cache.path, "a") as f:
+        f.attrs["featx_cache_format"] = CACHE_FORMAT_VERSION + 1
+    for c in (cache, EmbeddingCache(cache.path)):
+        with pytest.raises(CacheError, match=f"format {CACHE_FORMAT_VERSION + 1}.*newer featx"):
+            c.lookup("fp", [key(1)])
+        with pytest.raises(CacheError, match="newer featx"):
+            c.append("fp", [key(2)], vecs(1), ["b"])
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9])
+def test_truncated_file_raises_cache_error(path: Path, tmp_path: Path, fraction: float) -> None:
+    cache = EmbeddingCache(path)
+    for b in range(3):
+        cache.append("fp", [key((b, i)) for i in range(300)], vecs(300, width=8), ["s"] * 300)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+
+    damaged = EmbeddingCache(cut)
+    with pytest.raises(CacheError, match="cannot be opened"):
+        damaged.lookup("fp", [key((0, 0))])
+    with pytest.raises(CacheError):
+        damaged.read_group("fp")
+    with pytest.raises(CacheError):
+        damaged.groups()
+    with pytest.raises(CacheError):
+        damaged.append("fp", [key("new")], vecs(1, width=8), ["n"])
+
+
+def test_rows_past_count_are_ignored_and_overwritten(cache: EmbeddingCache) -> None:
+    cache.append("fp", [key(0), key(1), key(2)], vecs(3), ["a", "b", "c"])
+    assert cache.lookup("fp", [key(0)])[0].all()  # index built up to row 3
+    # A writer that died half-way: rows 3 and 4 are written, ``count`` is not.
+    with h5py.File(cache.path, "a") as f:
+        grp = f["embeddings/fp"]
+        for name in ("keys", "vectors", "sources"):
+            grp[name].resize(5, axis=0)
+        grp["keys"][3:5] = np.array([key("junk3"), key("junk4")], dtype="S64")
+        grp["vectors"][3:5] = np.full((2, 4), -999, np.float32)
+        grp["sources"][3:5] = np.array(["junk", "junk"], dtype=object)
+        assert int(grp.attrs["count"]) == 3
+
+    for c in (cache, EmbeddingCache(cache.path)):
+        found, _ = c.lookup("fp", [key("junk3"), key("junk4"), key(2)])
+        assert found.tolist() == [False, False, True]
+        assert c.groups()[0].rows == 3
+        assert len(c.read_group("fp")[0]) == 3
+
+    # The next append writes over the junk rows.
+    assert cache.append("fp", [key("junk4"), key(5)], vecs(2, start=40), ["x", "y"]) == 2
+    keys, vectors, sources = EmbeddingCache(cache.path).read_group("fp")
+    assert keys == [key(0), key(1), key(2), key("junk4"), key(5)]
+    np.testing.assert_array_equal(vectors, np.concatenate([vecs(3), vecs(2, start=40)]))
+    assert sources == ["a", "b", "c", "x", "y"]
+    with h5py.File(cache.path, "r") as f:
+        assert f["embeddings/fp/vectors"].shape == (5, 4)
+        assert (f["embeddings/fp/vectors"][:] != -999).all()
+
+
+# ---- property: the cache behaves like a dict of first-stored vectors -------------------------
+
+_KEY_POOL = [key(i) for i in range(12)]
+
+_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.sampled_from(["fpA", "fpB"]),
+                  st.lists(st.integers(0, len(_KEY_POOL) - 1), min_size=1, max_size=8)),
+        st.tuples(st.just("lookup"), st.sampled_from(["fpA", "fpB", "fpC"]),
+                  st.lists(st.integers(0, len(_KEY_POOL) - 1), max_size=8)),
+        st.tuples(st.just("reopen")),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_operations)
+def test_cache_matches_a_dict_model(tmp_path_factory, ops) -> None:
+    folder = tmp_path_factory.mktemp("prop")
+    path = folder / "emb.h5"
+    cache = EmbeddingCache(path)
+    model: dict[str, dict[str, np.ndarray]] = {}
+    serial = 0
+
+    for op in ops:
+        if op[0] == "reopen":
+            cache = EmbeddingCache(path)
+        elif op[0] == "append":
+            _, fp, picks = op
+            keys = [_KEY_POOL[i] for i in picks]
+            rows = vecs(len(keys), width=3, start=serial * 10)  # every row distinct
+            serial += 1
+            expected_new = len({k for k in keys if k not in model.get(fp, {})})
+            assert cache.append(fp, keys, rows, [f"s{i}" for i in picks]) == expected_new
+            group = model.setdefault(fp, {})
+            for k, row in zip(keys, rows, strict=True):
+                group.setdefault(k, row)
+        else:
+            _, fp, picks = op
+            keys = [_KEY_POOL[i] for i in picks]
+            found, vectors = cache.lookup(fp, keys)
+            group = model.get(fp, {})
+            assert found.tolist() == [k in group for k in keys]
+            expected = [group[k] for k in keys if k in group]
+            assert len(vectors) == len(expected)
+            for got, want in zip(vectors, expected, strict=True):
+                np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+    fresh = EmbeddingCache(path)
+    assert {g.fingerprint: g.rows for g in fresh.groups()} == {
+        fp: len(group) for fp, group in model.items()
+    }
+    for fp, group in model.items():
+        keys, vectors, _ = fresh.read_group(fp)
+        assert len(keys) == len(set(keys)) == len(group)
+        for k, row in zip(keys, vectors, strict=True):
+            np.testing.assert_array_equal(row, group[k])
+    shutil.rmtree(folder)
