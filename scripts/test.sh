@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: set up, lint (ruff), type-check (mypy), then run the tests and doctests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+echo "==> ruff"
+.venv/bin/ruff check featx tests benchmarks examples
+echo "==> mypy"
+.venv/bin/mypy
+echo "==> pytest"
+set +e
+.venv/bin/python -m pytest tests featx --doctest-modules -p no:cacheprovider "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi
+exit "$status"
