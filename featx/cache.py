@@ -2,16 +2,23 @@
 
 Layout (documented in ``docs/cache-format.md``, readable with h5py alone)::
 
+    emb.h5                         the main file
+    emb.h5.segments/*.h5           batches committed since the last compaction (same layout)
+    emb.h5.lock                    an empty file, for flock
+
     /                              attrs: featx_cache_format, file_id
     /embeddings/<fingerprint>/     attrs: fingerprint (JSON), label, width, count
         keys      (n,)        |S64     sha256 of the item's content, hex
-        vectors   (n, width)  float32  chunked, resizable
+        vectors   (n, width)  float32  chunked
         sources   (n,)        str      the item's name when it was stored (a path, ...)
+        failed_keys, failed_reasons, failed_sources   items that could not be decoded
 
-Rows ``[0, count)`` are committed; ``count`` is written last, after a batch's rows, so rows past
-it (from a write that died half-way) are never read. The file is opened only for the length of
-one lookup or one batch append, under a lock on a sidecar file ``<cache>.lock`` (shared for
-reading, exclusive for writing), so that several processes can use one cache file.
+No HDF5 file is ever modified once it has its final name. A batch is written to a temporary file
+that is renamed into ``emb.h5.segments/`` when complete (the commit); compaction copies the main
+file, folds the segments in, and renames the copy over the main file. A process killed at any
+moment therefore leaves every committed batch intact and every file readable; it loses at most
+the batch it was writing. Readers and segment writers hold a shared ``flock`` on the lock file,
+compaction an exclusive one, so several processes can share one cache.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +45,7 @@ __all__ = ["EmbeddingCache", "GroupInfo", "CACHE_FORMAT_VERSION", "open_cache"]
 CACHE_FORMAT_VERSION = 1
 _KEY_DTYPE = "S64"
 _CHUNK_ROWS = 256
+_STR = h5py.string_dtype("utf-8")
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class GroupInfo:
     label: str
     width: int
     rows: int
+    failures: int = 0
 
 
 try:  # POSIX advisory locks; on other systems a process-local lock is the best we have.
@@ -67,13 +78,105 @@ except ImportError:  # pragma: no cover
         pass
 
 
+@dataclass
+class _GroupIndex:
+    width: int
+    fields: dict[str, Any]
+    label: str
+    rows: dict[str, int]
+    failed: dict[str, str]
+
+
+class _FileIndex:
+    """The keys of one immutable HDF5 file, per group; valid while the file is unchanged."""
+
+    def __init__(self, path: Path, stamp: tuple[int, int, int]):
+        self.path = path
+        self.stamp = stamp
+        self.groups: dict[str, _GroupIndex] = {}
+        with _open_h5(path, "r") as f:
+            for fp, grp in f.get("embeddings", {}).items():
+                n = int(grp.attrs["count"])
+                rows: dict[str, int] = {}
+                for i, k in enumerate(grp["keys"][:n]):
+                    rows.setdefault(k.decode("ascii"), i)
+                failed: dict[str, str] = {}
+                if "failed_keys" in grp:
+                    for k, r in zip(grp["failed_keys"][:], grp["failed_reasons"][:], strict=True):
+                        failed.setdefault(k.decode("ascii"), _text(r))
+                self.groups[fp] = _GroupIndex(
+                    width=int(grp.attrs["width"]),
+                    fields=json.loads(grp.attrs.get("fingerprint", "{}")),
+                    label=str(grp.attrs.get("label", "")),
+                    rows=rows,
+                    failed=failed,
+                )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    try:
+        f = h5py.File(path, mode)
+    except OSError as exc:
+        raise CacheError(
+            f"cache file {str(path)!r} cannot be opened as HDF5 ({exc}). It may be truncated or "
+            "not a featx cache; move it aside or pass another cache= path."
+        ) from None
+    version = f.attrs.get("featx_cache_format")
+    if version is None:
+        if len(f.keys()) == 0:
+            return f  # an empty HDF5 file reads as an empty cache
+        f.close()
+        raise CacheError(
+            f"{str(path)!r} is an HDF5 file but not a featx cache (no 'featx_cache_format' "
+            "attribute). Pass another cache= path."
+        )
+    if int(version) > CACHE_FORMAT_VERSION:
+        f.close()
+        raise CacheError(
+            f"cache file {str(path)!r} has format {int(version)}, written by a newer featx; this "
+            f"featx reads format {CACHE_FORMAT_VERSION}. Upgrade featx."
+        )
+    return f
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class EmbeddingCache:
-    """An HDF5 file of embeddings, addressed by content key within a backbone fingerprint.
+    """An HDF5 store of embeddings, addressed by content key within a backbone fingerprint.
 
     Parameters
     ----------
     path : str or path-like
-        The HDF5 file. It is created on the first write.
+        The main HDF5 file. It is created by the first write.
 
     Examples
     --------
@@ -86,16 +189,19 @@ class EmbeddingCache:
     ([True, False], (1, 3))
     """
 
+    #: Compact when the segments hold at least this fraction of the main file's rows ...
+    compact_fraction = 0.25
+    #: ... or when there are at least this many segment files.
+    compact_segments = 64
+
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        self.segment_dir = self.path.with_name(self.path.name + ".segments")
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._mutex = threading.RLock()
-        # In-memory index per group: key -> row, extended incrementally as the file grows.
-        self._index: dict[str, dict[str, int]] = {}
-        self._indexed: dict[str, int] = {}
-        self._file_id: str | None = None
+        self._indexes: dict[Path, _FileIndex] = {}
 
-    # ---- locking and opening ---------------------------------------------------------------
+    # ---- locking and the file list ------------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:
@@ -109,68 +215,34 @@ class EmbeddingCache:
                 _unlock_fd(fd)
                 os.close(fd)
 
-    def _open(self, mode: str) -> h5py.File:
-        try:
-            f = h5py.File(self.path, mode)
-        except OSError as exc:
-            raise CacheError(
-                f"cache file {str(self.path)!r} cannot be opened as HDF5 ({exc}). It may be "
-                "truncated or not a featx cache; move it aside or pass another cache= path."
-            ) from None
-        try:
-            self._check_file(f, writing=mode != "r")
-        except BaseException:
-            f.close()
-            raise
-        return f
+    def _segments(self) -> list[Path]:
+        if not self.segment_dir.is_dir():
+            return []
+        return sorted(p for p in self.segment_dir.glob("*.h5") if not p.name.startswith("."))
 
-    def _check_file(self, f: h5py.File, *, writing: bool) -> None:
-        version = f.attrs.get("featx_cache_format")
-        if version is None:
-            if writing and len(f.keys()) == 0:
-                f.attrs["featx_cache_format"] = CACHE_FORMAT_VERSION
-                f.attrs["file_id"] = uuid.uuid4().hex
-                version = CACHE_FORMAT_VERSION
-            elif len(f.keys()) == 0:
-                return
-            else:
-                raise CacheError(
-                    f"{str(self.path)!r} is an HDF5 file but not a featx cache (no "
-                    "'featx_cache_format' attribute). Pass another cache= path."
-                )
-        if int(version) > CACHE_FORMAT_VERSION:
-            raise CacheError(
-                f"cache file {str(self.path)!r} has format {int(version)}, written by a newer "
-                f"featx; this featx reads format {CACHE_FORMAT_VERSION}. Upgrade featx."
-            )
-        file_id = str(f.attrs.get("file_id", ""))
-        if file_id != self._file_id:  # another file now lives at this path: forget the index
-            self._index.clear()
-            self._indexed.clear()
-            self._file_id = file_id
+    def _files(self) -> list[_FileIndex]:
+        """Indexes of the main file and every committed segment, oldest first (lock held)."""
+        out = []
+        live = set()
+        for path in [self.path, *self._segments()]:
+            stamp = _stamp(path)
+            if stamp is None:
+                continue
+            live.add(path)
+            index = self._indexes.get(path)
+            if index is None or index.stamp != stamp:
+                index = _FileIndex(path, stamp)
+                self._indexes[path] = index
+            out.append(index)
+        for stale in set(self._indexes) - live:
+            del self._indexes[stale]
+        return out
 
-    # ---- the index ----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        """True when the main file or any committed segment exists."""
+        return self.path.exists() or bool(self._segments())
 
-    def _refresh(self, f: h5py.File, fingerprint: str) -> dict[str, int]:
-        grp = f.get(f"embeddings/{fingerprint}")
-        index = self._index.setdefault(fingerprint, {})
-        if grp is None:
-            index.clear()
-            self._indexed[fingerprint] = 0
-            return index
-        count = int(grp.attrs["count"])
-        done = self._indexed.get(fingerprint, 0)
-        if count < done:  # the group shrank: rebuild
-            index.clear()
-            done = 0
-        if count > done:
-            new_keys = grp["keys"][done:count]
-            for offset, k in enumerate(new_keys):
-                index.setdefault(k.decode("ascii"), done + offset)
-        self._indexed[fingerprint] = count
-        return index
-
-    # ---- public API ---------------------------------------------------------------------------
+    # ---- reading ------------------------------------------------------------
 
     def lookup(self, fingerprint: str, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Find ``keys`` in the fingerprint's group.
@@ -182,15 +254,94 @@ class EmbeddingCache:
             The stored rows of the found keys, in the order of ``keys``.
         """
         found = np.zeros(len(keys), dtype=bool)
-        if not self.path.exists():
+        if not keys or not self.exists():
             return found, np.zeros((0, 0), np.float32)
-        with self._locked(exclusive=False), self._open("r") as f:
-            index = self._refresh(f, fingerprint)
-            rows = np.array([index.get(k, -1) for k in keys], dtype=np.int64)
-            found = rows >= 0
-            if not found.any():
+        with self._locked(exclusive=False):
+            files = self._files()
+            where: list[tuple[int, int]] = []  # (file number, row) per found key
+            for i, k in enumerate(keys):
+                for n, index in enumerate(files):
+                    grp = index.groups.get(fingerprint)
+                    if grp is not None and k in grp.rows:
+                        found[i] = True
+                        where.append((n, grp.rows[k]))
+                        break
+            if not where:
                 return found, np.zeros((0, 0), np.float32)
-            return found, _read_rows(f[f"embeddings/{fingerprint}/vectors"], rows[found])
+            width = files[where[0][0]].groups[fingerprint].width
+            out = np.empty((len(where), width), np.float32)
+            by_file: dict[int, list[int]] = {}
+            for j, (n, _) in enumerate(where):
+                by_file.setdefault(n, []).append(j)
+            for n, positions in by_file.items():
+                rows = np.array([where[j][1] for j in positions], dtype=np.int64)
+                with _open_h5(files[n].path, "r") as f:
+                    out[positions] = _read_rows(f[f"embeddings/{fingerprint}/vectors"], rows)
+            return found, out
+
+    def failures(self, fingerprint: str, keys: Sequence[str]) -> dict[str, str]:
+        """Reasons recorded for the ``keys`` that failed to decode before: key -> reason."""
+        if not keys or not self.exists():
+            return {}
+        with self._locked(exclusive=False):
+            failed: dict[str, str] = {}
+            for index in self._files():
+                grp = index.groups.get(fingerprint)
+                if grp is not None:
+                    for k, reason in grp.failed.items():
+                        failed.setdefault(k, reason)
+            return {k: failed[k] for k in keys if k in failed}
+
+    def groups(self) -> list[GroupInfo]:
+        """Describe every group; rows are counted once across the main file and segments."""
+        if not self.exists():
+            return []
+        with self._locked(exclusive=False):
+            merged: dict[str, tuple[_GroupIndex, set[str], set[str]]] = {}
+            for index in self._files():
+                for fp, grp in index.groups.items():
+                    first, keys, failed = merged.setdefault(fp, (grp, set(), set()))
+                    keys.update(grp.rows)
+                    failed.update(grp.failed)
+            return [
+                GroupInfo(fingerprint=fp, fields=g.fields, label=g.label, width=g.width,
+                          rows=len(keys), failures=len(failed - keys))
+                for fp, (g, keys, failed) in merged.items()
+            ]
+
+    def read_group(self, fingerprint: str) -> tuple[list[str], np.ndarray, list[str]]:
+        """Return every stored ``keys``, ``vectors`` and ``sources`` of one group, each key once."""
+        with self._locked(exclusive=False):
+            files = [i for i in self._files() if fingerprint in i.groups]
+            if not files:
+                known = sorted({fp for i in self._files() for fp in i.groups})
+                raise CacheError(
+                    f"cache {str(self.path)!r} has no group {fingerprint!r}; it has {known}."
+                )
+            keys: list[str] = []
+            parts: list[np.ndarray] = []
+            sources: list[str] = []
+            seen: set[str] = set()
+            for index in files:
+                with _open_h5(index.path, "r") as f:
+                    grp = f[f"embeddings/{fingerprint}"]
+                    n = int(grp.attrs["count"])
+                    file_keys = [k.decode("ascii") for k in grp["keys"][:n]]
+                    take = []
+                    for i, k in enumerate(file_keys):
+                        if k not in seen:
+                            seen.add(k)
+                            take.append(i)
+                    if take:
+                        keys += [file_keys[i] for i in take]
+                        parts.append(grp["vectors"][:n][take])
+                        src = grp["sources"][:n]
+                        sources += [_text(src[i]) for i in take]
+            width = files[0].groups[fingerprint].width
+            vectors = np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+            return keys, vectors.astype(np.float32, copy=False), sources
+
+    # ---- writing ------------------------------------------------------------
 
     def append(
         self,
@@ -201,101 +352,237 @@ class EmbeddingCache:
         *,
         fields: dict[str, Any] | None = None,
         label: str = "",
+        failed: Sequence[tuple[str, str, str]] = (),
     ) -> int:
-        """Store one batch and commit it; keys already present are not stored again.
+        """Commit one batch: rows for ``keys`` not yet stored, and ``failed`` (key, source, reason).
 
-        Returns the number of rows written.
+        Returns the number of rows written. The batch is durable when this returns.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(keys) or len(sources) != len(keys):
+        if (len(keys) and (vectors.ndim != 2 or len(vectors) != len(keys))) or len(sources) != len(
+            keys
+        ):
             raise ValueError(
                 f"append needs as many keys ({len(keys)}), sources ({len(sources)}) and vector "
                 f"rows ({vectors.shape}) as each other"
             )
-        with self._locked(exclusive=True), self._open("a") as f:
-            grp = f.get(f"embeddings/{fingerprint}")
-            if grp is None:
-                grp = _create_group(f, fingerprint, vectors.shape[1], fields or {}, label)
-            width = int(grp.attrs["width"])
-            if vectors.shape[1] != width:
-                raise CacheError(
-                    f"cache group {fingerprint} stores vectors of width {width}; got width "
-                    f"{vectors.shape[1]}. The backbone changed without its fingerprint changing."
-                )
-            index = self._refresh(f, fingerprint)
+        with self._locked(exclusive=False):
+            known: set[str] = set()
+            width = vectors.shape[1] if len(keys) else None
+            for index in self._files():
+                grp = index.groups.get(fingerprint)
+                if grp is not None:
+                    if width is not None and grp.width != width:
+                        raise CacheError(
+                            f"cache group {fingerprint} stores vectors of width {grp.width}; got "
+                            f"width {width}. The backbone changed without its fingerprint "
+                            "changing."
+                        )
+                    known.update(grp.rows)
             keep, seen = [], set()
             for i, k in enumerate(keys):
-                if k not in index and k not in seen:
+                if k not in known and k not in seen:
                     keep.append(i)
                     seen.add(k)
-            if not keep:
+            new_failed = [f for f in failed if f[0] not in known]
+            if not keep and not new_failed:
                 return 0
-            start = int(grp.attrs["count"])
-            stop = start + len(keep)
-            for name in ("keys", "vectors", "sources"):
-                grp[name].resize(stop, axis=0)
-            grp["keys"][start:stop] = np.array([keys[i] for i in keep], dtype=_KEY_DTYPE)
-            grp["vectors"][start:stop] = vectors[keep]
-            grp["sources"][start:stop] = np.array([sources[i] for i in keep], dtype=object)
-            f.flush()
-            grp.attrs["count"] = stop  # the commit point
-            f.flush()
-            for offset, i in enumerate(keep):
-                index[keys[i]] = start + offset
-            self._indexed[fingerprint] = stop
+            self._write_segment(
+                fingerprint,
+                [keys[i] for i in keep],
+                vectors[keep] if keep else np.zeros((0, width or 0), np.float32),
+                [sources[i] for i in keep],
+                fields or {},
+                label,
+                new_failed,
+            )
             return len(keep)
 
-    def groups(self) -> list[GroupInfo]:
-        """Describe every fingerprint group in the file."""
-        if not self.path.exists():
-            return []
-        with self._locked(exclusive=False), self._open("r") as f:
-            out = []
-            for fp, grp in f.get("embeddings", {}).items():
-                out.append(
-                    GroupInfo(
-                        fingerprint=fp,
-                        fields=json.loads(grp.attrs.get("fingerprint", "{}")),
-                        label=str(grp.attrs.get("label", "")),
-                        width=int(grp.attrs["width"]),
-                        rows=int(grp.attrs["count"]),
-                    )
-                )
-            return out
+    def _write_segment(
+        self,
+        fingerprint: str,
+        keys: list[str],
+        vectors: np.ndarray,
+        sources: list[str],
+        fields: dict[str, Any],
+        label: str,
+        failed: Sequence[tuple[str, str, str]],
+    ) -> None:
+        self.segment_dir.mkdir(parents=True, exist_ok=True)
+        token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        tmp = self.segment_dir / f".tmp-{token}.h5"
+        try:
+            with h5py.File(tmp, "w") as f:
+                _init_file(f)
+                grp = _create_group(f, fingerprint, vectors.shape[1], fields, label, len(keys))
+                if keys:
+                    grp["keys"][:] = np.array(keys, dtype=_KEY_DTYPE)
+                    grp["vectors"][:] = vectors
+                    grp["sources"][:] = np.array(sources, dtype=object)
+                grp.attrs["count"] = len(keys)
+                if failed:
+                    _write_failures(grp, failed)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            target = self.segment_dir / f"{time.time_ns():020d}-{token}.h5"
+            if not self.path.exists() and not self._segments():
+                # The very first batch becomes the main file; link() fails if another writer
+                # got there first, and the batch then becomes a segment like any other.
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, self.path)
+                    _fsync_dir(self.path.parent)
+                    return
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
-    def read_group(self, fingerprint: str) -> tuple[list[str], np.ndarray, list[str]]:
-        """Return all committed ``keys``, ``vectors`` and ``sources`` of one group."""
-        with self._locked(exclusive=False), self._open("r") as f:
-            grp = f.get(f"embeddings/{fingerprint}")
-            if grp is None:
-                known = list(f.get("embeddings", {}).keys())
-                raise CacheError(
-                    f"cache {str(self.path)!r} has no group {fingerprint!r}; it has {known}."
-                )
-            n = int(grp.attrs["count"])
-            keys = [k.decode("ascii") for k in grp["keys"][:n]]
-            sources = [s.decode() if isinstance(s, bytes) else s for s in grp["sources"][:n]]
-            return keys, grp["vectors"][:n], sources
+    def needs_compaction(self) -> bool:
+        """True when the segments are numerous or large enough to be worth folding in."""
+        segments = self._segments()
+        if not segments:
+            return False
+        if len(segments) >= self.compact_segments:
+            return True
+        main = _stamp(self.path)
+        seg_bytes = sum(s.stat().st_size for s in segments if s.exists())
+        return main is None or seg_bytes >= self.compact_fraction * main[1]
+
+    def compact(self) -> int:
+        """Fold every committed segment into the main file, keeping each key once.
+
+        The main file is copied, the segments are appended to the copy, and the copy replaces
+        the main file atomically; a crash at any point loses nothing. Returns the number of
+        segments folded in.
+        """
+        with self._locked(exclusive=True):
+            self._remove_orphans()
+            segments = self._segments()
+            if not segments:
+                return 0
+            tmp = self.path.with_name(f".{self.path.name}.compact-{os.getpid()}.tmp")
+            try:
+                mode = "w"
+                if self.path.exists():
+                    with _open_h5(self.path, "r") as main:  # refuses a damaged main file
+                        is_cache = "featx_cache_format" in main.attrs
+                    if is_cache:
+                        shutil.copyfile(self.path, tmp)
+                        mode = "a"
+                with h5py.File(tmp, mode) as out:
+                    if mode == "w":
+                        _init_file(out)
+                    out.attrs["file_id"] = uuid.uuid4().hex
+                    for seg in segments:
+                        with _open_h5(seg, "r") as f:
+                            for fp, grp in f.get("embeddings", {}).items():
+                                _merge_group(out, fp, grp)
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+                _fsync_dir(self.path.parent)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            for seg in segments:
+                with contextlib.suppress(FileNotFoundError):
+                    seg.unlink()
+            self._indexes.clear()
+            return len(segments)
+
+    def _remove_orphans(self) -> None:
+        """Delete temporary files left by writers that died (exclusive lock held)."""
+        candidates = list(self.path.parent.glob(f".{self.path.name}.compact-*.tmp"))
+        if self.segment_dir.is_dir():
+            candidates += list(self.segment_dir.glob(".tmp-*.h5"))
+        for tmp in candidates:
+            try:
+                pid = int(tmp.name.split("-")[1 if tmp.name.startswith(".tmp-") else -1]
+                          .split(".")[0])
+            except (IndexError, ValueError):
+                continue
+            if pid == os.getpid() or not _pid_alive(pid):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r})"
 
 
+def _init_file(f: h5py.File) -> None:
+    f.attrs["featx_cache_format"] = CACHE_FORMAT_VERSION
+    f.attrs["file_id"] = uuid.uuid4().hex
+
+
 def _create_group(
-    f: h5py.File, fingerprint: str, width: int, fields: dict[str, Any], label: str
+    f: h5py.File, fingerprint: str, width: int, fields: dict[str, Any], label: str, n: int = 0
 ) -> h5py.Group:
     grp = f.require_group("embeddings").create_group(fingerprint)
     grp.attrs["fingerprint"] = json.dumps(fields, sort_keys=True)
     grp.attrs["label"] = label
     grp.attrs["width"] = width
     grp.attrs["count"] = 0
-    grp.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=_KEY_DTYPE,
-                       chunks=(_CHUNK_ROWS * 4,))
-    grp.create_dataset("vectors", shape=(0, width), maxshape=(None, width), dtype="float32",
-                       chunks=(_CHUNK_ROWS, width))
-    grp.create_dataset("sources", shape=(0,), maxshape=(None,),
-                       dtype=h5py.string_dtype("utf-8"), chunks=(_CHUNK_ROWS * 4,))
+    rows = max(1, min(_CHUNK_ROWS, n))
+    grp.create_dataset("keys", shape=(n,), maxshape=(None,), dtype=_KEY_DTYPE,
+                       chunks=(max(rows, _CHUNK_ROWS),))
+    grp.create_dataset("vectors", shape=(n, width), maxshape=(None, width), dtype="float32",
+                       chunks=(rows, max(1, width)))
+    grp.create_dataset("sources", shape=(n,), maxshape=(None,), dtype=_STR,
+                       chunks=(max(rows, _CHUNK_ROWS),))
     return grp
+
+
+def _write_failures(grp: h5py.Group, failed: Sequence[tuple[str, str, str]]) -> None:
+    existing = len(grp["failed_keys"]) if "failed_keys" in grp else 0
+    if not existing:
+        for name, dtype in (("failed_keys", _KEY_DTYPE), ("failed_sources", _STR),
+                            ("failed_reasons", _STR)):
+            grp.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(256,))
+    stop = existing + len(failed)
+    for name, column in (("failed_keys", 0), ("failed_sources", 1), ("failed_reasons", 2)):
+        grp[name].resize(stop, axis=0)
+        values = [f[column] for f in failed]
+        grp[name][existing:stop] = (
+            np.array(values, dtype=_KEY_DTYPE) if column == 0 else np.array(values, dtype=object)
+        )
+
+
+def _merge_group(out: h5py.File, fingerprint: str, src: h5py.Group) -> None:
+    """Append the rows (and failures) of ``src`` whose keys ``out`` does not hold yet."""
+    dst = out.get(f"embeddings/{fingerprint}")
+    width = int(src.attrs["width"])
+    if dst is None:
+        fields = json.loads(src.attrs.get("fingerprint", "{}"))
+        dst = _create_group(out, fingerprint, width, fields, str(src.attrs.get("label", "")))
+    count = int(dst.attrs["count"])
+    have = {k.decode("ascii") for k in dst["keys"][:count]}
+    n = int(src.attrs["count"])
+    keys = [k.decode("ascii") for k in src["keys"][:n]]
+    take = []
+    for i, k in enumerate(keys):
+        if k not in have:
+            have.add(k)
+            take.append(i)
+    if take:
+        stop = count + len(take)
+        for name in ("keys", "vectors", "sources"):
+            dst[name].resize(stop, axis=0)
+        dst["keys"][count:stop] = np.array([keys[i] for i in take], dtype=_KEY_DTYPE)
+        dst["vectors"][count:stop] = src["vectors"][:n][take]
+        sources = src["sources"][:n]
+        dst["sources"][count:stop] = np.array([_text(sources[i]) for i in take], dtype=object)
+        dst.attrs["count"] = stop
+    if "failed_keys" in src:
+        old = {k.decode("ascii") for k in dst["failed_keys"][:]} if "failed_keys" in dst else set()
+        new = [
+            (k.decode("ascii"), _text(s), _text(r))
+            for k, s, r in zip(src["failed_keys"][:], src["failed_sources"][:],
+                               src["failed_reasons"][:], strict=True)
+            if k.decode("ascii") not in old and k.decode("ascii") not in have
+        ]
+        if new:
+            _write_failures(dst, new)
 
 
 def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:

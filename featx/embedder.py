@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +33,7 @@ from featx.backbones import (
     get_network,
     resolve_backbone,
 )
-from featx.cache import open_cache
+from featx.cache import EmbeddingCache, open_cache
 from featx.exceptions import FeatxError, ImageLoadError
 from featx.images import Item, as_items, batched, load_pixels, warn_if_unit_scale
 
@@ -140,6 +142,9 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     on_error : {"raise", "skip", "nan"}, default="raise"
         What a bad image does: ``"raise"`` embeds the rest (and caches it), then raises one error
         listing every failure; ``"skip"`` leaves the item's row out; ``"nan"`` returns a row of NaN.
+    retry_failed : bool, default=False
+        With a cache, items that failed to decode are remembered (by content) and fail again at
+        once on later runs; ``True`` tries them again.
     n_workers : int or None, default=None
         Threads that read and decode images while the network runs; ``None``: up to 4.
     verbose : bool, default=False
@@ -178,6 +183,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "cache": [str, os.PathLike, None],
         "on_error": [StrOptions({"raise", "skip", "nan"})],
+        "retry_failed": ["boolean"],
         "n_workers": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
     }
@@ -195,6 +201,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         batch_size: int = 32,
         cache: str | os.PathLike[str] | None = None,
         on_error: str = "raise",
+        retry_failed: bool = False,
         n_workers: int | None = None,
         verbose: bool = False,
     ):
@@ -208,6 +215,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.batch_size = batch_size
         self.cache = cache
         self.on_error = on_error
+        self.retry_failed = retry_failed
         self.n_workers = n_workers
         self.verbose = verbose
 
@@ -361,6 +369,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         if config.kind == "builder":
             fingerprint = f"{fingerprint}-{'x'.join(map(str, sample_shape or ()))}"
         pool = ThreadPoolExecutor(self.n_workers or min(4, os.cpu_count() or 1))
+        writer: _CacheWriter | None = None
         try:
             # 1. Content keys (only needed with a cache: they read every file once).
             keys: list[str | None] = [None] * n
@@ -371,13 +380,22 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                         failed.append(result)
                     else:
                         keys[i] = result
-            # 2. Cache lookups.
+            # 2. Cache lookups; items that failed to decode in an earlier run fail again at once.
             found = np.zeros(n, dtype=bool)
             hit_vectors = np.zeros((0, 0), np.float32)
             if cache is not None:
                 known = [i for i in range(n) if keys[i] is not None]
                 hit_mask, hit_vectors = cache.lookup(fingerprint, [str(keys[i]) for i in known])
                 found[np.asarray(known, dtype=np.int64)[hit_mask]] = True
+                if not self.retry_failed:
+                    missing = [i for i in known if not found[i]]
+                    remembered = cache.failures(fingerprint, [str(keys[i]) for i in missing])
+                    for i in missing:
+                        if keys[i] in remembered:
+                            reason = f"{remembered[str(keys[i])]} (remembered from an earlier run; "
+                            failed.append(ImageLoadError(
+                                items[i].name, reason + "pass retry_failed=True to try again)", i
+                            ))
             report.n_hits = int(found.sum())
             failed_idx = {e.index for e in failed}
             todo = [i for i in range(n) if not found[i] and i not in failed_idx]
@@ -391,20 +409,30 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                     if k is not None:
                         first_of[k] = i
                     unique.append(i)
+            # 4. Embed the misses; a writer thread commits each batch to the cache meanwhile.
             width = hit_vectors.shape[1] if hit_vectors.size else None
             rows: dict[int, np.ndarray] = {}
             if unique:
                 network = self._network(config, kind, sample_shape)
                 width = network.width
+                if cache is not None:
+                    writer = _CacheWriter(cache, fingerprint, config)
+                n_failed_before = len(failed)
                 for positions, vectors in self._run_network(network, items, unique, pool, failed):
                     for p, v in zip(positions, vectors, strict=True):
                         rows[p] = v
-                    if cache is not None and positions:
-                        cache.append(
-                            fingerprint, [str(keys[p]) for p in positions], vectors,
-                            [items[p].name for p in positions],
-                            fields=config.fingerprint_fields, label=config.label,
-                        )
+                    if writer is not None:
+                        fresh = failed[n_failed_before:]
+                        n_failed_before = len(failed)
+                        writer.put([str(keys[p]) for p in positions], vectors,
+                                   [items[p].name for p in positions],
+                                   [(str(keys[e.index]), e.source, e.reason) for e in fresh
+                                    if e.index is not None and keys[e.index] is not None])
+                if writer is not None:
+                    fresh = failed[n_failed_before:]
+                    writer.put([], np.zeros((0, width), np.float32), [],
+                               [(str(keys[e.index]), e.source, e.reason) for e in fresh
+                                if e.index is not None and keys[e.index] is not None])
                 report.n_embedded = len(rows)
             if width is None:
                 width = self._n_features_out if n == 0 or failed else hit_vectors.shape[1]
@@ -424,6 +452,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                     failed.append(ImageLoadError(items[i].name, "same content as a failed item", i))
         finally:
             pool.shutdown(wait=True)
+            if writer is not None:
+                writer.close()  # commits what was embedded, even when the run failed
+        if cache is not None and writer is not None and cache.needs_compaction():
+            cache.compact()
         failed.sort(key=lambda e: e.index if e.index is not None else -1)
         report.n_failed = len(failed)
         report.failures = [(int(e.index or 0), e.source, e.reason) for e in failed]
@@ -494,6 +526,64 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             )
 
         return load_image
+
+
+class _CacheWriter:
+    """Commits batches to the cache on a thread of its own, off the network's critical path.
+
+    The queue is bounded, so a slow disk slows the run down rather than filling memory. Batches
+    that queue up while a commit runs are committed together.
+    """
+
+    def __init__(self, cache: EmbeddingCache, fingerprint: str, config: BackboneConfig):
+        self._cache = cache
+        self._fingerprint = fingerprint
+        self._fields = config.fingerprint_fields
+        self._label = config.label
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="featx-cache-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, keys: list[str], vectors: np.ndarray, sources: list[str],
+            failed: list[tuple[str, str, str]]) -> None:
+        if self._error is not None:
+            raise self._error
+        if keys or failed:
+            self._queue.put((keys, vectors, sources, failed))
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batches = [self._queue.get()]
+            while True:
+                try:
+                    batches.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batches[-1] is None:
+                batches.pop()
+                done = True
+            if not batches or self._error is not None:
+                continue
+            try:
+                self._cache.append(
+                    self._fingerprint,
+                    [k for b in batches for k in b[0]],
+                    np.concatenate([b[1] for b in batches]),
+                    [src for b in batches for src in b[2]],
+                    fields=self._fields, label=self._label,
+                    failed=[f for b in batches for f in b[3]],
+                )
+            except BaseException as exc:  # reported by close()
+                self._error = exc
+
+    def close(self) -> None:
+        """Wait until every queued batch is committed; raise the first commit error."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _safe_key(item: Item) -> str | ImageLoadError:

@@ -352,6 +352,7 @@ def test_rows_past_count_are_ignored_and_overwritten(cache: EmbeddingCache) -> N
     assert keys == [key(0), key(1), key(2), key("junk4"), key(5)]
     np.testing.assert_array_equal(vectors, np.concatenate([vecs(3), vecs(2, start=40)]))
     assert sources == ["a", "b", "c", "x", "y"]
+    assert cache.compact() == 1  # folding the batch into the main file overwrites the junk
     with h5py.File(cache.path, "r") as f:
         assert f["embeddings/fp/vectors"].shape == (5, 4)
         assert (f["embeddings/fp/vectors"][:] != -999).all()
