@@ -1,0 +1,8 @@
+"""``python -m featx``: the same as the ``featx`` command."""
+
+from __future__ import annotations
+
+from featx.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

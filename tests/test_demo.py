@@ -1,0 +1,53 @@
+"""Tests of featx.demo on a few images with a random network (the real demo is `featx demo`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import featx.datasets
+from featx import FeatxError
+from featx.demo import run_demo
+
+
+def test_demo_small_random_network_then_rerun_from_cache(tmp_path):
+    lines: list[str] = []
+    kwargs = dict(n_train=50, n_test=30, weights=None, input_size=32, log=lines.append)
+    result = run_demo(tmp_path, **kwargs)
+    assert result["dataset"] == "fashion-mnist"
+    assert (result["n_train"], result["n_test"], result["n_images"]) == (50, 30, 80)
+    assert result["n_embedded"] == 80 and result["n_cached"] == 0
+    assert result["input_size"] == (32, 32)
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["pixel_accuracy"] > 0.3
+    assert result["images_per_second"] > 0 and result["wall_seconds"] >= result["embed_seconds"]
+    assert result["cache"] == str(tmp_path / "embeddings.h5")
+    assert any("raw pixels" in line for line in lines)
+
+    again = run_demo(tmp_path, **kwargs)
+    assert again["n_embedded"] == 0 and again["n_cached"] == 80
+    assert again["images_per_second"] is None
+    assert again["accuracy"] == result["accuracy"]
+
+
+def _missing(*args, **kwargs):
+    raise FeatxError("Fashion-MNIST file '...' does not exist")
+
+
+def test_demo_falls_back_to_digits_loudly(tmp_path, monkeypatch):
+    monkeypatch.setattr(featx.datasets, "load_fashion_mnist", _missing)
+    lines: list[str] = []
+    result = run_demo(tmp_path, n_train=40, n_test=20, weights=None, input_size=32,
+                      log=lines.append)
+    assert result["dataset"] == "digits" and result["classes"] == [str(d) for d in range(10)]
+    assert result["n_images"] == 60
+    assert any("FALLING BACK" in line for line in lines)
+
+
+def test_demo_digits_sizes_are_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr(featx.datasets, "load_fashion_mnist", _missing)
+    from featx.demo import _load_data
+
+    name, x_train, y_train, x_test, y_test, _ = _load_data(2000, 1000, lambda line: None)
+    assert name == "digits" and len(x_train) + len(x_test) == 1797
+    assert len(x_test) == 599
+    assert np.bincount(y_test).min() > 50  # stratified
+
