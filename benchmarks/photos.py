@@ -38,8 +38,8 @@ def make_photo_folder(root: str | Path, n: int, *, seed: int = 0) -> list[str]:
         photo = img.crop((left, top, left + cw, top + ch))
         long_side = int(rng.integers(300, 801))
         scale = long_side / max(photo.size)
-        photo = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))),
-                             Image.Resampling.BILINEAR)
+        new_size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+        photo = photo.resize(new_size, Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
             photo = ImageOps.mirror(photo)
         photo.save(path, quality=int(rng.integers(70, 96)))

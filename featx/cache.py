@@ -368,7 +368,8 @@ class EmbeddingCache:
             )
         with self._locked(exclusive=False):
             known: set[str] = set()
-            width = vectors.shape[1] if len(keys) else None
+            known_failed: set[str] = set()
+            width = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] > 0 else None
             for index in self._files():
                 grp = index.groups.get(fingerprint)
                 if grp is not None:
@@ -378,19 +379,23 @@ class EmbeddingCache:
                             f"width {width}. The backbone changed without its fingerprint "
                             "changing."
                         )
+                    width = grp.width
                     known.update(grp.rows)
+                    known_failed.update(grp.failed)
             keep, seen = [], set()
             for i, k in enumerate(keys):
                 if k not in known and k not in seen:
                     keep.append(i)
                     seen.add(k)
-            new_failed = [f for f in failed if f[0] not in known]
+            new_failed = [f for f in failed if f[0] not in known and f[0] not in known_failed]
             if not keep and not new_failed:
                 return 0
+            if width is None:
+                raise ValueError("append of failures alone needs vectors of shape (0, width)")
             self._write_segment(
                 fingerprint,
                 [keys[i] for i in keep],
-                vectors[keep] if keep else np.zeros((0, width or 0), np.float32),
+                vectors[keep] if keep else np.zeros((0, width), np.float32),
                 [sources[i] for i in keep],
                 fields or {},
                 label,

@@ -473,37 +473,52 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         loader = self._loader(network)
         progress = _progress(len(positions), self.verbose)
         batches = iter(batched(positions, self.batch_size))
-        ahead: deque[tuple[Sequence[int], list[Future[Any]]]] = deque()
+        # Workers decode items; one assembler thread stacks and preprocesses the next batch while
+        # the network runs on this one, so the network waits for neither.
+        assembler = ThreadPoolExecutor(1, thread_name_prefix="featx-assemble")
+        ahead: deque[tuple[Future[Any], list[Future[Any]]]] = deque()
+
+        def assemble(batch: Sequence[int], futures: list[Future[Any]]) -> tuple[
+            list[int], np.ndarray | None, list[ImageLoadError]
+        ]:
+            ok: list[int] = []
+            pixels: list[np.ndarray] = []
+            errors: list[ImageLoadError] = []
+            for p, fut in zip(batch, futures, strict=True):
+                try:
+                    pixels.append(fut.result())
+                    ok.append(p)
+                except ImageLoadError as exc:
+                    exc.index = p
+                    errors.append(exc)
+            x = network.preprocess(np.stack(pixels)) if pixels else None
+            return ok, x, errors
 
         def submit() -> None:
             batch = next(batches, None)
             if batch is not None:
-                ahead.append((batch, [pool.submit(loader, items[p]) for p in batch]))
+                futures = [pool.submit(loader, items[p]) for p in batch]
+                ahead.append((assembler.submit(assemble, batch, futures), futures))
 
-        submit()
-        submit()
+        for _ in range(self._PREFETCH):
+            submit()
         try:
             while ahead:
-                batch, futures = ahead.popleft()
+                ok, x, errors = ahead.popleft()[0].result()
                 submit()
-                ok: list[int] = []
-                pixels: list[np.ndarray] = []
-                for p, fut in zip(batch, futures, strict=True):
-                    try:
-                        pixels.append(fut.result())
-                        ok.append(p)
-                    except ImageLoadError as exc:
-                        exc.index = p
-                        failed.append(exc)
-                if ok:
-                    x = network.preprocess(np.stack(pixels))
+                failed.extend(errors)
+                if x is not None:
                     yield ok, network.embed(x)
-                progress(len(batch))
+                progress(len(ok) + len(errors))
         finally:
             for _, futures in ahead:
                 for fut in futures:
                     fut.cancel()
+            assembler.shutdown(wait=True)
             progress(None)
+
+    #: Batches decoded ahead of the network (bounded: memory stays flat).
+    _PREFETCH = 2
 
     def _loader(self, network: Network) -> Callable[[Item], np.ndarray]:
         if not network.is_image:

@@ -182,21 +182,19 @@ def load_pixels(
         return _array_pixels(item, size, channels, resize)
     try:
         if item.kind == "pil":
-            img = item.value
-        else:
-            src = item.value if item.kind == "path" else io.BytesIO(item.value)
-            with Image.open(src) as opened:  # closed on errors too; exif_transpose copies
-                if max_pixels is not None and opened.width * opened.height > max_pixels:
-                    raise ImageLoadError(
-                        item.name,
-                        f"image is {opened.width}x{opened.height} pixels, over the limit of "
-                        f"{max_pixels}",
-                    )
-                if opened.format == "JPEG":
-                    # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: cheap big photos.
-                    opened.draft("RGB", (size[1], size[0]))
-                img = ImageOps.exif_transpose(opened)
-        return _pil_pixels(img, size, channels, resize)
+            return _pil_pixels(_upright(item.value), size, channels, resize)
+        src = item.value if item.kind == "path" else io.BytesIO(item.value)
+        with Image.open(src) as opened:  # closed on errors too
+            if max_pixels is not None and opened.width * opened.height > max_pixels:
+                raise ImageLoadError(
+                    item.name,
+                    f"image is {opened.width}x{opened.height} pixels, over the limit of "
+                    f"{max_pixels}",
+                )
+            if opened.format == "JPEG":
+                # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: cheap big photos.
+                opened.draft("RGB", (size[1], size[0]))
+            return _pil_pixels(_upright(opened), size, channels, resize)
     except ImageLoadError:
         raise
     except FileNotFoundError:
@@ -208,6 +206,13 @@ def load_pixels(
         raise ImageLoadError(item.name, reason) from None
     except (ValueError, Image.DecompressionBombError) as exc:
         raise ImageLoadError(item.name, str(exc)) from None
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Honour the EXIF orientation tag; copies the image only when it has to turn it."""
+    if img.getexif().get(0x0112, 1) in (1, None):
+        return img
+    return ImageOps.exif_transpose(img)
 
 
 def _pil_pixels(img: Image.Image, size: tuple[int, int], channels: int, resize: str) -> np.ndarray:
