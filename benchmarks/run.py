@@ -1,27 +1,41 @@
 """featx benchmarks: one command, one table of ratios against baselines measured in the same run.
 
-    .venv/bin/python -m benchmarks.run [--images 500] [--backbone mobilenet]
+    .venv/bin/python -m benchmarks.run [--images 1000] [--backbones mobilenet,resnet50] [--quick]
 
-Sections:
-  cache   the second transform of the same images with a full cache, against the first (empty
-          cache). Target: at least 20x.
+On one folder of realistic JPEG photos (300-800 px, made from scikit-image's and scikit-learn's
+sample photos by crops, scales, flips and re-encoding) it measures, each in a fresh process:
 
-Results are printed and written, with a description of the machine, to benchmarks/results/.
+  ceiling         the compiled network on tensors already decoded and resized (the upper bound)
+  naive           one model.predict call per image, as simple embedding wrappers do
+  in_memory       load every image into one array, then one model.predict (the tutorials' way)
+  keras_pipeline  image_dataset_from_directory + map(preprocess_input) + prefetch + predict
+  featx           ImageEmbedder from the files with an empty cache, then with a full cache
+
+then peak memory of featx for 1,000 against 10,000 images, and GridSearchCV (5 folds x 4
+candidates) with featx inside the Pipeline against one embedding pass plus fitting the heads on
+arrays, and against the same search with the embedder uncached.
+
+The table (with the machine's description) is printed and written to benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def machine() -> str:
@@ -33,56 +47,148 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-            f"Keras {keras.__version__} ({keras.backend.backend()} backend)")
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        mem = "?"
+    return (f"{cpu}, {os.cpu_count()} cores, {mem}; Python {platform.python_version()}, "
+            f"Keras {keras.__version__} ({os.environ.get('KERAS_BACKEND', 'tensorflow')} backend)")
 
 
-def bench_cache(paths: list[str], backbone: str, work: Path) -> list[tuple[str, float, str]]:
-    from featx import ImageEmbedder
+def measure(method: str, backbone: str, folder: Path, n: int, repeats: int,
+            **extra: Any) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.measure", method, "--backbone", backbone,
+           "--folder", str(folder), "--n", str(n), "--repeats", str(repeats)]
+    for key, value in extra.items():
+        if value is True:
+            cmd.append(f"--{key.replace('_', '-')}")
+        elif value not in (None, False):
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    print(f"  {method:<15} {backbone:<10} {n:>6} images  {result['images_per_s']:8.1f} img/s"
+          f"  peak {result['peak_rss_mb']:7.0f} MB", flush=True)
+    return result
 
-    cache = work / "cache.h5"
-    if cache.exists():
-        cache.unlink()
-    # Build the network first, so that neither pass pays for it.
-    ImageEmbedder(backbone).fit_transform(paths[:1])
-    emb = ImageEmbedder(backbone, cache=cache)
-    t0 = time.perf_counter()
-    first = emb.fit_transform(paths)
-    t_first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    second = ImageEmbedder(backbone, cache=cache).fit_transform(paths)
-    t_second = time.perf_counter() - t0
-    assert (first == second).all()
-    n = len(paths)
+
+def throughput_table(backbones: list[str], folder: Path, n: int, n_naive: int, repeats: int,
+                     work: Path) -> list[str]:
+    rows = ["| backbone | method | images | images/s | vs ceiling | vs Keras pipeline "
+            "| peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for backbone in backbones:
+        cache = work / f"bench-{backbone}.h5"
+        res = {
+            "ceiling": measure("ceiling", backbone, folder, n, repeats),
+            "naive": measure("naive", backbone, folder, n_naive, 1),
+            "in_memory": measure("in_memory", backbone, folder, n, repeats),
+            "keras_pipeline": measure("keras_pipeline", backbone, folder, n, repeats),
+            "featx (empty cache)": measure("featx", backbone, folder, n, repeats, cache=cache),
+            "featx (full cache)": measure("featx", backbone, folder, n, repeats, cache=cache,
+                                          full_cache=True),
+        }
+        ceiling = res["ceiling"]["images_per_s"]
+        keras_speed = res["keras_pipeline"]["images_per_s"]
+        empty = res["featx (empty cache)"]["images_per_s"]
+        for name, r in res.items():
+            speed = r["images_per_s"]
+            rows.append(f"| {backbone} | {name} | {r['images']} | {speed:,.1f} | "
+                        f"{speed / ceiling:.2f}x | {speed / keras_speed:.2f}x | "
+                        f"{r['peak_rss_mb']:,.0f} |")
+        full = res["featx (full cache)"]["images_per_s"]
+        rows.append(f"| {backbone} | full cache / empty cache | | | **{full / empty:.0f}x** | | |")
+    return rows
+
+
+def memory_table(backbone: str, folder_small: Path, folder_big: Path, n_small: int,
+                 n_big: int, work: Path) -> list[str]:
+    small = measure("featx", backbone, folder_small, n_small, 1, cache=work / "mem-small.h5")
+    big = measure("featx", backbone, folder_big, n_big, 1, cache=work / "mem-big.h5")
+    ratio = big["peak_rss_mb"] / small["peak_rss_mb"]
     return [
-        ("featx, empty cache (first transform)", n / t_first, "1.00x"),
-        ("featx, full cache (second transform)", n / t_second, f"{t_first / t_second:.1f}x"),
+        "| featx, empty cache | images | peak RSS (MB) | ratio |", "|---|---:|---:|---:|",
+        f"| {backbone} | {n_small:,} | {small['peak_rss_mb']:,.0f} | 1.00x |",
+        f"| {backbone} | {n_big:,} | {big['peak_rss_mb']:,.0f} | **{ratio:.2f}x** |",
+    ]
+
+
+def grid_table(backbone: str, folder: Path, n: int) -> list[str]:
+    cmd = [sys.executable, "-m", "benchmarks.grid", "--backbone", backbone, "--folder",
+           str(folder), "--n", str(n)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    r = json.loads(lines[-1])
+    base = r["one_pass_s"] + r["heads_on_arrays_s"]
+    print(f"  grid search: {r}", flush=True)
+    return [
+        f"| GridSearchCV 5 folds x 4 candidates, {n} images, {backbone} | seconds | "
+        "vs one pass + heads on arrays |", "|---|---:|---:|",
+        f"| one embedding pass + the same search on arrays | {base:.1f} | 1.00x |",
+        f"| featx (cached) inside the Pipeline | {r['featx_cached_s']:.1f} | "
+        f"**{r['featx_cached_s'] / base:.2f}x** |",
+        f"| the embedder uncached inside the Pipeline | {r['uncached_s']:.1f} | "
+        f"{r['uncached_s'] / base:.2f}x |",
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--backbone", default="mobilenet")
+    parser.add_argument("--images", type=int, default=1000, help="photos per throughput run")
+    parser.add_argument("--naive-images", type=int, default=100)
+    parser.add_argument("--memory-images", default="1000,10000")
+    parser.add_argument("--grid-images", type=int, default=200)
+    parser.add_argument("--backbones", default="mobilenet,resnet50")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check it runs")
+    parser.add_argument("--skip", default="", help="comma list of: throughput,memory,grid")
     parser.add_argument("--work", default=None, help="folder for photos and caches")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.naive_images, args.memory_images = 64, 8, "64,256"
+        args.grid_images, args.repeats = 40, 1
+    skip = set(filter(None, args.skip.split(",")))
 
     from benchmarks.photos import make_photo_folder
 
     work = Path(args.work or Path(tempfile.gettempdir()) / "featx-bench")
-    paths = make_photo_folder(work / f"photos-{args.images}", args.images)
-    rows = bench_cache(paths, args.backbone, work)
-
-    title = (f"Cache: {args.images} JPEG photos (300-800 px), {args.backbone} at its native size; "
-             "ratio = speed-up over the first transform")
-    lines = [f"### {title}", "", f"Machine: {machine()}", "",
-             "| run | images/s | ratio |", "|---|---:|---:|"]
-    lines += [f"| {name} | {speed:,.1f} | {ratio} |" for name, speed, ratio in rows]
-    text = "\n".join(lines) + "\n"
+    n_small, n_big = (int(v) for v in args.memory_images.split(","))
+    folder = work / f"photos-{max(args.images, args.grid_images, args.naive_images)}"
+    make_photo_folder(folder, max(args.images, args.grid_images, args.naive_images))
+    started = time.time()
+    sections = [f"Machine: {machine()}", ""]
+    if "throughput" not in skip:
+        print("throughput:", flush=True)
+        sections += [f"### Throughput: JPEG photos to embeddings, 224 px, batch 32 "
+                     f"(fastest of {args.repeats})", "",
+                     *throughput_table(args.backbones.split(","), folder, args.images,
+                                       args.naive_images, args.repeats, work), ""]
+    if "memory" not in skip:
+        print("memory:", flush=True)
+        small = work / f"photos-{n_small}"
+        big = work / f"photos-{n_big}"
+        make_photo_folder(small, n_small)
+        make_photo_folder(big, n_big)
+        sections += ["### Memory: peak RSS, 1x against 10x the images", "",
+                     *memory_table("mobilenet", small, big, n_small, n_big, work), ""]
+    if "grid" not in skip:
+        print("grid search:", flush=True)
+        sections += ["### Grid search: the embedding is paid once", "",
+                     *grid_table("mobilenet", folder, args.grid_images), ""]
+    sections.append(f"Total benchmark time: {time.time() - started:.0f} s. "
+                    "Command: `.venv/bin/python -m benchmarks.run`"
+                    + (" --quick" if args.quick else ""))
+    text = "\n".join(sections) + "\n"
+    print()
     print(text)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    (RESULTS / "cache.md").write_text(f"<!-- {stamp} -->\n{text}")
+    name = "latest-quick.md" if args.quick else "latest.md"
+    (RESULTS / name).write_text(f"<!-- written by benchmarks/run.py on {stamp} -->\n{text}")
     return 0
 
 

@@ -12,6 +12,7 @@ Keras (and with it the backend, TensorFlow by default) is imported only when a n
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib.metadata
@@ -19,8 +20,8 @@ import json
 import os
 import random
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "BACKBONES",
     "POOLINGS",
     "PREPROCESS_MODES",
+    "PRECISIONS",
     "get_backbone",
     "list_backbones",
     "resolve_backbone",
@@ -48,6 +50,7 @@ EMBEDDING_FORMAT_VERSION = 1
 POOLINGS = ("avg", "max", "flatten", "none")
 PREPROCESS_MODES = ("auto", "none", "scale", "tf", "caffe", "torch")
 RESIZE_POLICIES = ("resize", "center_crop")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,8 @@ class BackboneConfig:
     name : str
         The registry name, the model file's path, or a description.
     weights_id : str
-        The identity of the weights: ``"imagenet@keras-3.x"``, ``"sha256:..."``, ``"random@seed0"``.
+        The identity of the weights: ``"imagenet@keras-3.x"``, ``"sha256:..."``,
+        ``"random@seed0:<backend>"``.
     layer : str, int or None
         Where the network is cut (``None``: the default, the layer that feeds the classifier).
     pooling : str
@@ -197,6 +201,7 @@ class BackboneConfig:
     preprocess: str
     source: Any = field(default=None, compare=False, repr=False)
     source_id: str = ""
+    precision: str = "float32"
 
     @property
     def fingerprint_fields(self) -> dict[str, Any]:
@@ -210,6 +215,7 @@ class BackboneConfig:
             "input_size": list(self.input_size) if self.input_size else None,
             "resize": self.resize if self.input_size else None,
             "preprocess": self.preprocess,
+            "precision": self.precision,
         }
 
     @property
@@ -255,9 +261,25 @@ def _keras_version() -> str:
         return "unknown"
 
 
+def keras_backend_name() -> str:
+    """The Keras backend in use, found without importing Keras when it is not imported yet."""
+    import sys
+
+    if "keras" in sys.modules:
+        return str(sys.modules["keras"].backend.backend())
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    config = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "keras.json"
+    try:
+        return str(json.loads(config.read_text()).get("backend", "tensorflow"))
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
 def _weights_identity(weights: Any) -> str:
     if weights is None:
-        return "random@seed0"
+        # Seeded random initialisers draw different numbers on different backends.
+        return f"random@seed0:{keras_backend_name()}"
     if isinstance(weights, str) and weights == "imagenet":
         return f"imagenet@keras-{_keras_version()}"
     if isinstance(weights, (str, os.PathLike)):
@@ -315,6 +337,7 @@ def resolve_backbone(
     input_size: Any = None,
     resize: str = "resize",
     preprocess: Any = "auto",
+    precision: str = "float32",
 ) -> BackboneConfig:
     """Turn an embedder's backbone parameters into a :class:`BackboneConfig`, building nothing.
 
@@ -324,7 +347,7 @@ def resolve_backbone(
         A registry name (see :func:`list_backbones`), the path of a ``.keras``/``.h5`` model, a
         ``keras.Model``, or a function ``f(input_shape) -> keras.Model`` that builds a
         deterministic model for samples of ``input_shape``.
-    weights, layer, pooling, input_size, resize, preprocess
+    weights, layer, pooling, input_size, resize, preprocess, precision
         As in :class:`featx.ImageEmbedder`.
 
     Examples
@@ -347,7 +370,25 @@ def resolve_backbone(
     else:
         prep = _check_choice("preprocess", preprocess, PREPROCESS_MODES)
     size = _size_pair(input_size)
+    precision_s = _check_choice("precision", precision, PRECISIONS)
+    config = _resolve_source(backbone, weights, layer, pooling_s, size, resize_s, prep)
+    if precision_s != "float32" and config.kind not in ("registry", "builder"):
+        raise ValueError(
+            f"precision={precision_s!r} needs a registry backbone or a backbone function, which "
+            "featx builds itself; a saved model keeps the dtypes it was saved with."
+        )
+    return replace(config, precision=precision_s)
 
+
+def _resolve_source(
+    backbone: Any,
+    weights: Any,
+    layer: str | int | None,
+    pooling_s: str,
+    size: tuple[int, int] | None,
+    resize_s: str,
+    prep: str,
+) -> BackboneConfig:
     if isinstance(backbone, str) and not _looks_like_path(backbone):
         spec = get_backbone(backbone)
         if prep == "auto":
@@ -381,7 +422,8 @@ def resolve_backbone(
     if callable(backbone):
         qual = f"{backbone.__module__}.{getattr(backbone, '__qualname__', repr(backbone))}"
         return BackboneConfig(
-            kind="builder", name=qual, weights=None, weights_id="in-builder", layer=layer,
+            kind="builder", name=qual, weights=None,
+            weights_id=f"in-builder:{keras_backend_name()}", layer=layer,
             pooling=pooling_s, input_size=size, resize=resize_s,
             preprocess="none" if prep == "auto" else prep, source=backbone, source_id=qual,
         )
@@ -497,6 +539,27 @@ def clear_networks() -> None:
 
 
 def _build_model(config: BackboneConfig) -> Any:
+    with _dtype_policy(config.precision):
+        return _build_model_as_is(config)
+
+
+@contextlib.contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    """Build layers under a Keras dtype policy (mixed precision), restoring the global one."""
+    if precision == "float32":
+        yield
+        return
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build_model_as_is(config: BackboneConfig) -> Any:
     import keras
 
     if config.kind == "registry":
@@ -531,7 +594,7 @@ def get_builder_network(config: BackboneConfig, sample_shape: tuple[int, ...]) -
         net = _NETWORKS.get(key)
         if net is None:
             try:
-                with _seeded():
+                with _seeded(), _dtype_policy(config.precision):
                     model = config.source(sample_shape)
             except Exception as exc:
                 raise FeatxError(

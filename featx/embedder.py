@@ -25,6 +25,7 @@ from sklearn.utils.validation import validate_data
 
 from featx.backbones import (
     POOLINGS,
+    PRECISIONS,
     PREPROCESS_MODES,
     RESIZE_POLICIES,
     BackboneConfig,
@@ -135,6 +136,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     preprocess : {"auto", "none", "scale", "tf", "caffe", "torch"} or callable, default="auto"
         ``"auto"`` applies the registry backbone's own ``preprocess_input`` and nothing for a
         user's model; ``"scale"`` divides by 255; the others are Keras's ImageNet modes.
+    precision : {"float32", "mixed_float16", "mixed_bfloat16"}, default="float32"
+        Build the network under a Keras mixed-precision policy (for accelerators with fast
+        half-precision units); embeddings are returned as float32 either way. Part of the
+        fingerprint: mixed-precision embeddings are cached apart from float32 ones.
     batch_size : int, default=32
         Images per network call.
     cache : str, path or None, default=None
@@ -180,6 +185,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         "input_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
         "resize": [StrOptions(set(RESIZE_POLICIES))],
         "preprocess": [StrOptions(set(PREPROCESS_MODES)), callable],
+        "precision": [StrOptions(set(PRECISIONS))],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "cache": [str, os.PathLike, None],
         "on_error": [StrOptions({"raise", "skip", "nan"})],
@@ -198,6 +204,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         input_size: Any = None,
         resize: str = "resize",
         preprocess: Any = "auto",
+        precision: str = "float32",
         batch_size: int = 32,
         cache: str | os.PathLike[str] | None = None,
         on_error: str = "raise",
@@ -212,6 +219,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.input_size = input_size
         self.resize = resize
         self.preprocess = preprocess
+        self.precision = precision
         self.batch_size = batch_size
         self.cache = cache
         self.on_error = on_error
@@ -319,6 +327,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         return resolve_backbone(
             self.backbone, weights=self.weights, layer=self.layer, pooling=self.pooling,
             input_size=self.input_size, resize=self.resize, preprocess=self.preprocess,
+            precision=self.precision,
         )
 
     def _network(self, config: BackboneConfig, kind: str, sample_shape: Any) -> Network:

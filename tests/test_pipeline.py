@@ -1,0 +1,137 @@
+"""The embedding pipeline: compiled inference, bounded prefetch, the cache writer, precision,
+and the JAX backend (what the GPU machines run) giving the same numbers as TensorFlow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import featx.embedder as embedder_module
+from featx import CacheError, ImageEmbedder
+from featx.backbones import resolve_backbone
+from tests.conftest import tiny_convnet
+
+
+@pytest.fixture
+def images(rng) -> np.ndarray:
+    return rng.integers(0, 256, size=(40, 20, 20, 3), dtype=np.uint8)
+
+
+def test_inference_never_goes_through_model_predict(images, monkeypatch):
+    import keras
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("model.predict was called")
+
+    monkeypatch.setattr(keras.Model, "predict", forbidden)
+    monkeypatch.setattr(keras.Model, "predict_on_batch", forbidden)
+    out = ImageEmbedder(tiny_convnet, input_size=16, batch_size=8).fit_transform(images)
+    assert out.shape == (40, 5)
+
+
+def test_prefetch_is_bounded(images, monkeypatch):
+    """Decoding runs ahead of the network by at most a fixed number of batches."""
+    loads = []
+    real_load = embedder_module.load_pixels
+
+    def counting_load(*args, **kwargs):
+        loads.append(1)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(embedder_module, "load_pixels", counting_load)
+    emb = ImageEmbedder(tiny_convnet, input_size=16, batch_size=4)
+    from featx.backbones import get_builder_network
+
+    net = get_builder_network(emb._config(), (16, 16, 3))
+    seen_at_embed = []
+    real_embed = net.embed
+
+    def recording_embed(x):
+        seen_at_embed.append(len(loads))
+        return real_embed(x)
+
+    monkeypatch.setattr(net, "embed", recording_embed)
+    emb.fit_transform(images)
+    ahead = emb._PREFETCH + 1
+    for k, started in enumerate(seen_at_embed):
+        assert started <= (k + ahead) * 4, (k, started)
+    assert len(seen_at_embed) == 10
+
+
+def test_padding_to_a_power_of_two_does_not_change_rows(images):
+    one_batch = ImageEmbedder(tiny_convnet, input_size=16, batch_size=64).fit_transform(images)
+    singles = ImageEmbedder(tiny_convnet, input_size=16, batch_size=1).fit_transform(images[:5])
+    np.testing.assert_allclose(singles, one_batch[:5], atol=1e-5)
+
+
+def test_cache_write_errors_surface(images, tmp_path, monkeypatch):
+    from featx.cache import EmbeddingCache
+
+    def broken(self, *args, **kwargs):
+        raise CacheError("disk full (simulated)")
+
+    monkeypatch.setattr(EmbeddingCache, "append", broken)
+    emb = ImageEmbedder(tiny_convnet, input_size=16, cache=tmp_path / "c.h5")
+    with pytest.raises(CacheError, match="disk full"):
+        emb.fit_transform(images)
+
+
+def test_writer_commits_every_batch(images, tmp_path):
+    from featx import EmbeddingCache
+
+    emb = ImageEmbedder(tiny_convnet, input_size=16, batch_size=3, cache=tmp_path / "c.h5")
+    out = emb.fit_transform(images)
+    (group,) = EmbeddingCache(tmp_path / "c.h5").groups()
+    assert group.rows == 40
+    again = ImageEmbedder(tiny_convnet, input_size=16, cache=tmp_path / "c.h5")
+    np.testing.assert_array_equal(again.fit_transform(images), out)
+    assert again.report_.n_hits == 40
+
+
+def test_mixed_precision_is_close_and_cached_apart(images):
+    full = resolve_backbone("mobilenet", weights=None, input_size=32)
+    half = resolve_backbone("mobilenet", weights=None, input_size=32, precision="mixed_bfloat16")
+    assert full.fingerprint != half.fingerprint
+    a = ImageEmbedder(tiny_convnet, input_size=16).fit_transform(images)
+    b = ImageEmbedder(tiny_convnet, input_size=16, precision="mixed_bfloat16").fit_transform(images)
+    assert b.dtype == np.float32
+    np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * np.abs(a).max())
+    assert not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="precision='half'"):
+        resolve_backbone("mobilenet", precision="half")
+
+
+_BACKEND_SCRIPT = """
+import sys, numpy as np
+from featx import ImageEmbedder
+x = np.load(sys.argv[1])
+emb = ImageEmbedder("mobilenet", input_size=128)
+np.save(sys.argv[2], emb.fit_transform(x))
+import keras
+print(keras.backend.backend())
+"""
+
+
+def test_jax_backend_gives_the_same_embeddings_as_tensorflow(images, tmp_path, imagenet_weights):
+    """The GPU machines run featx on JAX: same weights, same numbers (on the CPU here)."""
+    np.save(tmp_path / "x.npy", images[:6])
+    outputs = {}
+    for backend in ("tensorflow", "jax"):
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        target = tmp_path / f"{backend}.npy"
+        run = subprocess.run(
+            [sys.executable, "-c", _BACKEND_SCRIPT, str(tmp_path / "x.npy"), str(target)],
+            env=env, capture_output=True, text=True, cwd=Path(__file__).parent.parent,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.split()[-1] == backend
+        outputs[backend] = np.load(target)
+    scale = np.abs(outputs["tensorflow"]).max()
+    print("scale", scale, "max abs diff", np.abs(outputs["jax"] - outputs["tensorflow"]).max())
+    assert scale > 0.1  # ImageNet features: a real signal
+    assert np.abs(outputs["jax"] - outputs["tensorflow"]).max() <= 1e-4 * scale
