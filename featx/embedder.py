@@ -363,6 +363,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         kind = "vectors" if shape is not None else "images"
         return self._network(config, kind, shape).width
 
+    #: Items handled per chunk: hashing, lookups and bookkeeping stay bounded however many
+    #: items stream through; only the returned array grows with the input.
+    _CHUNK = 4096
+
     def _embed_items(
         self,
         config: BackboneConfig,
@@ -371,12 +375,48 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         sample_shape: tuple[int, ...] | None,
         report: EmbeddingReport,
     ) -> tuple[np.ndarray, list[ImageLoadError]]:
-        n = len(items)
-        failed: list[ImageLoadError] = []
         cache = open_cache(self.cache) if self.cache is not None else None
         fingerprint = config.fingerprint
         if config.kind == "builder":
             fingerprint = f"{fingerprint}-{'x'.join(map(str, sample_shape or ()))}"
+        out: np.ndarray | None = None
+        failed: list[ImageLoadError] = []
+        wrote = False
+        for start in range(0, max(len(items), 1), self._CHUNK):
+            chunk = items[start : start + self._CHUNK]
+            part, part_failed, part_wrote = self._embed_chunk(
+                config, chunk, kind, sample_shape, report, cache, fingerprint
+            )
+            wrote = wrote or part_wrote
+            for e in part_failed:
+                e.index = (e.index or 0) + start
+            failed.extend(part_failed)
+            if len(chunk) == len(items):
+                out = part
+            else:
+                if out is None:
+                    out = np.empty((len(items), part.shape[1]), np.float32)
+                out[start : start + len(chunk)] = part
+        assert out is not None
+        if cache is not None and wrote and cache.needs_compaction():
+            cache.compact()
+        failed.sort(key=lambda e: e.index if e.index is not None else -1)
+        report.n_failed = len(failed)
+        report.failures = [(int(e.index or 0), e.source, e.reason) for e in failed]
+        return out, failed
+
+    def _embed_chunk(
+        self,
+        config: BackboneConfig,
+        items: list[Item],
+        kind: str,
+        sample_shape: tuple[int, ...] | None,
+        report: EmbeddingReport,
+        cache: EmbeddingCache | None,
+        fingerprint: str,
+    ) -> tuple[np.ndarray, list[ImageLoadError], bool]:
+        n = len(items)
+        failed: list[ImageLoadError] = []
         pool = ThreadPoolExecutor(self.n_workers or min(4, os.cpu_count() or 1))
         writer: _CacheWriter | None = None
         try:
@@ -405,10 +445,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                             failed.append(ImageLoadError(
                                 items[i].name, reason + "pass retry_failed=True to try again)", i
                             ))
-            report.n_hits = int(found.sum())
+            report.n_hits += int(found.sum())
             failed_idx = {e.index for e in failed}
             todo = [i for i in range(n) if not found[i] and i not in failed_idx]
-            report.n_misses = len(todo)
+            report.n_misses += len(todo)
             # 3. Duplicates are computed once: the first position with a key stands for the rest.
             first_of: dict[str, int] = {}
             unique: list[int] = []
@@ -442,7 +482,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                     writer.put([], np.zeros((0, width), np.float32), [],
                                [(str(keys[e.index]), e.source, e.reason) for e in fresh
                                 if e.index is not None and keys[e.index] is not None])
-                report.n_embedded = len(rows)
+                report.n_embedded += len(rows)
             if width is None:
                 width = self._n_features_out if n == 0 or failed else hit_vectors.shape[1]
             out = np.full((n, width), np.nan, dtype=np.float32)
@@ -463,12 +503,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             pool.shutdown(wait=True)
             if writer is not None:
                 writer.close()  # commits what was embedded, even when the run failed
-        if cache is not None and writer is not None and cache.needs_compaction():
-            cache.compact()
-        failed.sort(key=lambda e: e.index if e.index is not None else -1)
-        report.n_failed = len(failed)
-        report.failures = [(int(e.index or 0), e.source, e.reason) for e in failed]
-        return out, failed
+        return out, failed, writer is not None
 
     def _run_network(
         self,

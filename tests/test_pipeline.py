@@ -135,3 +135,22 @@ def test_jax_backend_gives_the_same_embeddings_as_tensorflow(images, tmp_path, i
     print("scale", scale, "max abs diff", np.abs(outputs["jax"] - outputs["tensorflow"]).max())
     assert scale > 0.1  # ImageNet features: a real signal
     assert np.abs(outputs["jax"] - outputs["tensorflow"]).max() <= 1e-4 * scale
+
+
+def test_chunks_give_the_same_rows_and_failure_positions(images, tmp_path, monkeypatch):
+    from PIL import Image
+
+    paths = []
+    for i, arr in enumerate(images[:20]):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(arr).save(p)
+        paths.append(str(p))
+    paths[9] = str(tmp_path / "missing.png")
+    paths[15] = paths[3]  # a duplicate across chunks
+    whole = ImageEmbedder(tiny_convnet, input_size=16, on_error="nan").fit_transform(paths)
+    monkeypatch.setattr(ImageEmbedder, "_CHUNK", 7)
+    emb = ImageEmbedder(tiny_convnet, input_size=16, on_error="nan", cache=tmp_path / "c.h5")
+    chunked = emb.fit_transform(paths)
+    np.testing.assert_allclose(chunked, whole, atol=1e-6, equal_nan=True)
+    assert [f[0] for f in emb.report_.failures] == [9]
+    assert emb.report_.n_items == 20 and emb.report_.n_embedded in (18, 19)
