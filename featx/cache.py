@@ -18,7 +18,9 @@ that is renamed into ``emb.h5.segments/`` when complete (the commit); compaction
 file, folds the segments in, and renames the copy over the main file. A process killed at any
 moment therefore leaves every committed batch intact and every file readable; it loses at most
 the batch it was writing. Readers and segment writers hold a shared ``flock`` on the lock file,
-compaction an exclusive one, so several processes can share one cache.
+compaction an exclusive one, so several processes can share one cache. ``docs/robustness.md``
+says why (and what the alternatives lose); ``featx._faults`` names the points the crash tests
+kill a process at.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import shutil
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from featx._faults import fault_point
 from featx.exceptions import CacheError
 
 __all__ = ["EmbeddingCache", "GroupInfo", "CACHE_FORMAT_VERSION", "open_cache"]
@@ -87,6 +91,10 @@ class _GroupIndex:
     failed: dict[str, str]
 
 
+class _UnreadableFile(CacheError):
+    """A file that is not (or no longer) a readable HDF5 cache file: truncated, damaged, foreign."""
+
+
 class _FileIndex:
     """The keys of one immutable HDF5 file, per group; valid while the file is unchanged."""
 
@@ -94,7 +102,7 @@ class _FileIndex:
         self.path = path
         self.stamp = stamp
         self.groups: dict[str, _GroupIndex] = {}
-        with _open_h5(path, "r") as f:
+        with _open_h5(path, "r") as f, _reading(path):
             for fp, grp in f.get("embeddings", {}).items():
                 n = int(grp.attrs["count"])
                 rows: dict[str, int] = {}
@@ -113,6 +121,20 @@ class _FileIndex:
                 )
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn the errors h5py raises on a damaged file's contents into one clear CacheError."""
+    try:
+        yield
+    except CacheError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise _UnreadableFile(
+            f"cache file {str(path)!r} is damaged: {type(exc).__name__}: {exc}. Move it aside "
+            "(its rows will be embedded again) or pass another cache= path."
+        ) from None
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -129,7 +151,7 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
     try:
         f = h5py.File(path, mode)
     except OSError as exc:
-        raise CacheError(
+        raise _UnreadableFile(
             f"cache file {str(path)!r} cannot be opened as HDF5 ({exc}). It may be truncated or "
             "not a featx cache; move it aside or pass another cache= path."
         ) from None
@@ -152,6 +174,8 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
 
 
 def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # pragma: no cover - os.kill(pid, 0) would end the process on Windows
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -200,14 +224,22 @@ class EmbeddingCache:
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._mutex = threading.RLock()
         self._indexes: dict[Path, _FileIndex] = {}
+        self._damaged: set[tuple[Path, tuple[int, int, int]]] = set()
 
     # ---- locking and the file list ------------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:
         with self._mutex:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise CacheError(
+                    f"cannot create the cache's lock file {str(self._lock_path)!r}: "
+                    f"{exc.strerror or exc}. featx needs to write in the cache's folder; pass a "
+                    "cache= path in a folder you can write to."
+                ) from None
             try:
                 _lock_fd(fd, exclusive)
                 yield
@@ -231,12 +263,33 @@ class EmbeddingCache:
             live.add(path)
             index = self._indexes.get(path)
             if index is None or index.stamp != stamp:
-                index = _FileIndex(path, stamp)
+                try:
+                    index = _FileIndex(path, stamp)
+                except _UnreadableFile as exc:
+                    if path == self.path:
+                        raise
+                    self._skip_damaged(path, stamp, exc)
+                    continue
                 self._indexes[path] = index
             out.append(index)
         for stale in set(self._indexes) - live:
             del self._indexes[stale]
         return out
+
+    def _skip_damaged(self, path: Path, stamp: tuple[int, int, int], exc: CacheError) -> None:
+        """A committed segment that cannot be read (disk damage, not a crash): warn, go on.
+
+        Only that segment's rows are missing; they are embedded again. Compaction moves the
+        file aside (``<segment>.damaged``) so that it is looked at by a person, not deleted.
+        """
+        if (path, stamp) not in self._damaged:
+            self._damaged.add((path, stamp))
+            warnings.warn(
+                f"featx cache: ignoring the damaged segment {str(path)!r} ({exc}); its rows will "
+                "be embedded again.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def exists(self) -> bool:
         """True when the main file or any committed segment exists."""
@@ -244,8 +297,14 @@ class EmbeddingCache:
 
     # ---- reading ------------------------------------------------------------
 
-    def lookup(self, fingerprint: str, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(
+        self, fingerprint: str, keys: Sequence[str], *, fields: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Find ``keys`` in the fingerprint's group.
+
+        ``fields``, when given, are the settings the group must have been written for; a group
+        of that name written for other settings raises :class:`CacheError` rather than serving
+        rows that mean something else.
 
         Returns
         -------
@@ -258,6 +317,8 @@ class EmbeddingCache:
             return found, np.zeros((0, 0), np.float32)
         with self._locked(exclusive=False):
             files = self._files()
+            if fields is not None:
+                _check_fields(files, fingerprint, fields)
             where: list[tuple[int, int]] = []  # (file number, row) per found key
             for i, k in enumerate(keys):
                 for n, index in enumerate(files):
@@ -275,7 +336,7 @@ class EmbeddingCache:
                 by_file.setdefault(n, []).append(j)
             for n, positions in by_file.items():
                 rows = np.array([where[j][1] for j in positions], dtype=np.int64)
-                with _open_h5(files[n].path, "r") as f:
+                with _open_h5(files[n].path, "r") as f, _reading(files[n].path):
                     out[positions] = _read_rows(f[f"embeddings/{fingerprint}/vectors"], rows)
             return found, out
 
@@ -323,7 +384,7 @@ class EmbeddingCache:
             sources: list[str] = []
             seen: set[str] = set()
             for index in files:
-                with _open_h5(index.path, "r") as f:
+                with _open_h5(index.path, "r") as f, _reading(index.path):
                     grp = f[f"embeddings/{fingerprint}"]
                     n = int(grp.attrs["count"])
                     file_keys = [k.decode("ascii") for k in grp["keys"][:n]]
@@ -370,7 +431,10 @@ class EmbeddingCache:
             known: set[str] = set()
             known_failed: set[str] = set()
             width = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] > 0 else None
-            for index in self._files():
+            files = self._files()
+            if fields:
+                _check_fields(files, fingerprint, fields)
+            for index in files:
                 grp = index.groups.get(fingerprint)
                 if grp is not None:
                     if width is not None and grp.width != width:
@@ -420,6 +484,7 @@ class EmbeddingCache:
             with h5py.File(tmp, "w") as f:
                 _init_file(f)
                 grp = _create_group(f, fingerprint, vectors.shape[1], fields, label, len(keys))
+                fault_point("cache.segment_partial")
                 if keys:
                     grp["keys"][:] = np.array(keys, dtype=_KEY_DTYPE)
                     grp["vectors"][:] = vectors
@@ -429,15 +494,20 @@ class EmbeddingCache:
                     _write_failures(grp, failed)
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            fault_point("cache.segment_written")
             target = self.segment_dir / f"{time.time_ns():020d}-{token}.h5"
             if not self.path.exists() and not self._segments():
                 # The very first batch becomes the main file; link() fails if another writer
-                # got there first, and the batch then becomes a segment like any other.
-                with contextlib.suppress(FileExistsError):
+                # got there first (or the file system has no hard links), and the batch then
+                # becomes a segment like any other.
+                try:
                     os.link(tmp, self.path)
-                    _fsync_dir(self.path.parent)
-                    return
-            os.replace(tmp, target)
+                    target = self.path
+                except OSError:
+                    pass
+            if target != self.path:
+                os.replace(tmp, target)
+            fault_point("cache.segment_committed")
             _fsync_dir(target.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -451,7 +521,7 @@ class EmbeddingCache:
         if len(segments) >= self.compact_segments:
             return True
         main = _stamp(self.path)
-        seg_bytes = sum(s.stat().st_size for s in segments if s.exists())
+        seg_bytes = sum(st[1] for st in map(_stamp, segments) if st is not None)
         return main is None or seg_bytes >= self.compact_fraction * main[1]
 
     def compact(self) -> int:
@@ -475,24 +545,36 @@ class EmbeddingCache:
                     if is_cache:
                         shutil.copyfile(self.path, tmp)
                         mode = "a"
+                damaged = []
                 with h5py.File(tmp, mode) as out:
                     if mode == "w":
                         _init_file(out)
                     out.attrs["file_id"] = uuid.uuid4().hex
                     for seg in segments:
-                        with _open_h5(seg, "r") as f:
-                            for fp, grp in f.get("embeddings", {}).items():
-                                _merge_group(out, fp, grp)
+                        try:
+                            with _open_h5(seg, "r") as f, _reading(seg):
+                                for fp, grp in f.get("embeddings", {}).items():
+                                    _merge_group(out, fp, grp)
+                        except _UnreadableFile as exc:
+                            stamp = _stamp(seg)
+                            if stamp is not None:
+                                self._skip_damaged(seg, stamp, exc)
+                            damaged.append(seg)
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
+                fault_point("cache.compact_copied")
                 os.replace(tmp, self.path)
+                fault_point("cache.compact_replaced")
                 _fsync_dir(self.path.parent)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
             for seg in segments:
                 with contextlib.suppress(FileNotFoundError):
-                    seg.unlink()
+                    if seg in damaged:
+                        seg.rename(seg.with_name(seg.name + ".damaged"))
+                    else:
+                        seg.unlink()
             self._indexes.clear()
             return len(segments)
 
@@ -513,6 +595,23 @@ class EmbeddingCache:
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r})"
+
+
+def _normal(fields: dict[str, Any]) -> str:
+    return json.dumps(fields, sort_keys=True)
+
+
+def _check_fields(files: list[_FileIndex], fingerprint: str, fields: dict[str, Any]) -> None:
+    """Refuse a group whose stored settings are not the ones its name stands for."""
+    want = _normal(fields)
+    for index in files:
+        grp = index.groups.get(fingerprint)
+        if grp is not None and grp.fields and _normal(grp.fields) != want:
+            raise CacheError(
+                f"cache file {str(index.path)!r}: group {fingerprint} holds embeddings made with "
+                f"{_normal(grp.fields)}, not with {want}. The file was edited or written by "
+                "another program; move it aside or pass another cache= path."
+            )
 
 
 def _init_file(f: h5py.File) -> None:

@@ -434,7 +434,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             hit_vectors = np.zeros((0, 0), np.float32)
             if cache is not None:
                 known = [i for i in range(n) if keys[i] is not None]
-                hit_mask, hit_vectors = cache.lookup(fingerprint, [str(keys[i]) for i in known])
+                hit_mask, hit_vectors = cache.lookup(fingerprint, [str(keys[i]) for i in known],
+                                                     fields=config.fingerprint_fields)
                 found[np.asarray(known, dtype=np.int64)[hit_mask]] = True
                 if not self.retry_failed:
                     missing = [i for i in known if not found[i]]

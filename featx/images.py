@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from featx._faults import fault_point
 from featx.exceptions import FeatxError, ImageLoadError
 
 __all__ = [
@@ -169,7 +170,9 @@ def load_pixels(
     """Decode ``item`` and resize it to ``size`` = (height, width).
 
     Returns a float32 array of shape ``(height, width, channels)`` on the 0-255 scale. Raises
-    :class:`ImageLoadError` naming the item when it cannot be read or decoded.
+    :class:`ImageLoadError` naming the item when it cannot be read or decoded, and, with
+    ``max_pixels``, when an encoded image has more pixels than that (a decompression bomb: a small
+    file that decodes to gigabytes); the size is read from the header, before any decoding.
 
     Examples
     --------
@@ -178,6 +181,7 @@ def load_pixels(
     >>> load_pixels(item, (4, 4)).shape
     (4, 4, 3)
     """
+    fault_point("images.decode")
     if item.kind == "array":
         return _array_pixels(item, size, channels, resize)
     try:
@@ -186,11 +190,9 @@ def load_pixels(
         src = item.value if item.kind == "path" else io.BytesIO(item.value)
         with Image.open(src) as opened:  # closed on errors too
             if max_pixels is not None and opened.width * opened.height > max_pixels:
-                raise ImageLoadError(
-                    item.name,
-                    f"image is {opened.width}x{opened.height} pixels, over the limit of "
-                    f"{max_pixels}",
-                )
+                raise ImageLoadError(item.name, _too_large(
+                    f"image is {opened.width}x{opened.height} pixels", max_pixels
+                ))
             if opened.format == "JPEG":
                 # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: cheap big photos.
                 opened.draft("RGB", (size[1], size[0]))
@@ -204,8 +206,18 @@ def load_pixels(
         if "cannot identify image file" in reason:
             reason = "not an image file Pillow can read (unknown or damaged format)"
         raise ImageLoadError(item.name, reason) from None
-    except (ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses images over twice its MAX_IMAGE_PIXELS as it opens them.
+        pillow = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        limit = max_pixels if max_pixels is not None and max_pixels <= pillow else pillow
+        raise ImageLoadError(item.name, _too_large(f"image is too large ({exc})", limit)) from None
+    except ValueError as exc:
         raise ImageLoadError(item.name, str(exc)) from None
+
+
+def _too_large(what: str, limit: int | float) -> str:
+    return (f"{what}, over the limit of {limit} pixels (a guard against decompression bombs; "
+            "see docs/robustness.md)")
 
 
 def _upright(img: Image.Image) -> Image.Image:
