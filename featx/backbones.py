@@ -188,6 +188,9 @@ class BackboneConfig:
         The resize policy.
     preprocess : str
         Name of the preprocessing applied to the resized pixels.
+    safe_mode : bool
+        Load a model file in Keras's safe mode (no Python code from the file runs). Not part of
+        the fingerprint: it decides whether a file may load, not what the numbers are.
     """
 
     kind: str
@@ -202,6 +205,7 @@ class BackboneConfig:
     source: Any = field(default=None, compare=False, repr=False)
     source_id: str = ""
     precision: str = "float32"
+    safe_mode: bool = True
 
     @property
     def fingerprint_fields(self) -> dict[str, Any]:
@@ -338,6 +342,7 @@ def resolve_backbone(
     resize: str = "resize",
     preprocess: Any = "auto",
     precision: str = "float32",
+    safe_mode: bool = True,
 ) -> BackboneConfig:
     """Turn an embedder's backbone parameters into a :class:`BackboneConfig`, building nothing.
 
@@ -347,7 +352,7 @@ def resolve_backbone(
         A registry name (see :func:`list_backbones`), the path of a ``.keras``/``.h5`` model, a
         ``keras.Model``, or a function ``f(input_shape) -> keras.Model`` that builds a
         deterministic model for samples of ``input_shape``.
-    weights, layer, pooling, input_size, resize, preprocess, precision
+    weights, layer, pooling, input_size, resize, preprocess, precision, safe_mode
         As in :class:`featx.ImageEmbedder`.
 
     Examples
@@ -377,7 +382,7 @@ def resolve_backbone(
             f"precision={precision_s!r} needs a registry backbone or a backbone function, which "
             "featx builds itself; a saved model keeps the dtypes it was saved with."
         )
-    return replace(config, precision=precision_s)
+    return replace(config, precision=precision_s, safe_mode=bool(safe_mode))
 
 
 def _resolve_source(
@@ -523,7 +528,8 @@ _NETWORKS_LOCK = threading.Lock()
 
 def get_network(config: BackboneConfig) -> Network:
     """Return the network for ``config``, building it on first use in this process."""
-    key = config.fingerprint
+    # A model file loaded with safe_mode=False is not handed to an embedder that did not ask.
+    key = config.fingerprint + ("" if config.safe_mode else ":unsafe")
     with _NETWORKS_LOCK:
         net = _NETWORKS.get(key)
         if net is None:
@@ -573,7 +579,7 @@ def _build_model_as_is(config: BackboneConfig) -> Any:
             top = _build_registry_model(config, include_top=True)
             model = _cut(top, config.layer)
     elif config.kind == "file":
-        model = _cut(load_model_file(config.source), config.layer)
+        model = _cut(load_model_file(config.source, safe_mode=config.safe_mode), config.layer)
     elif config.kind == "model":
         model = _cut(config.source, config.layer)
     else:  # builder
@@ -668,6 +674,10 @@ def _is_download_failure(exc: BaseException) -> bool:
 def load_model_file(path: str | os.PathLike[str], *, safe_mode: bool = True) -> Any:
     """Load a user's ``.keras``/``.h5`` model for inference (not compiled, safe mode by default).
 
+    In Keras's safe mode a file cannot run Python code as it loads: a ``Lambda`` layer holding
+    a Python function (whose bytecode would run) is refused with a :class:`FeatxError` that says
+    how to opt in (``ImageEmbedder(..., safe_mode=False)``) for a file one trusts.
+
     Examples
     --------
     >>> from featx.backbones import load_model_file
@@ -684,6 +694,13 @@ def load_model_file(path: str | os.PathLike[str], *, safe_mode: bool = True) -> 
     try:
         return keras.models.load_model(p, compile=False, safe_mode=safe_mode)
     except Exception as exc:
+        if safe_mode and "safe_mode" in str(exc):
+            raise FeatxError(
+                f"the Keras model {str(p)!r} holds Python code (a Lambda layer), which would run "
+                "as the file loads; featx loads model files in Keras's safe mode, which refuses "
+                "it. Only if you trust where this file comes from, pass "
+                "ImageEmbedder(..., safe_mode=False)."
+            ) from exc
         raise FeatxError(
             f"could not load the Keras model {str(p)!r}: {exc}. Expected a model saved with "
             "model.save('model.keras') or model.save('model.h5')."

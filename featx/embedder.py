@@ -154,6 +154,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         Threads that read and decode images while the network runs; ``None``: up to 4.
     verbose : bool, default=False
         Show a progress bar.
+    safe_mode : bool, default=True
+        Load a ``.keras``/``.h5`` backbone file in Keras's safe mode: a file holding Python code
+        (a ``Lambda`` layer) is refused, since that code would run as it loads. ``False`` only
+        for a model file you trust. See ``docs/robustness.md``.
 
     Attributes
     ----------
@@ -192,6 +196,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         "retry_failed": ["boolean"],
         "n_workers": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
+        "safe_mode": ["boolean"],
     }
 
     def __init__(
@@ -211,6 +216,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         retry_failed: bool = False,
         n_workers: int | None = None,
         verbose: bool = False,
+        safe_mode: bool = True,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -226,6 +232,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.retry_failed = retry_failed
         self.n_workers = n_workers
         self.verbose = verbose
+        self.safe_mode = safe_mode
 
     # ---- scikit-learn protocol ------------------------------------------------------------------
 
@@ -327,7 +334,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         return resolve_backbone(
             self.backbone, weights=self.weights, layer=self.layer, pooling=self.pooling,
             input_size=self.input_size, resize=self.resize, preprocess=self.preprocess,
-            precision=self.precision,
+            precision=self.precision, safe_mode=self.safe_mode,
         )
 
     def _network(self, config: BackboneConfig, kind: str, sample_shape: Any) -> Network:
