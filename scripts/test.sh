@@ -5,7 +5,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 echo "==> ruff"
-.venv/bin/ruff check featx tests benchmarks examples
+.venv/bin/ruff check featx tests benchmarks $( [ -d examples ] && echo examples )
 echo "==> mypy"
 .venv/bin/mypy
 echo "==> pytest"
