@@ -92,7 +92,11 @@ class _GroupIndex:
 
 
 class _UnreadableFile(CacheError):
-    """A file that is not (or no longer) a readable HDF5 cache file: truncated, damaged, foreign."""
+    """A file that is not (or no longer) a readable HDF5 cache file: truncated or damaged."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 class _FileIndex:
@@ -129,9 +133,11 @@ def _reading(path: Path) -> Iterator[None]:
     except CacheError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
         raise _UnreadableFile(
-            f"cache file {str(path)!r} is damaged: {type(exc).__name__}: {exc}. Move it aside "
-            "(its rows will be embedded again) or pass another cache= path."
+            f"cache file {str(path)!r} is damaged ({reason}). Move it aside (its rows will be "
+            "embedded again) or pass another cache= path.",
+            reason,
         ) from None
 
 
@@ -153,7 +159,8 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
     except OSError as exc:
         raise _UnreadableFile(
             f"cache file {str(path)!r} cannot be opened as HDF5 ({exc}). It may be truncated or "
-            "not a featx cache; move it aside or pass another cache= path."
+            "not a featx cache; move it aside or pass another cache= path.",
+            str(exc),
         ) from None
     version = f.attrs.get("featx_cache_format")
     if version is None:
@@ -276,7 +283,7 @@ class EmbeddingCache:
             del self._indexes[stale]
         return out
 
-    def _skip_damaged(self, path: Path, stamp: tuple[int, int, int], exc: CacheError) -> None:
+    def _skip_damaged(self, path: Path, stamp: tuple[int, int, int], exc: _UnreadableFile) -> None:
         """A committed segment that cannot be read (disk damage, not a crash): warn, go on.
 
         Only that segment's rows are missing; they are embedded again. Compaction moves the
@@ -285,8 +292,8 @@ class EmbeddingCache:
         if (path, stamp) not in self._damaged:
             self._damaged.add((path, stamp))
             warnings.warn(
-                f"featx cache: ignoring the damaged segment {str(path)!r} ({exc}); its rows will "
-                "be embedded again.",
+                f"featx cache: ignoring the damaged segment {str(path)!r} ({exc.reason}); its "
+                "rows will be embedded again.",
                 RuntimeWarning,
                 stacklevel=4,
             )

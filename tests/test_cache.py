@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import h5py
@@ -416,4 +417,136 @@ def test_cache_matches_a_dict_model(tmp_path_factory, ops) -> None:
         assert len(keys) == len(set(keys)) == len(group)
         for k, row in zip(keys, vectors, strict=True):
             np.testing.assert_array_equal(row, group[k])
+    shutil.rmtree(folder)
+
+
+# ---- property: simulated crashes never lose or duplicate a row ---------------------------------
+#
+# A crash is real here: the operation runs in a forked child that featx's test-only fault hook
+# SIGKILLs at a named step of the commit protocol, so no ``finally`` block cleans up after it.
+
+_APPEND_CRASHES = {  # the step the child is killed at -> whether the batch is committed by then
+    "cache.segment_partial": False,
+    "cache.segment_written": False,
+    "cache.segment_committed": True,
+}
+_COMPACT_CRASHES = ("cache.compact_copied", "cache.compact_replaced")
+CRASHES_SIMULATED = {"killed": 0}
+
+
+def _in_killed_child(point: str, action, *args) -> bool:
+    """Run ``action(*args)`` in a forked child killed at ``point``; True when it was killed."""
+    from featx._faults import ENV
+
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            os.environ[ENV] = f"{point}:1"
+            action(*args)
+        except BaseException:  # noqa: BLE001 - reported to the parent as exit status 3
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3), "the child raised"
+    killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    CRASHES_SIMULATED["killed"] += killed
+    return killed
+
+
+def _dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+_crash_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.sampled_from(["fpA", "fpB"]),
+                  st.lists(st.integers(0, len(_KEY_POOL) - 1), min_size=1, max_size=6),
+                  st.sampled_from([None, *_APPEND_CRASHES])),
+        st.tuples(st.just("lookup"), st.sampled_from(["fpA", "fpB"]),
+                  st.lists(st.integers(0, len(_KEY_POOL) - 1), max_size=8)),
+        st.tuples(st.just("reopen")),
+        st.tuples(st.just("compact"), st.sampled_from([None, *_COMPACT_CRASHES])),
+        st.tuples(st.just("junk"), st.sampled_from(["segment", "compaction"])),
+    ),
+    max_size=14,
+)
+
+
+def _assert_matches(cache: EmbeddingCache, model: dict[str, dict[str, np.ndarray]]) -> None:
+    assert {g.fingerprint: g.rows for g in cache.groups()} == {
+        fp: len(group) for fp, group in model.items() if group
+    }
+    for fp, group in model.items():
+        if not group:
+            continue
+        keys, vectors, _ = cache.read_group(fp)
+        assert len(keys) == len(set(keys)) == len(group)  # nothing duplicated, nothing lost
+        for k, row in zip(keys, vectors, strict=True):
+            np.testing.assert_array_equal(row.view(np.uint32), group[k].view(np.uint32))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="simulates crashes in forked children")
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_crash_operations)
+def test_crashes_never_lose_or_duplicate_a_row(tmp_path_factory, ops) -> None:
+    folder = tmp_path_factory.mktemp("crashes")
+    path = folder / "emb.h5"
+    cache = EmbeddingCache(path)
+    model: dict[str, dict[str, np.ndarray]] = {}
+    serial = 0
+
+    for op in ops:
+        if op[0] == "append":
+            _, fp, picks, crash = op
+            keys = [_KEY_POOL[i] for i in picks]
+            rows = vecs(len(keys), width=3, start=serial * 10)
+            serial += 1
+            sources = [f"s{i}" for i in picks]
+            if crash is None:
+                cache.append(fp, keys, rows, sources)
+                committed = True
+            else:
+                killed = _in_killed_child(crash, cache.append, fp, keys, rows, sources)
+                # Not killed: there was nothing new to write, or the whole append ran.
+                committed = _APPEND_CRASHES[crash] or not killed
+            if committed:
+                group = model.setdefault(fp, {})
+                for k, row in zip(keys, rows, strict=True):
+                    group.setdefault(k, row)
+        elif op[0] == "lookup":
+            _, fp, picks = op
+            keys = [_KEY_POOL[i] for i in picks]
+            found, vectors = cache.lookup(fp, keys)
+            group = model.get(fp, {})
+            assert found.tolist() == [k in group for k in keys]
+            for got, want in zip(vectors, [group[k] for k in keys if k in group], strict=True):
+                np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        elif op[0] == "reopen":
+            cache = EmbeddingCache(path)
+        elif op[0] == "compact":
+            if op[1] is None:
+                cache.compact()
+            else:
+                _in_killed_child(op[1], cache.compact)
+        else:  # leftovers of a writer that died some other way: a half-written temporary file
+            pid = _dead_pid()
+            source = next(iter(folder.rglob("*.h5")), None)
+            data = source.read_bytes()[:700] if source is not None else b"\x89HDF\r\n\x1a\n"
+            if op[1] == "segment":
+                target = cache.segment_dir / f".tmp-{pid}-{serial:012x}.h5"
+            else:
+                target = folder / f".emb.h5.compact-{pid}.tmp"
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(data)
+        _assert_matches(EmbeddingCache(path), model)  # after every step, seen afresh
+
+    cache.compact()
+    _assert_matches(EmbeddingCache(path), model)
+    leftovers = [p.name for p in folder.rglob("*") if p.name.startswith(".")]
+    assert leftovers == [], leftovers  # compaction removes what dead writers left
     shutil.rmtree(folder)
