@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -202,7 +203,7 @@ def load_pixels(
     except FileNotFoundError:
         raise ImageLoadError(item.name, "file not found") from None
     except OSError as exc:
-        reason = str(exc) or type(exc).__name__
+        reason = _os_reason(exc) if exc.errno is not None else str(exc) or type(exc).__name__
         if "cannot identify image file" in reason:
             reason = "not an image file Pillow can read (unknown or damaged format)"
         raise ImageLoadError(item.name, reason) from None
@@ -210,7 +211,9 @@ def load_pixels(
         # Pillow refuses images over twice its MAX_IMAGE_PIXELS as it opens them.
         pillow = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         limit = max_pixels if max_pixels is not None and max_pixels <= pillow else pillow
-        raise ImageLoadError(item.name, _too_large(f"image is too large ({exc})", limit)) from None
+        count = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"image has {count.group(1)} pixels" if count else f"image is too large ({exc})"
+        raise ImageLoadError(item.name, _too_large(what, limit)) from None
     except ValueError as exc:
         raise ImageLoadError(item.name, str(exc)) from None
 

@@ -58,9 +58,9 @@ BAD_FILES = {
     "text.jpg": "not an image file Pillow can read",
     "truncated.jpg": "truncated",
     "truncated.png": "truncated",
-    "folder.jpg": "is a directory",
+    "folder.jpg": "is a directory, not an image file",
     "bomb.png": f"9500x9500 pixels, over the limit of {MAX_PIXELS} pixels",
-    "bigger-bomb.png": f"over the limit of {MAX_PIXELS} pixels",
+    "bigger-bomb.png": f"image has 400000000 pixels, over the limit of {MAX_PIXELS} pixels",
 }
 
 
