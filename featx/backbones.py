@@ -699,7 +699,8 @@ def load_model_file(path: str | os.PathLike[str], *, safe_mode: bool = True) -> 
                 f"the Keras model {str(p)!r} holds Python code (a Lambda layer), which would run "
                 "as the file loads; featx loads model files in Keras's safe mode, which refuses "
                 "it. Only if you trust where this file comes from, pass "
-                "ImageEmbedder(..., safe_mode=False)."
+                "ImageEmbedder(..., safe_mode=False) (or call "
+                "keras.config.enable_unsafe_deserialization(), which opts in the whole process)."
             ) from exc
         raise FeatxError(
             f"could not load the Keras model {str(p)!r}: {exc}. Expected a model saved with "

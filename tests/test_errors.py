@@ -455,3 +455,26 @@ def test_safe_mode_changes_nothing_for_plain_models(tmp_path, rng):
     np.testing.assert_array_equal(a, b)
     assert ImageEmbedder(str(path))._config().fingerprint == ImageEmbedder(
         str(path), safe_mode=False)._config().fingerprint
+
+
+def test_keras_global_unsafe_switch_also_opts_in(tmp_path, rng):
+    """Keras's process-wide switch wins over the safe_mode=True featx passes (documented)."""
+    import keras
+    from keras.src.backend.common import global_state
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "lambda.keras"
+    _model_with_code(path, marker)
+    X = rng.normal(size=(2, 4)).astype(np.float32)
+    before = global_state.get_global_attribute("safe_mode_saving")
+    keras.config.enable_unsafe_deserialization()
+    try:
+        assert ImageEmbedder(str(path)).fit_transform(X).shape == (2, 3)
+    finally:
+        global_state.set_global_attribute("safe_mode_saving", before)
+    assert marker.exists()
+    from featx.backbones import clear_networks
+
+    clear_networks()  # the network loaded under the switch must not outlive it in this test run
+    with pytest.raises(FeatxError, match="holds Python code"):
+        ImageEmbedder(str(path)).fit_transform(X)
