@@ -15,7 +15,19 @@ from featx.exceptions import (
     UnknownBackboneError,
     WeightsNotFoundError,
 )
+from featx.heads import (
+    DEFAULT_HEADS,
+    HEADS,
+    HeadPreset,
+    HeadResult,
+    Leaderboard,
+    cached_embeddings,
+    list_heads,
+    make_head,
+    tune_heads,
+)
 from featx.images import load_image_csv, load_image_folder
+from featx.plots import plot_confusion_matrix, plot_leaderboard
 
 __version__ = "0.1.0"
 
@@ -27,6 +39,17 @@ __all__ = [
     "load_image_csv",
     "list_backbones",
     "get_backbone",
+    "HEADS",
+    "DEFAULT_HEADS",
+    "HeadPreset",
+    "HeadResult",
+    "Leaderboard",
+    "list_heads",
+    "make_head",
+    "tune_heads",
+    "cached_embeddings",
+    "plot_leaderboard",
+    "plot_confusion_matrix",
     "FeatxError",
     "UnknownBackboneError",
     "WeightsNotFoundError",

@@ -1,0 +1,161 @@
+"""Plots of a leaderboard and of a head's confusion matrix, written as PNG files.
+
+matplotlib is imported when a plot is drawn, never with featx. The figures are drawn on
+matplotlib's Agg canvas directly (no ``pyplot``): no global figure state, no GUI backend, safe in
+threads and on machines without a display.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["plot_leaderboard", "plot_confusion_matrix"]
+
+_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+
+
+def _figure(width: float, height: float) -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # pragma: no cover - matplotlib is a core dependency
+        raise ImportError("featx's plots need matplotlib: pip install matplotlib") from None
+    fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+def plot_leaderboard(
+    boards: Any,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+) -> Path:
+    """Plot tuned heads' scores: cross-validated mean ± std, and the test score.
+
+    Parameters
+    ----------
+    boards : Leaderboard or mapping of name -> Leaderboard
+        One leaderboard, or several on the same heads (e.g. ``{"MobileNet features": a,
+        "raw pixels": b}``), drawn side by side per head in distinct colours.
+    path : path
+        The PNG file to write.
+    title : str, optional
+
+    Returns
+    -------
+    path : Path
+    """
+    named: Mapping[str, Any] = boards if isinstance(boards, Mapping) else {"": boards}
+    first = next(iter(named.values()))
+    # Heads in the order of the first board (best first), then any others.
+    heads: list[str] = [r.head for r in first]
+    for board in named.values():
+        heads += [r.head for r in board if r.head not in heads]
+    n_sets = len(named)
+    fig = _figure(8.0, 1.2 + 0.55 * len(heads) * max(1, n_sets) ** 0.5 + 0.4 * n_sets)
+    ax = fig.add_subplot()
+    offsets = np.linspace(-0.18, 0.18, n_sets) if n_sets > 1 else np.zeros(1)
+    lows: list[float] = []
+    highs: list[float] = []
+    for k, (name, board) in enumerate(named.items()):
+        colour = _COLOURS[k % len(_COLOURS)]
+        results = {r.head: r for r in board}
+        for j, head in enumerate(heads):
+            r = results.get(head)
+            if r is None:
+                continue
+            y = j + offsets[k]
+            label_cv = f"{name}: cv mean ± std" if name else "cv mean ± std"
+            ax.errorbar(r.cv_mean, y, xerr=r.cv_std, fmt="o", color=colour, capsize=4,
+                        label=label_cv if j == 0 else None)
+            lows.append(r.cv_mean - r.cv_std)
+            highs.append(r.cv_mean + r.cv_std)
+            text = f"cv {r.cv_mean:.3f}"
+            if r.test_score is not None:
+                label_test = f"{name}: test" if name else "test"
+                ax.plot(r.test_score, y, marker="D", color=colour, markerfacecolor="white",
+                        linestyle="none", label=label_test if j == 0 else None)
+                lows.append(r.test_score)
+                highs.append(r.test_score)
+                text += f", test {r.test_score:.3f}"
+            ax.annotate(text, (max(r.cv_mean + r.cv_std, r.test_score or 0), y),
+                        xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(range(len(heads)), heads)
+    ax.invert_yaxis()  # best at the top
+    low = max(0.0, min(lows) - 0.03) if lows else 0.0
+    high = max(highs) if highs else 1.0
+    ax.set_xlim(low, high + (high - low) * 0.5)  # room for the value labels on the right
+    scoring = getattr(first, "scoring", "score")
+    ax.set_xlabel(f"{scoring} ({first.cv}-fold stratified cross-validation; test = held out)")
+    ax.set_ylabel("head")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14 - 0.1 / max(len(heads), 1)),
+              ncol=2, fontsize=8, frameon=False)
+    ax.set_title(title or f"Tuned heads, best first ({first.n_train} training samples)")
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(
+    y_true: Any,
+    y_pred: Any,
+    path: str | os.PathLike[str],
+    *,
+    labels: Sequence[Any] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Plot a confusion matrix: counts in the cells, colour by the share of the true class.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like
+    path : path
+        The PNG file to write.
+    labels : sequence, optional
+        The classes in the order to show them (default: sorted).
+    title : str, optional
+
+    Returns
+    -------
+    path : Path
+    """
+    from sklearn.metrics import confusion_matrix
+
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    classes = list(labels) if labels is not None else sorted(set(y_true) | set(y_pred))
+    counts = confusion_matrix(y_true, y_pred, labels=classes)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    size = max(4.5, 1.6 + 0.62 * n)
+    fig = _figure(size + 1.2, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
+    names = [str(c) for c in classes]
+    ax.set_xticks(range(n), names, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), names)
+    fontsize = 9 if n <= 12 else 7
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                colour = "white" if share[i, j] > 0.6 else "black"
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=colour,
+                        fontsize=fontsize)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    accuracy = float(np.trace(counts) / max(counts.sum(), 1))
+    ax.set_title(title or f"Confusion matrix ({len(y_true)} samples, accuracy {accuracy:.1%})")
+    return _save(fig, path)
