@@ -12,7 +12,9 @@ from featx.exceptions import (
     CacheError,
     FeatxError,
     ImageLoadError,
+    ModelVersionWarning,
     UnknownBackboneError,
+    UntrustedModelError,
     WeightsNotFoundError,
 )
 from featx.heads import (
@@ -28,6 +30,7 @@ from featx.heads import (
 )
 from featx.images import load_image_csv, load_image_folder
 from featx.plots import plot_confusion_matrix, plot_leaderboard
+from featx.saved import FeatxModel, Prediction, load_model, read_manifest, save_model
 
 __version__ = "0.1.0"
 
@@ -48,6 +51,11 @@ __all__ = [
     "make_head",
     "tune_heads",
     "cached_embeddings",
+    "FeatxModel",
+    "Prediction",
+    "save_model",
+    "load_model",
+    "read_manifest",
     "plot_leaderboard",
     "plot_confusion_matrix",
     "FeatxError",
@@ -55,5 +63,7 @@ __all__ = [
     "WeightsNotFoundError",
     "ImageLoadError",
     "CacheError",
+    "UntrustedModelError",
+    "ModelVersionWarning",
     "__version__",
 ]

@@ -8,6 +8,8 @@ __all__ = [
     "WeightsNotFoundError",
     "ImageLoadError",
     "CacheError",
+    "UntrustedModelError",
+    "ModelVersionWarning",
 ]
 
 
@@ -46,3 +48,21 @@ class ImageLoadError(FeatxError, ValueError):
 
 class CacheError(FeatxError, OSError):
     """The embedding cache file cannot be used as it is."""
+
+
+class UntrustedModelError(FeatxError, ValueError):
+    """A saved model holds types featx does not trust to load; nothing in it was run.
+
+    Attributes
+    ----------
+    types : list of str
+        The fully qualified names of the types refused.
+    """
+
+    def __init__(self, message: str, types: list[str]):
+        self.types = types
+        super().__init__(message)
+
+
+class ModelVersionWarning(UserWarning):
+    """A saved model was made with other versions of featx, scikit-learn or Keras."""

@@ -1,0 +1,553 @@
+"""The saved model: an embedder's configuration and a fitted head in one file, loaded safely.
+
+A ``.featx`` file is a zip archive of two members (``docs/saved-model.md``)::
+
+    manifest.json   format version; featx, scikit-learn, Keras, NumPy and Python versions;
+                    the embedder's parameters as plain JSON; the backbone's fingerprint; the
+                    classes; the head's type and the sha256 of head.skops
+    head.skops      the fitted head, written with skops (no pickle)
+
+The network's weights are never stored: :func:`load_model` rebuilds the backbone from its
+configuration (a registry name with ImageNet or random weights, or the path of a model file),
+and checks that it still resolves to the fingerprint the head was trained on.
+
+Trust. Nothing in a file runs code unless the user trusted it explicitly. The manifest is JSON.
+The head loads through ``skops.io.loads``, which builds only types on a trusted list: skops's
+own defaults (scikit-learn estimators, NumPy and SciPy containers; no functions), the few
+scikit-learn internals featx's preset heads hold (:data:`TRUSTED_TYPES`), and whatever the caller
+passes as ``trusted=``. Any other type is refused, naming it, before anything is built. A model
+file backbone is loaded with Keras's ``safe_mode`` (no Lambda code), whatever the embedder had
+when saved, unless the caller passes ``safe_mode=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import time
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.exceptions import FeatxError, ModelVersionWarning, UntrustedModelError
+
+__all__ = [
+    "FeatxModel",
+    "Prediction",
+    "save_model",
+    "load_model",
+    "read_manifest",
+    "MODEL_FORMAT_VERSION",
+    "TRUSTED_TYPES",
+]
+
+#: Version of the ``.featx`` file format. A file of a newer format is refused; an older one loads.
+MODEL_FORMAT_VERSION = 1
+_FORMAT_NAME = "featx-model"
+_MANIFEST = "manifest.json"
+_HEAD = "head.skops"
+
+#: scikit-learn internals that featx's preset heads hold and skops does not trust by default
+#: (a test dumps every fitted preset and checks this list covers it).
+TRUSTED_TYPES: tuple[str, ...] = (
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.metrics._dist_metrics.EuclideanDistance32",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+)
+
+#: Embedder parameters that belong to the machine, not the model: not stored, reset on load.
+_LOCAL_PARAMS = {"cache": None, "verbose": False}
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return "not installed"
+
+
+def _versions() -> dict[str, str]:
+    import featx
+
+    return {
+        "featx": featx.__version__,
+        "scikit-learn": _version("scikit-learn"),
+        "keras": _version("keras"),
+        "numpy": _version("numpy"),
+        "python": platform.python_version(),
+    }
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One item's prediction from :meth:`FeatxModel.predict_items`.
+
+    Attributes
+    ----------
+    source : str
+        The item's name (its path, for files).
+    label : object or None
+        The predicted class; ``None`` when the item could not be read.
+    probabilities : dict or None
+        Class -> probability, when the head gives probabilities and the item was read.
+    error : str or None
+        Why the item could not be read.
+    """
+
+    source: str
+    label: Any
+    probabilities: dict[Any, float] | None
+    error: str | None
+
+
+class FeatxModel:
+    """An image embedder and a fitted head: predicts straight from images.
+
+    Parameters
+    ----------
+    embedder : ImageEmbedder
+        Only its parameters matter (the network is built on first use and shared).
+    head : fitted classifier
+        Trained on ``embedder``'s embeddings.
+    info : dict, optional
+        Plain-JSON facts to keep with the model (scores, data set, ...).
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The head's classes.
+    manifest : dict or None
+        The manifest of the file the model was loaded from.
+
+    Examples
+    --------
+    >>> from featx import FeatxModel, ImageEmbedder, load_model
+    >>> model = FeatxModel(ImageEmbedder("mobilenet"), fitted_head)  # doctest: +SKIP
+    >>> model.save("flowers.featx")                                   # doctest: +SKIP
+    >>> load_model("flowers.featx").predict(["rose.jpg"])              # doctest: +SKIP
+    """
+
+    def __init__(self, embedder: Any, head: Any, *, info: dict[str, Any] | None = None):
+        self.embedder = embedder
+        self.head = head
+        self.info = dict(info or {})
+        self.manifest: dict[str, Any] | None = None
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return np.asarray(self.head.classes_)
+
+    @property
+    def has_proba(self) -> bool:
+        """Whether the head gives probabilities."""
+        return hasattr(self.head, "predict_proba")
+
+    def embed(self, X: Any) -> np.ndarray:
+        """The embeddings of ``X`` (as :meth:`ImageEmbedder.transform`)."""
+        return np.asarray(self.embedder.transform(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted classes of the images ``X`` (paths, arrays, ...)."""
+        return np.asarray(self.head.predict(self.embed(X)))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, columns in the order of :attr:`classes_`."""
+        if not self.has_proba:
+            raise FeatxError(
+                f"the head ({_describe(self.head)}) gives no probabilities; use predict, or "
+                "tune a head that does (logreg, hist_gb, knn, mlp)."
+            )
+        return np.asarray(self.head.predict_proba(self.embed(X)))
+
+    def predict_items(self, X: Any) -> list[Prediction]:
+        """A :class:`Prediction` per item, in input order; an unreadable item gets its error.
+
+        Unlike :meth:`predict`, a file that cannot be read does not stop the others.
+        """
+        from sklearn.base import clone
+
+        from featx.images import as_items
+
+        names = [item.name for item in as_items(X)[0]]
+        embedder = clone(self.embedder).set_params(on_error="skip")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
+            features = np.asarray(embedder.transform(X))
+        errors = {i: reason for i, _, reason in embedder.report_.failures}
+        kept = [i for i in range(len(names)) if i not in set(embedder.report_.dropped)]
+        labels = self.head.predict(features) if len(kept) else []
+        probas = self.head.predict_proba(features) if len(kept) and self.has_proba else None
+        out: list[Prediction | None] = [None] * len(names)
+        for row, i in enumerate(kept):
+            probs = None
+            if probas is not None:
+                probs = {_plain(c): float(p) for c, p in zip(self.classes_, probas[row],
+                                                             strict=True)}
+            out[i] = Prediction(names[i], _plain(labels[row]), probs, None)
+        for i in range(len(names)):
+            if out[i] is None:
+                out[i] = Prediction(names[i], None, None, errors.get(i, "could not be read"))
+        return [p for p in out if p is not None]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model to ``path`` (see :func:`save_model`); return the path."""
+        return save_model(self, path)
+
+    def __repr__(self) -> str:
+        return f"FeatxModel({self.embedder!r}, {_describe(self.head)})"
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (JSON- and CSV-friendly)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _describe(head: Any) -> str:
+    steps = getattr(head, "steps", None)
+    if steps:
+        return f"Pipeline({', '.join(type(s).__name__ for _, s in steps)})"
+    return type(head).__name__
+
+
+def _embedder_params(embedder: Any) -> dict[str, Any]:
+    """The embedder's parameters as plain JSON; refuse what cannot be rebuilt from JSON."""
+    params = dict(embedder.get_params(deep=False))
+    backbone = params.get("backbone")
+    if isinstance(backbone, os.PathLike):
+        params["backbone"] = os.fspath(backbone)
+    elif not isinstance(backbone, str):
+        kind = "a keras.Model" if hasattr(backbone, "get_layer") else type(backbone).__name__
+        raise FeatxError(
+            f"the embedder's backbone is {kind}, which a saved model cannot store: it keeps the "
+            "embedder's configuration, never weights or code. Save the network to a file "
+            "(model.save('backbone.keras')) and use ImageEmbedder('backbone.keras', ...), or a "
+            "registry name."
+        )
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in _LOCAL_PARAMS:
+            out[name] = _LOCAL_PARAMS[name]
+            continue
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if isinstance(value, tuple):
+            value = list(value)
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise FeatxError(
+                f"the embedder's parameter {name}={value!r} is not plain data (a string, number, "
+                "list or None), so a saved model cannot store it; pass a named option instead "
+                "(e.g. preprocess='tf' rather than a function)."
+            ) from None
+        out[name] = value
+    return out
+
+
+def save_model(
+    model: Any, path: str | os.PathLike[str], *, info: dict[str, Any] | None = None
+) -> Path:
+    """Save an embedder and its fitted head as one ``.featx`` file.
+
+    Parameters
+    ----------
+    model : FeatxModel or Pipeline
+        A :class:`FeatxModel`, or a fitted Pipeline whose first step is an
+        :class:`featx.ImageEmbedder` (the other steps are the head), such as a grid search's
+        ``best_estimator_``.
+    path : path
+        The file to write (written to a temporary name, then renamed: never half written).
+    info : dict, optional
+        Plain-JSON facts to keep in the manifest (merged over ``model.info``).
+
+    Returns
+    -------
+    path : Path
+
+    Raises
+    ------
+    FeatxError
+        If the embedder's backbone is a ``keras.Model`` or a function, or a parameter is not
+        plain data: the file stores configuration, never weights or code.
+    """
+    import skops.io as sio
+
+    model = _as_featx_model(model)
+    params = _embedder_params(model.embedder)
+    config = model.embedder._config()
+    head_bytes = sio.dumps(model.head)
+    extra = {**model.info, **(info or {})}
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as exc:
+        raise FeatxError(f"info must be plain JSON data; {exc}.") from None
+    manifest = {
+        "format": _FORMAT_NAME,
+        "format_version": MODEL_FORMAT_VERSION,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "embedder": {
+            "class": "featx.ImageEmbedder",
+            "params": params,
+            "fingerprint": config.fingerprint,
+            "fingerprint_fields": config.fingerprint_fields,
+            "label": config.label,
+        },
+        "head": {
+            "file": _HEAD,
+            "type": _describe(model.head),
+            "sha256": hashlib.sha256(head_bytes).hexdigest(),
+            "n_features_in": _plain(getattr(model.head, "n_features_in_", None)),
+            "has_proba": model.has_proba,
+        },
+        "classes": [_plain(c) for c in model.classes_],
+        "info": extra,
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+            zf.writestr(_HEAD, head_bytes)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _as_featx_model(model: Any) -> FeatxModel:
+    from featx.embedder import ImageEmbedder
+
+    if isinstance(model, FeatxModel):
+        return model
+    steps = getattr(model, "steps", None)
+    if steps and isinstance(steps[0][1], ImageEmbedder) and len(steps) > 1:
+        from sklearn.pipeline import Pipeline
+
+        rest = steps[1:]
+        head = rest[0][1] if len(rest) == 1 else Pipeline(rest)
+        return FeatxModel(steps[0][1], head)
+    raise FeatxError(
+        f"save_model takes a FeatxModel or a fitted Pipeline whose first step is an "
+        f"ImageEmbedder; got {type(model).__name__}."
+    )
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a ``.featx`` file's manifest (plain JSON; loads nothing else).
+
+    Raises
+    ------
+    FeatxError
+        If the file is missing, not a zip archive, or not a featx model.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FeatxError(f"model file {str(file)!r} does not exist.")
+    try:
+        with zipfile.ZipFile(file) as zf:
+            return _manifest(zf, file)
+    except zipfile.BadZipFile:
+        raise FeatxError(
+            f"{str(file)!r} is not a featx model file (not a zip archive); expected a file "
+            "written by featx.save_model or `featx heads`."
+        ) from None
+
+
+def _manifest(zf: zipfile.ZipFile, file: Path) -> dict[str, Any]:
+    names = set(zf.namelist())
+    if _MANIFEST not in names:
+        raise FeatxError(
+            f"{str(file)!r} is a zip archive but not a featx model (no {_MANIFEST}); expected a "
+            "file written by featx.save_model or `featx heads`."
+        )
+    try:
+        manifest = json.loads(zf.read(_MANIFEST).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FeatxError(f"{str(file)!r}: {_MANIFEST} is not valid JSON ({exc}).") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT_NAME:
+        raise FeatxError(f"{str(file)!r} is not a featx model ({_MANIFEST} has no featx format).")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
+        raise FeatxError(
+            f"{str(file)!r} has model format {version!r}, written by a newer featx "
+            f"({manifest.get('versions', {}).get('featx', '?')}); this featx "
+            f"({_versions()['featx']}) reads format {MODEL_FORMAT_VERSION} and older. Upgrade "
+            "featx."
+        )
+    return manifest
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    trusted: Sequence[str] | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    safe_mode: bool = True,
+) -> FeatxModel:
+    """Load a ``.featx`` file written by :func:`save_model`; run no code it holds.
+
+    Parameters
+    ----------
+    path : path
+    trusted : sequence of str, optional
+        Fully qualified type names to trust beyond skops's defaults and
+        :data:`TRUSTED_TYPES`; needed only for a head of your own types. Trust only files
+        whose origin you trust.
+    cache : path, optional
+        An embedding cache for the rebuilt embedder (the file never stores one).
+    safe_mode : bool, default=True
+        Passed to the embedder: a model-file backbone loads with Keras's safe mode (no Lambda
+        code) unless ``False``, whatever the embedder had when saved.
+
+    Returns
+    -------
+    FeatxModel
+        With ``manifest`` set.
+
+    Warns
+    -----
+    ModelVersionWarning
+        When featx, scikit-learn or Keras differ from the versions the file was made with
+        (each named with both versions).
+
+    Raises
+    ------
+    UntrustedModelError
+        If the head holds a type not trusted; the message names it and how to trust it.
+    FeatxError
+        If the file is not a featx model, has a newer format, is damaged, or its backbone no
+        longer resolves to the embeddings the head was trained on.
+    """
+    import skops.io as sio
+
+    from featx.embedder import ImageEmbedder
+
+    file = Path(path)
+    manifest = read_manifest(file)
+    _warn_versions(manifest, file)
+    with zipfile.ZipFile(file) as zf:
+        head_name = manifest.get("head", {}).get("file", _HEAD)
+        if head_name not in zf.namelist():
+            raise FeatxError(f"{str(file)!r} has no {head_name}; the file is damaged.")
+        head_bytes = zf.read(head_name)
+    expected = manifest["head"].get("sha256")
+    if expected and hashlib.sha256(head_bytes).hexdigest() != expected:
+        raise FeatxError(
+            f"{str(file)!r}: {head_name} does not match the sha256 in its manifest; the file is "
+            "damaged or was altered."
+        )
+    try:
+        found = sio.get_untrusted_types(data=head_bytes)
+    except Exception as exc:
+        raise FeatxError(f"{str(file)!r}: {head_name} cannot be read by skops ({exc}).") from None
+    allowed = set(TRUSTED_TYPES) | set(trusted or ())
+    refused = sorted(t for t in found if t not in allowed)
+    if refused:
+        raise UntrustedModelError(
+            f"{str(file)!r} holds types featx does not trust: {', '.join(refused)}. Nothing was "
+            "loaded. If you trust where the file came from, pass "
+            f"load_model(..., trusted={refused!r}) (featx predict: "
+            + " ".join(f"--trust {t}" for t in refused) + ").",
+            refused,
+        )
+    head = sio.loads(head_bytes, trusted=list(found))
+
+    stored = dict(manifest["embedder"]["params"])
+    known = set(ImageEmbedder().get_params(deep=False))
+    unknown = sorted(set(stored) - known)
+    if unknown:
+        warnings.warn(
+            f"{str(file)!r} sets embedder parameters this featx does not have: {unknown}; they "
+            "are ignored.",
+            ModelVersionWarning,
+            stacklevel=2,
+        )
+    params = {k: v for k, v in stored.items() if k in known}
+    if isinstance(params.get("input_size"), list):
+        params["input_size"] = tuple(params["input_size"])
+    params["backbone"] = _locate(params.get("backbone"), file)
+    if isinstance(params.get("weights"), str) and params["weights"] != "imagenet":
+        params["weights"] = _locate(params["weights"], file)
+    params.update(_LOCAL_PARAMS)
+    params["cache"] = cache
+    if "safe_mode" in known:
+        params["safe_mode"] = bool(safe_mode)
+    embedder = ImageEmbedder(**params)
+    _check_backbone(embedder, manifest, file)
+    model = FeatxModel(embedder, head, info=manifest.get("info") or {})
+    model.manifest = manifest
+    return model
+
+
+def _locate(value: Any, file: Path) -> Any:
+    """A relative path that is missing from here but present beside the model file."""
+    if not isinstance(value, str) or os.path.isabs(value):
+        return value
+    if Path(value).exists() or not (file.parent / value).exists():
+        return value
+    return str(file.parent / value)
+
+
+def _warn_versions(manifest: dict[str, Any], file: Path) -> None:
+    saved = manifest.get("versions", {})
+    now = _versions()
+    differ = [
+        f"{name} {saved.get(name, '?')} (now {now[name]})"
+        for name in ("featx", "scikit-learn", "keras")
+        if saved.get(name) != now[name]
+    ]
+    if differ:
+        warnings.warn(
+            f"{str(file)!r} was made with {', '.join(differ)}. It loads, but a head or a "
+            "backbone may behave differently across versions; check its predictions, or "
+            "retrain with these versions.",
+            ModelVersionWarning,
+            stacklevel=3,
+        )
+
+
+def _check_backbone(embedder: Any, manifest: dict[str, Any], file: Path) -> None:
+    """The rebuilt embedder must resolve to the embedding space the head was trained on."""
+    try:
+        config = embedder._config()
+    except FeatxError as exc:
+        raise type(exc)(
+            f"the backbone of model {str(file)!r} cannot be resolved here: {exc}"
+        ) from None
+    before = dict(manifest["embedder"].get("fingerprint_fields") or {})
+    now = config.fingerprint_fields
+    changed = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if a == b or key == "format":
+            continue
+        if key == "weights" and all(str(v).startswith("imagenet@") for v in (a, b)):
+            continue  # the same ImageNet weights through another Keras; the versions warn
+        changed.append(f"{key}: {a!r} when saved, {b!r} now")
+    if changed:
+        raise FeatxError(
+            f"the backbone of model {str(file)!r} no longer gives the embeddings its head was "
+            f"trained on ({'; '.join(changed)}). Restore the original backbone file, or retrain."
+        )
+    if before.get("format") != now.get("format"):
+        warnings.warn(
+            f"{str(file)!r} was made with featx embedding format {before.get('format')}; this "
+            f"featx embeds with format {now.get('format')}, so its embeddings differ slightly.",
+            ModelVersionWarning,
+            stacklevel=3,
+        )
+
