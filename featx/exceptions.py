@@ -42,8 +42,12 @@ class ImageLoadError(FeatxError, ValueError):
         self.source = source
         self.reason = reason
         self.index = index
-        where = f"item {index} ({source})" if index is not None else source
-        super().__init__(f"{where}: {reason}")
+        super().__init__(source, reason)
+
+    def __str__(self) -> str:
+        # Built on demand: the position is often learnt after the error was raised.
+        where = f"item {self.index} ({self.source})" if self.index is not None else self.source
+        return f"{where}: {self.reason}"
 
 
 class CacheError(FeatxError, OSError):
