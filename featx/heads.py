@@ -633,9 +633,10 @@ def tune_heads(
     if binary:
         metrics["roc_auc"] = "roc_auc"
 
+    fit_size = min(len(train) for train, _ in folds.split(X_train, y_train))
     results: list[HeadResult] = []
     for name, head, default_grid in resolved:
-        grid = dict((grids or {}).get(name, default_grid))
+        grid = _feasible(dict((grids or {}).get(name, default_grid)), fit_size)
         estimator = head.make(random_state) if isinstance(head, HeadPreset) else clone(head)
         started = time.perf_counter()
         with warnings.catch_warnings():
@@ -706,6 +707,17 @@ def tune_heads(
     )
 
 
+def _feasible(grid: dict[str, list[Any]], fit_size: int) -> dict[str, list[Any]]:
+    """Drop kNN sizes larger than the smallest training fold (they cannot be fitted)."""
+    out = {}
+    for key, values in grid.items():
+        if key.endswith("n_neighbors"):
+            kept = [v for v in values if v <= fit_size]
+            values = kept or [max(1, fit_size)]
+        out[key] = list(values)
+    return out
+
+
 def _search(
     estimator: Any,
     grid: dict[str, list[Any]],
@@ -738,10 +750,19 @@ def _search(
     from sklearn.experimental import enable_halving_search_cv  # noqa: F401
     from sklearn.model_selection import HalvingGridSearchCV
 
+    # The first rounds fit on subsamples: each must leave the largest k of a kNN grid enough
+    # neighbours in its training folds.
+    k = max((v for key, vs in grid.items() if key.endswith("n_neighbors") for v in vs),
+            default=0)
+    n_splits = folds.get_n_splits()
+    min_resources: Any = "exhaust"
+    if k:
+        need = max(2 * n_splits * len(np.unique(y)), math.ceil(k * n_splits / (n_splits - 1)) + 1)
+        min_resources = min(need, len(y))
     # Successive halving scores one metric; the others are measured for the winner afterwards.
     fitted = HalvingGridSearchCV(
         estimator, grid, scoring=scoring, cv=folds, n_jobs=n_jobs, factor=3,
-        random_state=random_state, error_score="raise",
+        min_resources=min_resources, random_state=random_state, error_score="raise",
     ).fit(X, y)
 
     def from_folds(X_: np.ndarray, y_: np.ndarray) -> dict[str, float]:

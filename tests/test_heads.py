@@ -154,6 +154,14 @@ def test_parallel_and_halving_searches():
     assert cv_only.best.metrics_on == "cv" and 0.5 < cv_only.best.macro_f1 <= 1
 
 
+def test_knn_sizes_beyond_the_smallest_fold_are_left_out():
+    X, y = blobs(n_per_class=4, n_classes=2)  # 8 samples: training folds of 5 or 6 with cv=3
+    for search in ("grid", "halving"):
+        result = tune_heads(X, y, heads=["knn"], cv=3, search=search)["knn"]
+        assert result.best_params["clf__n_neighbors"] in (3, 5)
+        assert result.n_candidates == 4  # k = 3 and 5, uniform and distance
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
