@@ -3,7 +3,9 @@
 ::
 
     featx embed SRC --backbone NAME --cache FILE    embed a folder, a flat folder or a CSV list
-    featx info FILE                                 what an embedding cache holds
+    featx heads SRC --backbone NAME --cache FILE    tune heads on labelled images' embeddings
+    featx predict MODEL PATH...                     predictions of a saved model, as CSV
+    featx info FILE                                 what a cache (or a saved model) holds
     featx weights install NAME | featx weights list offline ImageNet weights
     featx demo [--out DIR]                          Fashion-MNIST end to end
 
@@ -134,18 +136,25 @@ def _list_source(src: str, path_column: str) -> list[str]:
     )
 
 
-def _cmd_embed(args: argparse.Namespace) -> int:
+def _progress(args: argparse.Namespace) -> bool:
+    return args.verbosity > 0 or (args.verbosity == 0 and sys.stderr.isatty())
+
+
+def _embedder(args: argparse.Namespace, on_error: str) -> Any:
     from featx.embedder import ImageEmbedder
 
-    say = _say(args)
-    paths = _list_source(args.src, args.path_column)
-    progress = args.verbosity > 0 or (args.verbosity == 0 and sys.stderr.isatty())
-    embedder = ImageEmbedder(
+    return ImageEmbedder(
         args.backbone, weights=args.weights, layer=args.layer, pooling=args.pooling,
         input_size=args.input_size, batch_size=args.batch_size, cache=args.cache,
-        on_error=args.on_error, n_workers=args.n_workers, verbose=progress,
+        on_error=on_error, n_workers=args.n_workers, verbose=_progress(args),
         retry_failed=args.retry_failed,
     )
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    say = _say(args)
+    paths = _list_source(args.src, args.path_column)
+    embedder = _embedder(args, args.on_error)
     embedder.fit(paths)  # checks the parameters (an unknown backbone, ...) before any work
     say(f"embedding {len(paths)} images from {args.src} into {args.cache}")
     started = time.perf_counter()
@@ -170,20 +179,169 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    import zipfile
+
     from featx.cache import EmbeddingCache
 
     path = Path(args.file)
     if not path.is_file():
         raise FeatxError(f"cache file {args.file!r} does not exist.")
+    if zipfile.is_zipfile(path):
+        return _model_info(path, args)
     groups = EmbeddingCache(path).groups()
     print(f"{path}: {len(groups)} group{'' if len(groups) == 1 else 's'}")
     for g in groups:
-        print(f"  {g.fingerprint}  rows {g.rows}  width {g.width}")
+        print(f"  {g.fingerprint}  rows {g.rows}  width {g.width}  failures {g.failures}")
         print(f"    {g.label}")
         if args.verbosity > 0:
             for key, value in sorted(g.fields.items()):
                 print(f"    {key}: {value}")
     return 0
+
+
+def _model_info(path: Path, args: argparse.Namespace) -> int:
+    import json
+
+    from featx.saved import read_manifest
+
+    manifest = read_manifest(path)
+    embedder = manifest["embedder"]
+    versions = manifest.get("versions", {})
+    print(f"{path}: featx model (format {manifest['format_version']})")
+    print(f"  head: {manifest['head']['type']}"
+          + ("" if manifest["head"].get("has_proba") else " (no probabilities)"))
+    print(f"  classes ({len(manifest['classes'])}): "
+          + ", ".join(str(c) for c in manifest["classes"]))
+    print(f"  backbone: {embedder['label']}")
+    print("  made with: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    if args.verbosity > 0:
+        print(f"  embedder parameters: {json.dumps(embedder['params'], sort_keys=True)}")
+        print(f"  info: {json.dumps(manifest.get('info', {}), sort_keys=True)}")
+    return 0
+
+
+def _labelled_source(src: str, path_column: str, label_column: str) -> tuple[list[str], Any]:
+    """Image paths and their class names from a class folder or a CSV file with labels."""
+    import numpy as np
+
+    from featx.images import load_image_csv, load_image_folder
+
+    path = Path(src)
+    if path.is_dir():
+        paths, labels, classes = load_image_folder(path)
+    elif path.is_file() and path.suffix.lower() == ".csv":
+        paths, csv_labels, classes = load_image_csv(
+            path, path_column=path_column, label_column=label_column
+        )
+        assert csv_labels is not None
+        labels = csv_labels
+    elif path.is_file():
+        raise FeatxError(
+            f"{src!r} is a file, not labelled images. featx heads takes the images and their "
+            "labels (a folder with one sub-folder per class, or a CSV file with path and label "
+            "columns) and reads their embeddings through the cache: featx heads photos/ "
+            "--backbone NAME --cache emb.h5."
+        )
+    else:
+        raise FeatxError(
+            f"{src!r} does not exist. Expected a folder with one sub-folder per class or a CSV "
+            "file with path and label columns."
+        )
+    return paths, np.asarray(classes)[labels]
+
+
+def _cmd_heads(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from featx.heads import tune_heads
+    from featx.plots import plot_confusion_matrix, plot_leaderboard
+    from featx.saved import FeatxModel
+
+    say = _say(args)
+    paths, y = _labelled_source(args.src, args.path_column, args.label_column)
+    embedder = _embedder(args, "skip")
+    embedder.fit(paths)  # checks the parameters before any work
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
+        X = embedder.transform(paths)
+    report = embedder.report_
+    y = np.delete(y, report.dropped)
+    say(f"{len(paths)} images in {len(np.unique(y))} classes from {args.src}: "
+        f"{report.n_hits} embeddings from the cache {args.cache}, {report.n_embedded} embedded, "
+        f"{report.n_failed} failed (left out)")
+    for _, source, reason in report.failures:
+        print(f"  {source}: {reason}")
+    test_size = args.test_size or None
+    say(f"tuning {len(args.heads)} heads, {args.cv}-fold stratified cross-validation"
+        + (f", {test_size:.0%} held out for testing" if test_size else "") + ":")
+    board = tune_heads(
+        X, y, heads=args.heads, cv=args.cv, test_size=test_size, search=args.search,
+        scoring=args.scoring, random_state=args.random_state, n_jobs=args.n_jobs, log=say,
+    )
+    print(board.to_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    best = board.best
+    where = (f"{board.n_test} test images" if board.n_test
+             else f"{board.n_train} images, out-of-fold predictions")
+    written = [
+        board.to_csv(out / "leaderboard.csv"),
+        plot_leaderboard(board, out / "leaderboard.png",
+                         title=f"Heads on {embedder.config_.name} features ({board.n_train} "
+                         "training images)"),
+        plot_confusion_matrix(board.y_true, board.y_pred, out / "confusion_matrix.png",
+                              title=f"{best.head}: {where}"),
+    ]
+    model = FeatxModel(
+        embedder.set_params(cache=None, verbose=False, on_error="raise"), best.estimator,
+        info={"source": str(args.src), "head": best.head, "cv_score": best.cv_mean,
+              "test_score": best.test_score, "scoring": board.scoring,
+              "n_train": board.n_train, "n_test": board.n_test},
+    )
+    written.append(model.save(out / "model.featx"))
+    say(f"best head: {best.head} ({', '.join(f'{k}={v!r}' for k, v in best.best_params.items())})")
+    say("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from featx.exceptions import ModelVersionWarning
+    from featx.saved import load_model
+
+    paths = [p for src in args.sources for p in _list_source(src, args.path_column)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ModelVersionWarning)
+        model = load_model(args.model, trusted=args.trust, cache=args.cache,
+                           safe_mode=not args.unsafe_backbone)
+    for w in caught:
+        if issubclass(w.category, ModelVersionWarning):
+            print(f"{_PROG}: warning: {w.message}", file=sys.stderr)
+    model.embedder.set_params(batch_size=args.batch_size, verbose=_progress(args))
+    predictions = model.predict_items(paths)
+    classes = [str(c) for c in model.classes_] if model.has_proba else []
+    handle = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "prediction", *(f"proba_{c}" for c in classes), "error"])
+        for p in predictions:
+            probs = p.probabilities or {}
+            writer.writerow([
+                p.source, "" if p.label is None else p.label,
+                *(f"{probs[k]:.6f}" if k in probs else "" for k in model.classes_.tolist()),
+                p.error or "",
+            ])
+    finally:
+        if args.out:
+            handle.close()
+    failed = sum(p.error is not None for p in predictions)
+    if failed:
+        print(f"{_PROG}: {failed} of {len(predictions)} images could not be read; see the "
+              "error column", file=sys.stderr)
+    if args.out and args.verbosity >= 0:
+        print(f"{len(predictions) - failed} predictions written to {args.out}")
+    return 1 if failed == len(predictions) else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -194,16 +352,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from featx.weights import featx_home
 
         out = featx_home() / "demo"
-    progress = args.verbosity > 0 or (args.verbosity == 0 and sys.stderr.isatty())
     result = run_demo(
         out, n_train=args.n_train, n_test=args.n_test, backbone=args.backbone,
-        weights=args.weights, input_size=args.input_size, verbose=progress,
-        log=None if args.verbosity < 0 else print,
+        weights=args.weights, input_size=args.input_size, heads=args.heads, cv=args.cv,
+        n_jobs=args.n_jobs, verbose=_progress(args), log=None if args.verbosity < 0 else print,
     )
     if args.verbosity < 0:
         print(
-            f"{result['dataset']}: accuracy {result['accuracy']:.1%} on embeddings, "
-            f"{result['pixel_accuracy']:.1%} on pixels"
+            f"{result['dataset']}: test accuracy {result['accuracy']:.1%} on embeddings "
+            f"({result['best_head']}), {result['pixel_accuracy']:.1%} on pixels "
+            f"({result['pixel_best_head']}); model {result['model']}"
         )
     return 0
 
@@ -222,9 +380,80 @@ def _verbosity_flags(default: Any) -> argparse.ArgumentParser:
     return flags
 
 
-def _parser() -> argparse.ArgumentParser:
+def _heads_list(text: str) -> list[str]:
+    from featx.heads import HEADS, list_heads
+
+    names = [t.strip().lower().replace("-", "_") for t in text.split(",") if t.strip()]
+    if names == ["all"]:
+        return list_heads()
+    unknown = [n for n in names if n not in HEADS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown head {', '.join(unknown) or text!r}; known: {', '.join(list_heads())} "
+            "(or 'all'), comma-separated"
+        )
+    return names
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to below 1; got {text!r}")
+    return value
+
+
+def _folds(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 folds; got {text!r}")
+    return value
+
+
+def _n_jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of jobs or -1; got {text!r}")
+    return value
+
+
+def _embedder_flags() -> argparse.ArgumentParser:
+    """The backbone and cache options shared by ``embed`` and ``heads``."""
     from featx.backbones import POOLINGS
-    from featx.demo import DEMO_INPUT_SIZE
+
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("backbone and cache")
+    group.add_argument("--backbone", required=True, metavar="NAME",
+                       help="a registry name (mobilenet, resnet50, ...) or a .keras/.h5 model file")
+    group.add_argument("--cache", required=True, metavar="FILE", help="the HDF5 cache file")
+    group.add_argument("--weights", type=_weights, default="imagenet", metavar="W",
+                       help="'imagenet' (default), 'none' for random weights, or a weights file")
+    group.add_argument("--input-size", type=_input_size, metavar="N",
+                       help="resize images to N x N (or HxW) pixels; default: the backbone's")
+    group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                       help="images per network call (default 32)")
+    group.add_argument("--retry-failed", action="store_true",
+                       help="try again the files an earlier run could not read (by default "
+                       "they are reported from the cache)")
+    group.add_argument("--layer", type=_layer, metavar="L",
+                       help="cut the network at this layer name or index")
+    group.add_argument("--pooling", choices=POOLINGS, default="avg",
+                       help="how a feature map becomes a vector (default avg)")
+    group.add_argument("--n-workers", type=_positive_int, metavar="N",
+                       help="threads decoding images (default: up to 4)")
+    group.add_argument("--path-column", default="path", metavar="NAME",
+                       help="the CSV column holding image paths (default 'path')")
+    return flags
+
+
+def _parser() -> argparse.ArgumentParser:
+    from featx.demo import DEMO_HEADS, DEMO_INPUT_SIZE
+    from featx.heads import DEFAULT_HEADS
 
     parser = argparse.ArgumentParser(
         prog=_PROG,
@@ -238,42 +467,84 @@ def _parser() -> argparse.ArgumentParser:
     commands.required = True
 
     embed = commands.add_parser(
-        "embed", parents=[flags], help="embed images into an HDF5 cache",
+        "embed", parents=[flags, _embedder_flags()], help="embed images into an HDF5 cache",
         description="Embed images into an HDF5 cache. Images already in the cache are not "
         "embedded again; a file that cannot be read is reported with its reason and skipped.",
     )
     embed.add_argument("src", metavar="SRC",
                        help="a folder with one sub-folder per class, a folder of images, or a "
                        "CSV file with a 'path' column")
-    embed.add_argument("--backbone", required=True, metavar="NAME",
-                       help="a registry name (mobilenet, resnet50, ...) or a .keras/.h5 model file")
-    embed.add_argument("--cache", required=True, metavar="FILE", help="the HDF5 cache file")
-    embed.add_argument("--weights", type=_weights, default="imagenet", metavar="W",
-                       help="'imagenet' (default), 'none' for random weights, or a weights file")
-    embed.add_argument("--input-size", type=_input_size, metavar="N",
-                       help="resize images to N x N (or HxW) pixels; default: the backbone's")
-    embed.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                       help="images per network call (default 32)")
     embed.add_argument("--on-error", choices=("skip", "nan", "raise"), default="skip",
                        help="what a bad image does (default skip: report it and go on)")
-    embed.add_argument("--retry-failed", action="store_true",
-                       help="try again the files an earlier run could not read (by default "
-                       "they are reported from the cache)")
-    embed.add_argument("--layer", type=_layer, metavar="L",
-                       help="cut the network at this layer name or index")
-    embed.add_argument("--pooling", choices=POOLINGS, default="avg",
-                       help="how a feature map becomes a vector (default avg)")
-    embed.add_argument("--n-workers", type=_positive_int, metavar="N",
-                       help="threads decoding images (default: up to 4)")
-    embed.add_argument("--path-column", default="path", metavar="NAME",
-                       help="the CSV column holding image paths (default 'path')")
     embed.set_defaults(func=_cmd_embed)
 
-    info = commands.add_parser(
-        "info", parents=[flags], help="show what an embedding cache holds",
-        description="List the groups of an embedding cache: one per backbone configuration.",
+    heads = commands.add_parser(
+        "heads", parents=[flags, _embedder_flags()],
+        help="tune classifier heads on labelled images' embeddings; plots and a saved model",
+        description="Tune classifier heads (grid search, stratified cross-validation) on the "
+        "embeddings of labelled images and rank them. The embeddings come through the cache: "
+        "after `featx embed SRC` with the same backbone options none is computed again. "
+        "Prints the leaderboard and writes to --out the leaderboard (CSV and PNG), the best "
+        "head's confusion matrix (PNG) and the best head with the embedder's configuration "
+        "as model.featx (for featx predict).",
     )
-    info.add_argument("file", metavar="FILE", help="the HDF5 cache file")
+    heads.add_argument("src", metavar="SRC",
+                       help="labelled images: a folder with one sub-folder per class, or a CSV "
+                       "file with path and label columns")
+    heads.add_argument("--heads", type=_heads_list, default=list(DEFAULT_HEADS), metavar="H,H",
+                       help="comma-separated heads to tune, or 'all' (default "
+                       f"{','.join(DEFAULT_HEADS)}; also hist_gb)")
+    heads.add_argument("--cv", type=_folds, default=5, metavar="K",
+                       help="cross-validation folds (default 5)")
+    heads.add_argument("--test-size", type=_fraction, default=0.2, metavar="F",
+                       help="fraction held out, stratified, to test the tuned heads (default "
+                       "0.2; 0: none, the metrics are then cross-validated)")
+    heads.add_argument("--out", default="featx-heads", metavar="DIR",
+                       help="where the plots, the CSV and model.featx go (default featx-heads)")
+    heads.add_argument("--search", choices=("grid", "halving"), default="grid",
+                       help="exhaustive grid search (default) or successive halving")
+    heads.add_argument("--scoring", default="accuracy", metavar="NAME",
+                       help="the scikit-learn score to maximise (default accuracy)")
+    heads.add_argument("--n-jobs", type=_n_jobs, default=-1, metavar="N",
+                       help="parallel fits (default -1: all cores)")
+    heads.add_argument("--random-state", type=int, default=0, metavar="N",
+                       help="seed of the split, the folds and the heads (default 0)")
+    heads.add_argument("--label-column", default="label", metavar="NAME",
+                       help="the CSV column holding labels (default 'label')")
+    heads.set_defaults(func=_cmd_heads)
+
+    predict = commands.add_parser(
+        "predict", parents=[flags], help="predict classes of images with a saved model (CSV)",
+        description="Predict the classes of images with a model saved by `featx heads` or "
+        "featx.save_model, rebuilding its backbone from its configuration. Writes CSV: path, "
+        "prediction, one probability column per class (when the head gives probabilities) "
+        "and error (why an image could not be read).",
+    )
+    predict.add_argument("model", metavar="MODEL", help="a .featx model file")
+    predict.add_argument("sources", metavar="PATH", nargs="+",
+                         help="image files, folders of images (or of class folders), or CSV "
+                         "files with a 'path' column")
+    predict.add_argument("--out", metavar="FILE", help="write the CSV here (default: stdout)")
+    predict.add_argument("--cache", metavar="FILE",
+                         help="an embedding cache to read and fill (default: none)")
+    predict.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                         help="images per network call (default 32)")
+    predict.add_argument("--path-column", default="path", metavar="NAME",
+                         help="the CSV column holding image paths (default 'path')")
+    predict.add_argument("--trust", action="append", default=[], metavar="TYPE",
+                         help="trust this type in the model file (repeatable); only for a file "
+                         "whose origin you trust and whose load named the type")
+    predict.add_argument("--unsafe-backbone", action="store_true",
+                         help="let a model-file backbone run its own code (Keras Lambda layers); "
+                         "only for a file you trust")
+    predict.set_defaults(func=_cmd_predict)
+
+    info = commands.add_parser(
+        "info", parents=[flags], help="show what an embedding cache or a saved model holds",
+        description="List the groups of an embedding cache (one per backbone configuration: "
+        "rows, width, failures), or describe a saved .featx model.",
+    )
+    info.add_argument("file", metavar="FILE", help="the HDF5 cache file, or a .featx model")
     info.set_defaults(func=_cmd_info)
 
     weights = commands.add_parser(
@@ -301,13 +572,15 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=_cmd_weights_list)
 
     demo = commands.add_parser(
-        "demo", parents=[flags], help="Fashion-MNIST end to end: PNG files -> embeddings -> head",
+        "demo", parents=[flags],
+        help="Fashion-MNIST end to end: PNG files -> embeddings -> tuned heads, vs pixels",
         description="Write Fashion-MNIST images as PNG files, embed them with ImageNet MobileNet "
-        "features through a cache, and compare a logistic regression on the embeddings with "
-        "one on raw pixels.",
+        "features through a cache, tune several heads on the embeddings and on the raw "
+        "pixels, print both leaderboards, and write the plots and the best model to --out.",
     )
     demo.add_argument("--out", type=Path, metavar="DIR",
-                      help="where the images and the cache go (default $FEATX_HOME/demo)")
+                      help="where the images, the cache, the plots and the model go (default "
+                      "$FEATX_HOME/demo)")
     demo.add_argument("--n-train", type=_positive_int, default=2000, metavar="N",
                       help="training images (default 2000)")
     demo.add_argument("--n-test", type=_positive_int, default=1000, metavar="N",
@@ -318,6 +591,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="'imagenet' (default), 'none' or a weights file")
     demo.add_argument("--input-size", type=_input_size, default=DEMO_INPUT_SIZE, metavar="N",
                       help=f"resize images to N x N pixels (default {DEMO_INPUT_SIZE})")
+    demo.add_argument("--heads", type=_heads_list, default=list(DEMO_HEADS), metavar="H,H",
+                      help=f"comma-separated heads to tune (default {','.join(DEMO_HEADS)})")
+    demo.add_argument("--cv", type=_folds, default=5, metavar="K",
+                      help="cross-validation folds (default 5)")
+    demo.add_argument("--n-jobs", type=_n_jobs, default=-1, metavar="N",
+                      help="parallel fits (default -1: all cores)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -6,7 +6,9 @@ subprocesses inherit that environment, so they never touch the user's real cache
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import subprocess
 import sys
@@ -55,7 +57,8 @@ def test_python_dash_m_featx():
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["embed"], ["info"], ["weights"], ["weights", "install"], ["weights", "list"], ["demo"]],
+    [[], ["embed"], ["heads"], ["predict"], ["info"], ["weights"], ["weights", "install"],
+     ["weights", "list"], ["demo"]],
     ids=lambda c: " ".join(c) or "featx",
 )
 def test_help_of_every_command(command, capsys):
@@ -81,6 +84,15 @@ def test_help_through_the_console_script():
         (["embed", "photos", "--backbone", "x", "--cache", "c.h5", "--input-size", "2x"],
          "expected N or HxW"),
         (["frobnicate"], "invalid choice"),
+        (["heads", "photos", "--backbone", "x", "--cache", "c.h5", "--heads", "logreg,svm"],
+         "unknown head 'svm'"),
+        (["heads", "photos", "--backbone", "x", "--cache", "c.h5", "--test-size", "1.5"],
+         "expected a fraction"),
+        (["heads", "photos", "--backbone", "x", "--cache", "c.h5", "--cv", "1"],
+         "at least 2 folds"),
+        (["heads", "photos", "--backbone", "x", "--cache", "c.h5", "--n-jobs", "0"],
+         "positive number of jobs or -1"),
+        (["predict", "model.featx"], "required: PATH"),
     ],
 )
 def test_usage_errors_exit_2(command, message, capsys):
@@ -250,11 +262,113 @@ def test_demo_command_small_tiny_network(workspace, tmp_path):
     # Not the real demo (a tiny random network, 100 images): checks the command end to end.
     result = run_featx(
         "demo", "--out", tmp_path, "--n-train", "60", "--n-test", "40",
-        "--backbone", workspace / "tiny.keras", "--input-size", "16",
+        "--backbone", workspace / "tiny.keras", "--input-size", "16", "--heads", "logreg,knn",
+        "--cv", "3",
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "fashion-mnist: 60 training and 40 test images" in out
     assert "embedded 100 images (0 from the cache)" in out
-    assert "embeddings" in out and "raw pixels" in out
-    assert (tmp_path / "embeddings.h5").is_file()
+    assert "leaderboard on embeddings" in out and "leaderboard on raw pixels" in out
+    assert "best head on raw pixels:" in out
+    for name in ("embeddings.h5", "leaderboard.png", "confusion_matrix.png", "model.featx",
+                 "leaderboard-embeddings.csv", "leaderboard-pixels.csv"):
+        assert (tmp_path / name).is_file(), name
+        assert str(tmp_path / name) in out  # the report says where everything went
+
+
+# ---- heads / predict / info on a model ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of 10 images each, told apart by their red channel."""
+    base = tmp_path_factory.mktemp("heads")
+    rng = np.random.default_rng(1)
+    for c, cls in enumerate(["NORMAL", "PNEUMONIA"]):
+        (base / "train" / cls).mkdir(parents=True)
+        for i in range(10):
+            arr = rng.integers(0, 200, size=(16, 16, 3), dtype=np.uint8)
+            arr[..., 0] = 255 * c
+            Image.fromarray(arr).save(base / "train" / cls / f"{i}.png")
+    return base
+
+
+@pytest.fixture(scope="module")
+def tuned(workspace: Path, labelled: Path) -> subprocess.CompletedProcess:
+    backbone = ("--backbone", workspace / "tiny.keras", "--input-size", "16",
+                "--cache", labelled / "emb.h5")
+    embedded = run_featx("embed", labelled / "train", *backbone)
+    assert embedded.returncode == 0, embedded.stderr
+    assert "embedded 20, already cached 0" in embedded.stdout
+    return run_featx("heads", labelled / "train", *backbone, "--heads", "logreg,knn",
+                     "--cv", "3", "--test-size", "0.25", "--out", labelled / "out",
+                     "--n-jobs", "2")
+
+
+def test_heads_after_embed_embeds_nothing_and_writes_everything(labelled, tuned):
+    assert tuned.returncode == 0, tuned.stderr
+    out = tuned.stdout
+    assert "20 images in 2 classes" in out and "20 embeddings from the cache" in out
+    assert "0 embedded" in out
+    table = out[out.index("#  head"):].splitlines()
+    assert {table[2].split()[1], table[3].split()[1]} == {"logreg", "knn"}
+    assert "ROC AUC" in table[0]  # two classes
+    assert "tested on 5 held out" in out
+    for name in ("leaderboard.csv", "leaderboard.png", "confusion_matrix.png", "model.featx"):
+        assert (labelled / "out" / name).is_file(), name
+    with open(labelled / "out" / "leaderboard.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["head"] for r in rows] == [table[2].split()[1], table[3].split()[1]]
+
+
+def test_predict_writes_csv_with_probabilities_and_errors(labelled, tuned, tmp_path):
+    assert tuned.returncode == 0, tuned.stderr
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a PNG")
+    target = tmp_path / "predictions.csv"
+    result = run_featx("predict", labelled / "out" / "model.featx", labelled / "train" / "NORMAL",
+                       labelled / "train" / "PNEUMONIA" / "0.png", broken, "--out", target)
+    assert result.returncode == 0, result.stderr
+    assert "11 predictions written" in result.stdout
+    assert "1 of 12 images could not be read" in result.stderr
+    with open(target, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "prediction", "proba_NORMAL", "proba_PNEUMONIA", "error"]
+    assert [r["prediction"] for r in rows[:11]] == ["NORMAL"] * 10 + ["PNEUMONIA"]
+    assert all(float(r["proba_NORMAL"]) + float(r["proba_PNEUMONIA"]) == pytest.approx(1, abs=1e-5)
+               for r in rows[:11])
+    assert rows[11]["path"] == str(broken) and rows[11]["prediction"] == ""
+    assert "Pillow" in rows[11]["error"]
+    # To standard output when there is no --out; all images unreadable is a failure.
+    result = run_featx("predict", labelled / "out" / "model.featx", broken)
+    assert result.returncode == 1 and result.stdout.startswith("path,prediction,")
+
+
+def test_info_describes_a_saved_model(labelled, tuned):
+    assert tuned.returncode == 0, tuned.stderr
+    lines = io.StringIO()
+    with contextlib.redirect_stdout(lines):
+        assert main(["info", str(labelled / "out" / "model.featx")]) == 0
+    text = lines.getvalue()
+    assert "featx model (format 1)" in text
+    assert "classes (2): NORMAL, PNEUMONIA" in text
+    assert "tiny.keras" in text and f"featx {featx.__version__}" in text
+
+
+def test_heads_and_predict_errors_are_one_line(labelled, tmp_path, capsys):
+    args = ["--backbone", "mobilenet", "--cache", str(tmp_path / "c.h5")]
+    assert main(["heads", str(tmp_path / "c.h5"), *args]) == 1
+    (tmp_path / "emb.h5").write_bytes(b"")
+    assert main(["heads", str(tmp_path / "emb.h5"), *args]) == 1
+    assert main(["heads", str(labelled / "nope"), *args]) == 1
+    assert main(["predict", str(tmp_path / "none.featx"), str(labelled / "train")]) == 1
+    (tmp_path / "x.featx").write_text("text")
+    assert main(["predict", str(tmp_path / "x.featx"), str(labelled / "train")]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 5 and all(e.startswith("featx: error: ") for e in errors)
+    assert "c.h5' does not exist" in errors[0]
+    assert "is a file, not labelled images" in errors[1] and "--cache emb.h5" in errors[1]
+    assert "nope' does not exist" in errors[2]
+    assert "none.featx' does not exist" in errors[3]
+    assert "not a zip archive" in errors[4]

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 import featx.datasets
-from featx import FeatxError
+from featx import FeatxError, load_image_folder, load_model
 from featx.demo import run_demo
 
 
 def test_demo_small_random_network_then_rerun_from_cache(tmp_path):
     lines: list[str] = []
-    kwargs = dict(n_train=50, n_test=30, weights=None, input_size=32, log=lines.append)
+    kwargs = dict(n_train=50, n_test=30, weights=None, input_size=32, heads=("logreg", "knn"),
+                  cv=3, log=lines.append)
     result = run_demo(tmp_path, **kwargs)
     assert result["dataset"] == "fashion-mnist"
     assert (result["n_train"], result["n_test"], result["n_images"]) == (50, 30, 80)
     assert result["n_embedded"] == 80 and result["n_cached"] == 0
     assert result["input_size"] == (32, 32)
     assert 0.0 <= result["accuracy"] <= 1.0 and result["pixel_accuracy"] > 0.3
+    assert result["best_head"] == result["leaderboard"].best.head
+    assert result["accuracy"] == result["leaderboard"].best.test_score
+    assert {r.head for r in result["pixel_leaderboard"]} == {"logreg", "knn"}
     assert result["images_per_second"] > 0 and result["wall_seconds"] >= result["embed_seconds"]
     assert result["cache"] == str(tmp_path / "embeddings.h5")
     assert any("raw pixels" in line for line in lines)
+    assert any(line.strip().startswith("#  head") for line in lines)  # the leaderboards
+    for path in [*result["plots"], *result["tables"], result["model"]]:
+        assert Path(path).is_file() and str(path) in "\n".join(lines)
+
+    # The saved model predicts the test images' classes (by name) as the tuned head did.
+    model = load_model(result["model"], cache=result["cache"])
+    test_paths = load_image_folder(result["image_dirs"][1])[0]
+    assert model.predict(test_paths).tolist() == result["leaderboard"].y_pred.tolist()
 
     again = run_demo(tmp_path, **kwargs)
     assert again["n_embedded"] == 0 and again["n_cached"] == 80
@@ -36,10 +50,12 @@ def test_demo_falls_back_to_digits_loudly(tmp_path, monkeypatch):
     monkeypatch.setattr(featx.datasets, "load_fashion_mnist", _missing)
     lines: list[str] = []
     result = run_demo(tmp_path, n_train=40, n_test=20, weights=None, input_size=32,
-                      log=lines.append)
+                      heads=("knn",), log=lines.append)
     assert result["dataset"] == "digits" and result["classes"] == [str(d) for d in range(10)]
     assert result["n_images"] == 60
     assert any("FALLING BACK" in line for line in lines)
+    # 4 training images per class: the demo uses 4 folds rather than failing.
+    assert result["leaderboard"].cv == 4 and any("4-fold" in line for line in lines)
 
 
 def test_demo_digits_sizes_are_capped(tmp_path, monkeypatch):
