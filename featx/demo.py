@@ -29,7 +29,7 @@ import numpy as np
 
 from featx.exceptions import FeatxError
 
-__all__ = ["run_demo", "DEMO_INPUT_SIZE", "DEMO_HEADS"]
+__all__ = ["run_demo", "load_demo_data", "DEMO_INPUT_SIZE", "DEMO_HEADS"]
 
 #: The input size the demo embeds at (see the module docstring for how it was chosen).
 DEMO_INPUT_SIZE = 160
@@ -37,10 +37,20 @@ DEMO_INPUT_SIZE = 160
 DEMO_HEADS: tuple[str, ...] = ("logreg", "rbf_svm", "knn", "mlp")
 
 
-def _load_data(
-    n_train: int, n_test: int, log: Callable[[str], None]
+def load_demo_data(
+    n_train: int, n_test: int, log: Callable[[str], None] | None = print
 ) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """(name, train images, train labels, test images, test labels, class names)."""
+    """Class-stratified Fashion-MNIST training and test images, or digits when it is missing.
+
+    The fallback to scikit-learn's digits is announced loudly through ``log`` (digits is a
+    different, easier data set), and its sizes are capped to the 1,797 images it has.
+
+    Returns
+    -------
+    (name, train images, train labels, test images, test labels, class names)
+        ``name`` is ``"fashion-mnist"`` or ``"digits"``; images are uint8 (N, H, W).
+    """
+    log = log or (lambda line: None)
     from featx.datasets import load_digits_images, load_fashion_mnist, stratified_subset
 
     try:
@@ -159,7 +169,7 @@ def run_demo(
     if verbose is None:
         verbose = sys.stderr.isatty()
 
-    dataset, x_train, y_train, x_test, y_test, classes = _load_data(n_train, n_test, say)
+    dataset, x_train, y_train, x_test, y_test, classes = load_demo_data(n_train, n_test, say)
     splits: dict[str, dict[str, Any]] = {}
     for split, images, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
         # Sorted by label, the folder lists in array order: paths and pixels stay aligned.

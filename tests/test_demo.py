@@ -60,9 +60,9 @@ def test_demo_falls_back_to_digits_loudly(tmp_path, monkeypatch):
 
 def test_demo_digits_sizes_are_capped(tmp_path, monkeypatch):
     monkeypatch.setattr(featx.datasets, "load_fashion_mnist", _missing)
-    from featx.demo import _load_data
+    from featx.demo import load_demo_data
 
-    name, x_train, y_train, x_test, y_test, _ = _load_data(2000, 1000, lambda line: None)
+    name, x_train, y_train, x_test, y_test, _ = load_demo_data(2000, 1000, lambda line: None)
     assert name == "digits" and len(x_train) + len(x_test) == 1797
     assert len(x_test) == 599
     assert np.bincount(y_test).min() > 50  # stratified
