@@ -290,7 +290,8 @@ def _cmd_heads(args: argparse.Namespace) -> int:
                          title=f"Heads on {embedder.config_.name} features ({board.n_train} "
                          "training images)"),
         plot_confusion_matrix(board.y_true, board.y_pred, out / "confusion_matrix.png",
-                              title=f"{best.head}: {where}"),
+                              title=f"{best.head}: {where}, accuracy "
+                              f"{np.mean(board.y_true == board.y_pred):.1%}"),
     ]
     model = FeatxModel(
         embedder.set_params(cache=None, verbose=False, on_error="raise"), best.estimator,
