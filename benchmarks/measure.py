@@ -60,7 +60,7 @@ def ceiling(backbone: str, paths: list[str], **_: Any) -> Any:
     from featx.images import Item, load_pixels
 
     model = _keras_model(backbone)
-    forward = _compile_forward(model)
+    forward = _compile_forward(model, None)
     pre = _preprocess(backbone)
     x = np.stack([load_pixels(Item("path", p, p), (SIZE, SIZE)) for p in paths])
     x = np.asarray(pre(x), np.float32)

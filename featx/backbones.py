@@ -204,6 +204,7 @@ class BackboneConfig:
     preprocess: str
     source: Any = field(default=None, compare=False, repr=False)
     source_id: str = ""
+    preprocess_fn: Any = field(default=None, compare=False, repr=False)
     precision: str = "float32"
     safe_mode: bool = True
 
@@ -382,7 +383,8 @@ def resolve_backbone(
             f"precision={precision_s!r} needs a registry backbone or a backbone function, which "
             "featx builds itself; a saved model keeps the dtypes it was saved with."
         )
-    return replace(config, precision=precision_s, safe_mode=bool(safe_mode))
+    return replace(config, precision=precision_s, safe_mode=bool(safe_mode),
+                   preprocess_fn=preprocess if callable(preprocess) else None)
 
 
 def _resolve_source(
@@ -490,8 +492,13 @@ class Network:
         self.width = int(out[-1])
         self.n_seen = 0
         self._lock = threading.Lock()
-        self._preprocess = _preprocess_function(config.preprocess, config.source)
-        self._forward = _compile_forward(model)
+        # Preprocessing runs inside the compiled function (on the accelerator, fused with the
+        # network) unless it is the user's own Python function, which runs on the batch first.
+        self._numpy_preprocess = config.preprocess_fn
+        graph_prep = None if config.preprocess_fn is not None else _graph_preprocess(
+            config.preprocess
+        )
+        self._forward = _compile_forward(model, graph_prep)
 
     @property
     def is_image(self) -> bool:
@@ -501,13 +508,16 @@ class Network:
     def channels(self) -> int:
         return self.sample_shape[-1] if self.is_image else 0
 
-    def preprocess(self, batch: np.ndarray) -> np.ndarray:
-        """Apply the backbone's preprocessing to a float32 batch (in place where possible)."""
-        batch = np.asarray(batch, dtype=np.float32)
-        return np.asarray(self._preprocess(batch), dtype=np.float32)
+    def prepare(self, samples: list[np.ndarray]) -> np.ndarray:
+        """Stack decoded samples into a batch; uint8 stays uint8 (a quarter of the bytes to
+        move). A user's own preprocessing function is applied here, in NumPy."""
+        batch = np.stack(samples)
+        if self._numpy_preprocess is not None:
+            batch = np.asarray(self._numpy_preprocess(batch.astype(np.float32)), np.float32)
+        return batch
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """Run the compiled network on an already preprocessed batch; returns float32 rows."""
+        """Preprocess and run the compiled network on a prepared batch; returns float32 rows."""
         n = len(batch)
         if n == 0:
             return np.zeros((0, self.width), np.float32)
@@ -751,45 +761,54 @@ def _pool(model: Any, pooling: str) -> Any:
     return keras.Model(model.inputs, out)
 
 
-def _preprocess_function(mode: str, source: Any) -> Callable[[np.ndarray], np.ndarray]:
+def _graph_preprocess(mode: str) -> Callable[[Any], Any]:
+    """The preprocessing ``mode`` as a function of a backend tensor (traceable, jit-able)."""
     if mode == "none":
         return lambda x: x
     if mode == "scale":
-        return lambda x: x / np.float32(255.0)
+        return lambda x: x / 255.0
     if mode.startswith("keras.applications."):
         import importlib
 
-        module_name = mode.rsplit(".", 1)[0]
-        fn: Callable[[np.ndarray], np.ndarray] = importlib.import_module(
-            module_name
-        ).preprocess_input
+        module = importlib.import_module(mode.rsplit(".", 1)[0])
+        fn: Callable[[Any], Any] = module.preprocess_input
         return fn
     if mode in ("tf", "caffe", "torch"):
         from keras.applications import imagenet_utils
 
         return lambda x: imagenet_utils.preprocess_input(x, mode=mode)
-    raise FeatxError(f"preprocess {mode!r} cannot be rebuilt in this process")
+    raise FeatxError(
+        f"preprocess {mode!r} cannot be rebuilt in this process; pass the function itself as "
+        "preprocess="
+    )
 
 
-def _compile_forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """The model's inference as a compiled function of a NumPy batch (not ``model.predict``)."""
+def _compile_forward(
+    model: Any, preprocess: Callable[[Any], Any] | None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Cast to float32, preprocess and run the model as one compiled function of a NumPy batch
+    (never ``model.predict``)."""
     import keras
 
+    prep = preprocess or (lambda x: x)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        fn = tf.function(
+            lambda x: model(prep(tf.cast(x, tf.float32)), training=False), reduce_retracing=True
+        )
         return lambda x: fn(tf.convert_to_tensor(x)).numpy()
     if backend == "jax":
         import jax
+        import jax.numpy as jnp
 
         trainable = [v.value for v in model.trainable_variables]
         frozen = [v.value for v in model.non_trainable_variables]
 
         @jax.jit
         def run(tv: Any, ntv: Any, x: Any) -> Any:
-            y, _ = model.stateless_call(tv, ntv, x, training=False)
+            y, _ = model.stateless_call(tv, ntv, prep(x.astype(jnp.float32)), training=False)
             return y
 
         return lambda x: np.asarray(run(trainable, frozen, x))
@@ -798,7 +817,10 @@ def _compile_forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
 
         def run_torch(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return keras.ops.convert_to_numpy(model(x, training=False))
+                t = keras.ops.convert_to_tensor(x, dtype="float32")
+                return keras.ops.convert_to_numpy(model(prep(t), training=False))
 
         return run_torch
-    return lambda x: keras.ops.convert_to_numpy(model(x, training=False))
+    return lambda x: keras.ops.convert_to_numpy(
+        model(prep(keras.ops.convert_to_tensor(x, dtype="float32")), training=False)
+    )

@@ -147,7 +147,7 @@ def _embedder(args: argparse.Namespace, on_error: str) -> Any:
         args.backbone, weights=args.weights, layer=args.layer, pooling=args.pooling,
         input_size=args.input_size, batch_size=args.batch_size, cache=args.cache,
         on_error=on_error, n_workers=args.n_workers, verbose=_progress(args),
-        retry_failed=args.retry_failed,
+        retry_failed=args.retry_failed, safe_mode=not args.unsafe_backbone,
     )
 
 
@@ -449,6 +449,9 @@ def _embedder_flags() -> argparse.ArgumentParser:
                        help="threads decoding images (default: up to 4)")
     group.add_argument("--path-column", default="path", metavar="NAME",
                        help="the CSV column holding image paths (default 'path')")
+    group.add_argument("--unsafe-backbone", action="store_true",
+                       help="load a .keras/.h5 backbone file outside Keras's safe mode (runs "
+                       "the Python code it holds: only for files you trust)")
     return flags
 
 

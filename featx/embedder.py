@@ -543,7 +543,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 except ImageLoadError as exc:
                     exc.index = p
                     errors.append(exc)
-            x = network.preprocess(np.stack(pixels)) if pixels else None
+            x = network.prepare(pixels) if pixels else None
             return ok, x, errors
 
         def submit() -> None:

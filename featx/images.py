@@ -170,7 +170,8 @@ def load_pixels(
 ) -> np.ndarray:
     """Decode ``item`` and resize it to ``size`` = (height, width).
 
-    Returns a float32 array of shape ``(height, width, channels)`` on the 0-255 scale. Raises
+    Returns an array of shape ``(height, width, channels)`` on the 0-255 scale: uint8 for
+    decoded images and uint8 arrays, float32 for float arrays (their values are kept). Raises
     :class:`ImageLoadError` naming the item when it cannot be read or decoded, and, with
     ``max_pixels``, when an encoded image has more pixels than that (a decompression bomb: a small
     file that decodes to gigabytes); the size is read from the header, before any decoding.
@@ -247,7 +248,7 @@ def _pil_pixels(img: Image.Image, size: tuple[int, int], channels: int, resize: 
         img = _center_crop(img, size)
     if img.size != (size[1], size[0]):
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32)
+    arr = np.asarray(img)
     return arr[..., None] if arr.ndim == 2 else arr
 
 

@@ -372,3 +372,25 @@ def test_heads_and_predict_errors_are_one_line(labelled, tmp_path, capsys):
     assert "nope' does not exist" in errors[2]
     assert "none.featx' does not exist" in errors[3]
     assert "not a zip archive" in errors[4]
+
+
+def test_embed_refuses_a_model_file_with_code_unless_trusted(tmp_path):
+    import keras
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(root / f"{i}.png")
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Lambda(lambda t: t / 255.0)(inp)
+    x = keras.layers.Conv2D(2, 3, kernel_initializer="ones", name="conv")(x)
+    model_path = tmp_path / "with_code.keras"
+    keras.Model(inp, x).save(model_path)
+
+    refused = run_featx("embed", root, "--backbone", model_path, "--cache", tmp_path / "c.h5")
+    assert refused.returncode == 1
+    assert "holds Python code" in error_lines(refused)[0]
+    trusted = run_featx("embed", root, "--backbone", model_path, "--cache", tmp_path / "c.h5",
+                        "--unsafe-backbone")
+    assert trusted.returncode == 0, trusted.stderr[-1000:]
+    assert "embedded 3" in trusted.stdout

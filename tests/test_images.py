@@ -211,7 +211,7 @@ def test_key_of_missing_file_names_the_path(tmp_path: Path) -> None:
 def test_load_pixels_shape_dtype_and_range(small_png: Path) -> None:
     item = path_item(small_png)
     out = load_pixels(item, (5, 9))
-    assert out.shape == (5, 9, 3) and out.dtype == np.float32
+    assert out.shape == (5, 9, 3) and out.dtype == np.uint8  # decoded pixels stay bytes
     assert 0 <= out.min() and out.max() <= 255
     # At its own size nothing is resampled: the pixels come back as they were.
     same = load_pixels(item, (6, 7))
