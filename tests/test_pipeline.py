@@ -154,3 +154,13 @@ def test_chunks_give_the_same_rows_and_failure_positions(images, tmp_path, monke
     np.testing.assert_allclose(chunked, whole, atol=1e-6, equal_nan=True)
     assert [f[0] for f in emb.report_.failures] == [9]
     assert emb.report_.n_items == 20 and emb.report_.n_embedded in (18, 19)
+
+
+def test_a_users_preprocess_function_runs(images):
+    halved = ImageEmbedder(tiny_convnet, input_size=16, preprocess=lambda x: x / 2)
+    plain = ImageEmbedder(tiny_convnet, input_size=16, preprocess="none")
+    np.testing.assert_allclose(
+        halved.fit_transform(images[:4, :16, :16]),
+        plain.fit_transform(images[:4, :16, :16].astype(np.float32) / 2),
+        atol=1e-5,
+    )
