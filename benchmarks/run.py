@@ -179,9 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print("grid search:", flush=True)
         sections += ["### Grid search: the embedding is paid once", "",
                      *grid_table("mobilenet", folder, args.grid_images), ""]
-    sections.append(f"Total benchmark time: {time.time() - started:.0f} s. "
-                    "Command: `.venv/bin/python -m benchmarks.run`"
-                    + (" --quick" if args.quick else ""))
+    command = " ".join([".venv/bin/python -m benchmarks.run", *(argv or sys.argv[1:])])
+    sections.append(f"Total benchmark time: {time.time() - started:.0f} s. Command: `{command}`")
     text = "\n".join(sections) + "\n"
     print()
     print(text)
