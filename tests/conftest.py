@@ -101,3 +101,21 @@ def image_folder(tmp_path: Path, rng: np.random.Generator) -> Path:
             ext = "png" if i % 2 else "jpg"
             Image.fromarray(arr).save(root / cls / f"{cls}{i}.{ext}")
     return root
+
+
+def write_workspace(base: Path, *, size: int, n_images: int, seed: int,
+                    heights: tuple[int, int], widths: tuple[int, int]) -> Path:
+    """A tiny saved ``.keras`` backbone and ``n_images`` PNGs of mixed sizes under ``base``.
+
+    Image ``i`` is ``heights[0] + i % heights[1]`` by ``widths[0] + i % widths[1]`` pixels.
+    """
+    from PIL import Image
+
+    tiny_convnet((size, size, 3)).save(base / "tiny.keras")
+    rng = np.random.default_rng(seed)
+    (base / "images").mkdir()
+    for i in range(n_images):
+        shape = (heights[0] + i % heights[1], widths[0] + i % widths[1], 3)
+        arr = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(arr).save(base / "images" / f"img{i:03d}.png")
+    return base

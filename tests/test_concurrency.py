@@ -19,11 +19,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 from featx import EmbeddingCache, ImageEmbedder
 from featx.images import as_items
-from tests.conftest import tiny_convnet
+from tests.conftest import write_workspace
 from tests.test_cli import FEATX
 
 SIZE = 16
@@ -52,14 +51,8 @@ Path(report).write_text(json.dumps({"start": start, "end": end, "hits": r.n_hits
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("concurrency")
-    tiny_convnet((SIZE, SIZE, 3)).save(base / "tiny.keras")
-    rng = np.random.default_rng(11)
-    (base / "images").mkdir()
-    for i in range(N_IMAGES):
-        arr = rng.integers(0, 256, (17 + i % 6, 19 + i % 4, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(base / "images" / f"img{i:03d}.png")
-    return base
+    return write_workspace(tmp_path_factory.mktemp("concurrency"), size=SIZE, n_images=N_IMAGES,
+                           seed=11, heights=(17, 6), widths=(19, 4))
 
 
 @pytest.fixture(scope="module")

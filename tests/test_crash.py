@@ -27,11 +27,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 from featx import EmbeddingCache, ImageEmbedder
 from featx.images import as_items
-from tests.conftest import tiny_convnet
+from tests.conftest import write_workspace
 from tests.test_cli import FEATX
 
 N_IMAGES = 96
@@ -81,14 +80,8 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("crash")
-    tiny_convnet((SIZE, SIZE, 3)).save(base / "tiny.keras")
-    rng = np.random.default_rng(7)
-    (base / "images").mkdir()
-    for i in range(N_IMAGES):
-        arr = rng.integers(0, 256, (18 + i % 7, 20 + i % 5, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(base / "images" / f"img{i:03d}.png")
-    return base
+    return write_workspace(tmp_path_factory.mktemp("crash"), size=SIZE, n_images=N_IMAGES,
+                           seed=7, heights=(18, 7), widths=(20, 5))
 
 
 @pytest.fixture(scope="module")
