@@ -446,7 +446,7 @@ def _embedder_flags() -> argparse.ArgumentParser:
     group.add_argument("--pooling", choices=POOLINGS, default="avg",
                        help="how a feature map becomes a vector (default avg)")
     group.add_argument("--n-workers", type=_positive_int, metavar="N",
-                       help="threads decoding images (default: up to 4)")
+                       help="threads decoding images (default: one per core, up to 16)")
     group.add_argument("--path-column", default="path", metavar="NAME",
                        help="the CSV column holding image paths (default 'path')")
     group.add_argument("--unsafe-backbone", action="store_true",

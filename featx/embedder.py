@@ -151,7 +151,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         With a cache, items that failed to decode are remembered (by content) and fail again at
         once on later runs; ``True`` tries them again.
     n_workers : int or None, default=None
-        Threads that read and decode images while the network runs; ``None``: up to 4.
+        Threads that read and decode images while the network runs; ``None``: one per CPU core,
+        up to 16 (an accelerator needs many cores decoding to be kept busy).
     verbose : bool, default=False
         Show a progress bar.
     safe_mode : bool, default=True
@@ -424,7 +425,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     ) -> tuple[np.ndarray, list[ImageLoadError], bool]:
         n = len(items)
         failed: list[ImageLoadError] = []
-        pool = ThreadPoolExecutor(self.n_workers or min(4, os.cpu_count() or 1))
+        pool = ThreadPoolExecutor(self.n_workers or _default_workers())
         writer: _CacheWriter | None = None
         try:
             # 1. Content keys (only needed with a cache: they read every file once).
@@ -651,6 +652,16 @@ class _CacheWriter:
         self._thread.join()
         if self._error is not None:
             raise self._error
+
+
+def _default_workers() -> int:
+    """One decoding thread per core the process may use, up to 16 (Pillow decodes and resizes
+    without the GIL, so threads scale with cores)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(16, cores))
 
 
 def _safe_key(item: Item) -> str | ImageLoadError:
