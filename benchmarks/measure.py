@@ -1,10 +1,13 @@
 """One benchmark measurement, run in a fresh process so that its peak memory is its own.
 
     python -m benchmarks.measure METHOD --backbone NAME --folder DIR --n N [--cache FILE]
+        [--precision float32|mixed_float16|mixed_bfloat16] [--batch-size 32]
 
-Prints one JSON line: {"method", "backbone", "images", "seconds", "images_per_s", "peak_rss_mb"}.
-The network is built and warmed up before the clock starts, in every method alike; the run is
-repeated and the fastest repeat is reported (machine noise only ever slows a run down).
+Prints one JSON line: {"method", "backbone", "images", "seconds", "images_per_s", "peak_rss_mb"},
+or {"method", "backbone", "skipped": reason} when the method cannot run here (the Keras pipeline
+needs TensorFlow, which the JAX-only GPU machines lack). The network is built and warmed up before
+the clock starts, in every method alike; the run is repeated and the fastest repeat is reported
+(machine noise only ever slows a run down).
 """
 
 from __future__ import annotations
@@ -24,18 +27,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 SIZE = 224
-BATCH = 32
 
 
 def _weights(backbone: str) -> str | None:
-    # ImageNet weights are installed offline for mobilenet only; speed does not depend on them.
-    return "imagenet" if backbone == "mobilenet" else None
+    """ImageNet weights where they are installed (offline: mobilenet only), else random ones:
+    speed does not depend on the values."""
+    if backbone != "mobilenet":
+        return None
+    from featx.weights import installed_weights
+
+    return "imagenet" if any(r["backbone"] == "mobilenet" and r["present"]
+                             for r in installed_weights()) else None
 
 
-def _keras_model(backbone: str) -> Any:
+def _keras_model(backbone: str, precision: str) -> Any:
     from featx.backbones import _build_model, resolve_backbone
 
-    return _build_model(resolve_backbone(backbone, weights=_weights(backbone), input_size=SIZE))
+    return _build_model(resolve_backbone(backbone, weights=_weights(backbone), input_size=SIZE,
+                                         precision=precision))
 
 
 def _preprocess(backbone: str) -> Any:
@@ -54,30 +63,36 @@ def _paths(folder: str, n: int) -> list[str]:
     return files[:n]
 
 
-def ceiling(backbone: str, paths: list[str], **_: Any) -> Any:
+def _warm_sizes(n: int, batch: int) -> list[int]:
+    """The batch sizes a run of ``n`` images meets: each is traced/compiled before the clock."""
+    return [batch] + ([n % batch] if n % batch else [])
+
+
+def ceiling(backbone: str, paths: list[str], batch: int, precision: str, **_: Any) -> Any:
     """The compiled network alone, on tensors already decoded, resized and preprocessed."""
     from featx.backbones import _compile_forward
     from featx.images import Item, load_pixels
 
-    model = _keras_model(backbone)
+    model = _keras_model(backbone, precision)
     forward = _compile_forward(model, None)
     pre = _preprocess(backbone)
     x = np.stack([load_pixels(Item("path", p, p), (SIZE, SIZE)) for p in paths])
     x = np.asarray(pre(x), np.float32)
-    forward(x[:BATCH])
+    for size in _warm_sizes(len(x), batch):
+        forward(x[:size])
 
     def run() -> None:
-        for i in range(0, len(x), BATCH):
-            forward(x[i : i + BATCH])
+        for i in range(0, len(x), batch):
+            forward(x[i : i + batch])
 
     return run
 
 
-def naive_loop(backbone: str, paths: list[str], **_: Any) -> Any:
+def naive_loop(backbone: str, paths: list[str], precision: str, **_: Any) -> Any:
     """One model.predict call per image, as simple embedding wrappers do."""
     import keras
 
-    model = _keras_model(backbone)
+    model = _keras_model(backbone, precision)
     pre = _preprocess(backbone)
     model.predict(np.zeros((1, SIZE, SIZE, 3), np.float32), verbose=0)
 
@@ -89,37 +104,43 @@ def naive_loop(backbone: str, paths: list[str], **_: Any) -> Any:
     return run
 
 
-def all_in_memory(backbone: str, paths: list[str], **_: Any) -> Any:
+def all_in_memory(backbone: str, paths: list[str], batch: int, precision: str,
+                  **_: Any) -> Any:
     """The tutorials' way: load every image into one array, then one model.predict."""
     import keras
 
-    model = _keras_model(backbone)
+    model = _keras_model(backbone, precision)
     pre = _preprocess(backbone)
-    model.predict(np.zeros((BATCH, SIZE, SIZE, 3), np.float32), verbose=0, batch_size=BATCH)
+    model.predict(np.zeros((batch, SIZE, SIZE, 3), np.float32), verbose=0, batch_size=batch)
 
     def run() -> None:
         x = np.stack([keras.utils.img_to_array(keras.utils.load_img(p, target_size=(SIZE, SIZE)))
                       for p in paths])
-        model.predict(pre(x), verbose=0, batch_size=BATCH)
+        model.predict(pre(x), verbose=0, batch_size=batch)
 
     return run
 
 
-def keras_pipeline(backbone: str, paths: list[str], folder: str, **_: Any) -> Any:
+def keras_pipeline(backbone: str, paths: list[str], folder: str, batch: int, precision: str,
+                   **_: Any) -> Any:
     """image_dataset_from_directory + map(preprocess_input) + prefetch + predict."""
     import keras
-    import tensorflow as tf
 
-    model = _keras_model(backbone)
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise Skipped("the Keras pipeline needs TensorFlow (tf.data), not installed here") from None
+
+    model = _keras_model(backbone, precision)
     pre = _preprocess(backbone)
-    model.predict(np.zeros((BATCH, SIZE, SIZE, 3), np.float32), verbose=0, batch_size=BATCH)
+    model.predict(np.zeros((batch, SIZE, SIZE, 3), np.float32), verbose=0, batch_size=batch)
 
     def run() -> None:
         ds = keras.utils.image_dataset_from_directory(
-            folder, labels=None, image_size=(SIZE, SIZE), batch_size=BATCH, shuffle=False,
+            folder, labels=None, image_size=(SIZE, SIZE), batch_size=batch, shuffle=False,
             verbose=False,
         )
-        ds = ds.take((len(paths) + BATCH - 1) // BATCH)
+        ds = ds.take((len(paths) + batch - 1) // batch)
         ds = ds.map(pre, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
         model.predict(ds, verbose=0)
 
@@ -127,15 +148,19 @@ def keras_pipeline(backbone: str, paths: list[str], folder: str, **_: Any) -> An
 
 
 def featx_run(
-    backbone: str, paths: list[str], cache: str | None = None, full: bool = False, **_: Any
+    backbone: str, paths: list[str], batch: int, precision: str, cache: str | None = None,
+    full: bool = False, **_: Any
 ) -> Any:
     """featx's ImageEmbedder from the JPEG files (with a cache when given)."""
     from featx import ImageEmbedder
     from featx.images import Item, load_pixels
 
-    warm = np.stack([load_pixels(Item("path", paths[0], ""), (SIZE, SIZE))] * 2).astype(np.uint8)
-    ImageEmbedder(backbone, weights=_weights(backbone), input_size=SIZE).fit_transform(warm)
-    emb = ImageEmbedder(backbone, weights=_weights(backbone), input_size=SIZE, cache=cache)
+    warm = np.stack([load_pixels(Item("path", paths[0], ""), (SIZE, SIZE))] * batch)
+    options = dict(weights=_weights(backbone), input_size=SIZE, precision=precision,
+                   batch_size=batch)
+    for size in _warm_sizes(len(paths), batch):
+        ImageEmbedder(backbone, **options).fit_transform(warm[:size])
+    emb = ImageEmbedder(backbone, cache=cache, **options)
 
     def run() -> None:
         if cache and not full:  # every repeat starts from an empty cache
@@ -145,6 +170,10 @@ def featx_run(
         assert out.shape[0] == len(paths)
 
     return run
+
+
+class Skipped(Exception):
+    """This method cannot run on this machine; the reason goes into the table."""
 
 
 METHODS = {
@@ -166,11 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-cache", action="store_true",
                         help="fill the cache first; time transforms that find every image")
     parser.add_argument("--repeats", type=int, default=3, help="report the fastest of these")
+    parser.add_argument("--precision", default="float32",
+                        choices=["float32", "mixed_float16", "mixed_bfloat16"])
+    parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
     paths = _paths(args.folder, args.n)
-    run = METHODS[args.method](
-        args.backbone, paths, folder=args.folder, cache=args.cache, full=args.full_cache
-    )
+    try:
+        run = METHODS[args.method](
+            args.backbone, paths, folder=args.folder, cache=args.cache, full=args.full_cache,
+            batch=args.batch_size, precision=args.precision,
+        )
+    except Skipped as why:
+        print(json.dumps({"method": args.method, "backbone": args.backbone, "skipped": str(why)}))
+        return 0
     if args.full_cache:
         run()
     times = []
@@ -183,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "method": args.method, "backbone": args.backbone, "images": len(paths),
         "seconds": seconds, "images_per_s": len(paths) / seconds, "peak_rss_mb": peak,
+        "weights": _weights(args.backbone) or "random",
     }))
     sys.stdout.flush()
     return 0

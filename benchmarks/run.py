@@ -1,6 +1,11 @@
 """featx benchmarks: one command, one table of ratios against baselines measured in the same run.
 
     .venv/bin/python -m benchmarks.run [--images 1000] [--backbones mobilenet,resnet50] [--quick]
+        [--precisions float32,mixed_float16] [--batch-size 32]
+
+On a GPU machine (JAX backend, no TensorFlow: the Keras pipeline is then reported as skipped):
+
+    KERAS_BACKEND=jax python -m benchmarks.run --precisions float32,mixed_float16 --batch-size 128
 
 On one folder of realistic JPEG photos (300-800 px, made from scikit-image's and scikit-learn's
 sample photos by crops, scales, flips and re-encoding) it measures, each in a fresh process:
@@ -52,8 +57,19 @@ def machine() -> str:
             mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB"
     except (OSError, ValueError, IndexError):
         mem = "?"
-    return (f"{cpu}, {os.cpu_count()} cores, {mem}; Python {platform.python_version()}, "
-            f"Keras {keras.__version__} ({os.environ.get('KERAS_BACKEND', 'tensorflow')} backend)")
+    gpu = ""
+    try:
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        names = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.split("\n")
+        gpu = ", ".join(sorted({n.strip() for n in names if n.strip()}))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, {mem}{'; GPU: ' + gpu if gpu else ''}; "
+            f"Python {platform.python_version()}, Keras {keras.__version__} ({backend()} backend)")
+
+
+def backend() -> str:
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
 def measure(method: str, backbone: str, folder: Path, n: int, repeats: int,
@@ -70,36 +86,52 @@ def measure(method: str, backbone: str, folder: Path, n: int, repeats: int,
     if out.returncode != 0 or not lines:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
-    print(f"  {method:<15} {backbone:<10} {n:>6} images  {result['images_per_s']:8.1f} img/s"
-          f"  peak {result['peak_rss_mb']:7.0f} MB", flush=True)
+    if "skipped" in result:
+        print(f"  {method:<15} {backbone:<10} skipped: {result['skipped']}", flush=True)
+    else:
+        print(f"  {method:<15} {backbone:<10} {n:>6} images  {result['images_per_s']:8.1f} img/s"
+              f"  peak {result['peak_rss_mb']:7.0f} MB", flush=True)
     return result
 
 
-def throughput_table(backbones: list[str], folder: Path, n: int, n_naive: int, repeats: int,
-                     work: Path) -> list[str]:
+def throughput_table(backbones: list[str], precisions: list[str], batch: int, folder: Path,
+                     n: int, n_naive: int, repeats: int, work: Path) -> list[str]:
     rows = ["| backbone | method | images | images/s | vs ceiling | vs Keras pipeline "
             "| peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|"]
     for backbone in backbones:
-        cache = work / f"bench-{backbone}.h5"
-        res = {
-            "ceiling": measure("ceiling", backbone, folder, n, repeats),
-            "naive": measure("naive", backbone, folder, n_naive, 1),
-            "in_memory": measure("in_memory", backbone, folder, n, repeats),
-            "keras_pipeline": measure("keras_pipeline", backbone, folder, n, repeats),
-            "featx (empty cache)": measure("featx", backbone, folder, n, repeats, cache=cache),
-            "featx (full cache)": measure("featx", backbone, folder, n, repeats, cache=cache,
-                                          full_cache=True),
-        }
-        ceiling = res["ceiling"]["images_per_s"]
-        keras_speed = res["keras_pipeline"]["images_per_s"]
-        empty = res["featx (empty cache)"]["images_per_s"]
-        for name, r in res.items():
-            speed = r["images_per_s"]
-            rows.append(f"| {backbone} | {name} | {r['images']} | {speed:,.1f} | "
-                        f"{speed / ceiling:.2f}x | {speed / keras_speed:.2f}x | "
-                        f"{r['peak_rss_mb']:,.0f} |")
-        full = res["featx (full cache)"]["images_per_s"]
-        rows.append(f"| {backbone} | full cache / empty cache | | | **{full / empty:.0f}x** | | |")
+        for precision in precisions:
+            cache = work / f"bench-{backbone}.h5"
+            opts: dict[str, Any] = {"precision": precision, "batch_size": batch}
+            res = {
+                "ceiling": measure("ceiling", backbone, folder, n, repeats, **opts),
+                "naive": measure("naive", backbone, folder, n_naive, 1, **opts),
+                "in_memory": measure("in_memory", backbone, folder, n, repeats, **opts),
+                "keras_pipeline": measure("keras_pipeline", backbone, folder, n, repeats, **opts),
+                "featx (empty cache)": measure("featx", backbone, folder, n, repeats,
+                                               cache=cache, **opts),
+                "featx (full cache)": measure("featx", backbone, folder, n, repeats, cache=cache,
+                                              full_cache=True, **opts),
+            }
+            label = backbone if precision == "float32" else f"{backbone}, {precision}"
+            rows += _throughput_rows(label, res)
+    return rows
+
+
+def _throughput_rows(label: str, res: dict[str, dict[str, Any]]) -> list[str]:
+    ceiling = res["ceiling"]["images_per_s"]
+    keras_speed = res["keras_pipeline"].get("images_per_s")
+    rows = []
+    for name, r in res.items():
+        if "skipped" in r:
+            rows.append(f"| {label} | {name} | | skipped: {r['skipped']} | | | |")
+            continue
+        speed = r["images_per_s"]
+        vs_keras = f"{speed / keras_speed:.2f}x" if keras_speed else "-"
+        rows.append(f"| {label} | {name} | {r['images']} | {speed:,.1f} | "
+                    f"{speed / ceiling:.2f}x | {vs_keras} | {r['peak_rss_mb']:,.0f} |")
+    full = res["featx (full cache)"]["images_per_s"]
+    empty = res["featx (empty cache)"]["images_per_s"]
+    rows.append(f"| {label} | full cache / empty cache | | | **{full / empty:.0f}x** | | |")
     return rows
 
 
@@ -144,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid-images", type=int, default=200)
     parser.add_argument("--backbones", default="mobilenet,resnet50")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--precisions", default="float32",
+                        help="comma list of: float32, mixed_float16, mixed_bfloat16")
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="small sizes, to check it runs")
     parser.add_argument("--skip", default="", help="comma list of: throughput,memory,grid")
     parser.add_argument("--work", default=None, help="folder for photos and caches")
@@ -163,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     sections = [f"Machine: {machine()}", ""]
     if "throughput" not in skip:
         print("throughput:", flush=True)
-        sections += [f"### Throughput: JPEG photos to embeddings, 224 px, batch 32 "
-                     f"(fastest of {args.repeats})", "",
-                     *throughput_table(args.backbones.split(","), folder, args.images,
-                                       args.naive_images, args.repeats, work), ""]
+        sections += [f"### Throughput: JPEG photos to embeddings, 224 px, batch "
+                     f"{args.batch_size} (fastest of {args.repeats})", "",
+                     *throughput_table(args.backbones.split(","), args.precisions.split(","),
+                                       args.batch_size, folder, args.images, args.naive_images,
+                                       args.repeats, work), ""]
     if "memory" not in skip:
         print("memory:", flush=True)
         small = work / f"photos-{n_small}"
@@ -186,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    name = "latest-quick.md" if args.quick else "latest.md"
+    name = "latest" + ("" if backend() == "tensorflow" else f"-{backend()}")
+    name += "-quick.md" if args.quick else ".md"
     (RESULTS / name).write_text(f"<!-- written by benchmarks/run.py on {stamp} -->\n{text}")
     return 0
 
