@@ -498,7 +498,7 @@ class Network:
         graph_prep = None if config.preprocess_fn is not None else _graph_preprocess(
             config.preprocess
         )
-        self._forward = _compile_forward(model, graph_prep)
+        self._dispatch = _compile_dispatch(model, graph_prep)
 
     @property
     def is_image(self) -> bool:
@@ -518,18 +518,26 @@ class Network:
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Preprocess and run the compiled network on a prepared batch; returns float32 rows."""
+        return self.dispatch(batch)()
+
+    def dispatch(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
+        """Start the network on a prepared batch; return a function that waits for its rows.
+
+        JAX, and TensorFlow on a GPU, run asynchronously: the caller hands over the next batch
+        before reading this one back, so the device never idles between batches.
+        """
         n = len(batch)
         if n == 0:
-            return np.zeros((0, self.width), np.float32)
+            return lambda: np.zeros((0, self.width), np.float32)
         # Pad to a power of two so that a compiled function sees few distinct shapes.
         padded = 1 << (n - 1).bit_length()
         if padded != n:
             pad = np.zeros((padded - n, *batch.shape[1:]), dtype=batch.dtype)
             batch = np.concatenate([batch, pad])
         with self._lock:
-            out = self._forward(batch)
+            out = self._dispatch(batch)
             self.n_seen += n
-        return np.asarray(out[:n], dtype=np.float32)
+        return lambda: np.asarray(out)[:n].astype(np.float32, copy=False)
 
 
 _NETWORKS: dict[str, Network] = {}
@@ -787,7 +795,14 @@ def _compile_forward(
     model: Any, preprocess: Callable[[Any], Any] | None
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Cast to float32, preprocess and run the model as one compiled function of a NumPy batch
-    (never ``model.predict``)."""
+    (never ``model.predict``); returns the output as a NumPy array."""
+    dispatch = _compile_dispatch(model, preprocess)
+    return lambda x: np.asarray(dispatch(x))
+
+
+def _compile_dispatch(model: Any, preprocess: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """Like :func:`_compile_forward`, but returns the backend's array, which may still be being
+    computed (JAX dispatches asynchronously, and so does TensorFlow on a GPU)."""
     import keras
 
     prep = preprocess or (lambda x: x)
@@ -798,7 +813,7 @@ def _compile_forward(
         fn = tf.function(
             lambda x: model(prep(tf.cast(x, tf.float32)), training=False), reduce_retracing=True
         )
-        return lambda x: fn(tf.convert_to_tensor(x)).numpy()
+        return lambda x: fn(tf.convert_to_tensor(x))
     if backend == "jax":
         import jax
         import jax.numpy as jnp
@@ -811,7 +826,7 @@ def _compile_forward(
             y, _ = model.stateless_call(tv, ntv, prep(x.astype(jnp.float32)), training=False)
             return y
 
-        return lambda x: np.asarray(run(trainable, frozen, x))
+        return lambda x: run(trainable, frozen, x)
     if backend == "torch":
         import torch
 

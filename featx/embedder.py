@@ -555,14 +555,21 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
         for _ in range(self._PREFETCH):
             submit()
+        # One batch stays in flight: the next is handed to the network before the last one is
+        # read back, so an asynchronous device (JAX, a GPU) has its next batch when it finishes.
+        pending: tuple[list[int], Callable[[], np.ndarray]] | None = None
         try:
             while ahead:
                 ok, x, errors = ahead.popleft()[0].result()
                 submit()
                 failed.extend(errors)
-                if x is not None:
-                    yield ok, network.embed(x)
+                started = (ok, network.dispatch(x)) if x is not None else None
+                if pending is not None:
+                    yield pending[0], pending[1]()
+                pending = started
                 progress(len(ok) + len(errors))
+            if pending is not None:
+                yield pending[0], pending[1]()
         finally:
             for _, futures in ahead:
                 for fut in futures:

@@ -49,18 +49,38 @@ def test_prefetch_is_bounded(images, monkeypatch):
 
     net = get_builder_network(emb._config(), (16, 16, 3))
     seen_at_embed = []
-    real_embed = net.embed
+    real_dispatch = net.dispatch
 
-    def recording_embed(x):
+    def recording_dispatch(x):
         seen_at_embed.append(len(loads))
-        return real_embed(x)
+        return real_dispatch(x)
 
-    monkeypatch.setattr(net, "embed", recording_embed)
+    monkeypatch.setattr(net, "dispatch", recording_dispatch)
     emb.fit_transform(images)
     ahead = emb._PREFETCH + 1
     for k, started in enumerate(seen_at_embed):
         assert started <= (k + ahead) * 4, (k, started)
     assert len(seen_at_embed) == 10
+
+
+def test_one_decoding_thread_per_usable_core_up_to_16(images, monkeypatch):
+    """The default pool follows the cores this process may run on (an affinity mask or a
+    container's CPU set), capped at 16, and never drops to zero."""
+    for cores, expected in ((set(range(40)), 16), ({3}, 1), ({0, 1, 2, 3, 4}, 5)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: c, raising=False)
+        assert embedder_module._default_workers() == expected
+    sizes = []
+    real_pool = embedder_module.ThreadPoolExecutor
+
+    def recording_pool(max_workers=None, **kwargs):
+        if not kwargs:  # the decoding pool (the assembler's has a thread name prefix)
+            sizes.append(max_workers)
+        return real_pool(max_workers, **kwargs)
+
+    monkeypatch.setattr(embedder_module, "ThreadPoolExecutor", recording_pool)
+    ImageEmbedder(tiny_convnet, input_size=16).fit_transform(images[:4])
+    ImageEmbedder(tiny_convnet, input_size=16, n_workers=3).fit_transform(images[:4])
+    assert sizes == [5, 3]
 
 
 def test_padding_to_a_power_of_two_does_not_change_rows(images):
