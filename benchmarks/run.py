@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         print("grid search:", flush=True)
         sections += ["### Grid search: the embedding is paid once", "",
                      *grid_table("mobilenet", folder, args.grid_images), ""]
-    command = " ".join([".venv/bin/python -m benchmarks.run", *(argv or sys.argv[1:])])
+    python = ".venv/bin/python" if ".venv" in sys.executable else "python3"
+    command = " ".join([f"{python} -m benchmarks.run", *(argv or sys.argv[1:])])
     sections.append(f"Total benchmark time: {time.time() - started:.0f} s. Command: `{command}`")
     text = "\n".join(sections) + "\n"
     print()
