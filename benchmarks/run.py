@@ -16,7 +16,8 @@ sample photos by crops, scales, flips and re-encoding) it measures, each in a fr
   keras_pipeline  image_dataset_from_directory + map(preprocess_input) + prefetch + predict
   featx           ImageEmbedder from the files with an empty cache, then with a full cache
 
-then peak memory of featx for 1,000 against 10,000 images, and GridSearchCV (5 folds x 4
+then what decoding and resizing alone cost (featx's Pillow loader against the Keras pipeline's
+tf.data part), peak memory of featx for 1,000 against 10,000 images, and GridSearchCV (5 folds x 4
 candidates) with featx inside the Pipeline against one embedding pass plus fitting the heads on
 arrays, and against the same search with the embedder uncached.
 
@@ -97,7 +98,7 @@ def measure(method: str, backbone: str, folder: Path, n: int, repeats: int,
 def throughput_table(backbones: list[str], precisions: list[str], batch: int, folder: Path,
                      n: int, n_naive: int, repeats: int, work: Path) -> list[str]:
     rows = ["| backbone | method | images | images/s | vs ceiling | vs Keras pipeline "
-            "| peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|"]
+            "| CPU ms per image | peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for backbone in backbones:
         for precision in precisions:
             cache = work / f"bench-{backbone}.h5"
@@ -123,15 +124,34 @@ def _throughput_rows(label: str, res: dict[str, dict[str, Any]]) -> list[str]:
     rows = []
     for name, r in res.items():
         if "skipped" in r:
-            rows.append(f"| {label} | {name} | | skipped: {r['skipped']} | | | |")
+            rows.append(f"| {label} | {name} | | skipped: {r['skipped']} | | | | |")
             continue
         speed = r["images_per_s"]
         vs_keras = f"{speed / keras_speed:.2f}x" if keras_speed else "-"
         rows.append(f"| {label} | {name} | {r['images']} | {speed:,.1f} | "
-                    f"{speed / ceiling:.2f}x | {vs_keras} | {r['peak_rss_mb']:,.0f} |")
+                    f"{speed / ceiling:.2f}x | {vs_keras} | {r['cpu_ms_per_image']:.2f} | "
+                    f"{r['peak_rss_mb']:,.0f} |")
     full = res["featx (full cache)"]["images_per_s"]
     empty = res["featx (empty cache)"]["images_per_s"]
-    rows.append(f"| {label} | full cache / empty cache | | | **{full / empty:.0f}x** | | |")
+    rows.append(f"| {label} | full cache / empty cache | | | **{full / empty:.0f}x** | | | |")
+    return rows
+
+
+def pixels_table(folder: Path, n: int, repeats: int) -> list[str]:
+    """Getting pixels ready without a network: what each way costs the CPU per image."""
+    rows = ["| no network, mobilenet preprocessing | images | images/s | CPU ms per image |",
+            "|---|---:|---:|---:|"]
+    for method, label in (
+        ("featx_pixels", "featx: Pillow decode (draft mode) + antialiased resize"),
+        ("keras_pixels", "Keras: tf.data decode + bilinear resize (no antialiasing) "
+                         "+ preprocess_input"),
+    ):
+        r = measure(method, "mobilenet", folder, n, repeats)
+        if "skipped" in r:
+            rows.append(f"| {label} | | skipped: {r['skipped']} | |")
+        else:
+            rows.append(f"| {label} | {r['images']} | {r['images_per_s']:,.0f} | "
+                        f"{r['cpu_ms_per_image']:.2f} |")
     return rows
 
 
@@ -180,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of: float32, mixed_float16, mixed_bfloat16")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="small sizes, to check it runs")
-    parser.add_argument("--skip", default="", help="comma list of: throughput,memory,grid")
+    parser.add_argument("--skip", default="", help="comma list of: throughput,pixels,memory,grid")
     parser.add_argument("--work", default=None, help="folder for photos and caches")
     args = parser.parse_args(argv)
     if args.quick:
@@ -203,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                      *throughput_table(args.backbones.split(","), args.precisions.split(","),
                                        args.batch_size, folder, args.images, args.naive_images,
                                        args.repeats, work), ""]
+    if "pixels" not in skip:
+        print("pixels:", flush=True)
+        sections += ["### Pixels: decoding and resizing alone, on all cores", "",
+                     *pixels_table(folder, args.images, args.repeats), ""]
     if "memory" not in skip:
         print("memory:", flush=True)
         small = work / f"photos-{n_small}"
