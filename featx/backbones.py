@@ -523,8 +523,8 @@ class Network:
     def dispatch(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
         """Start the network on a prepared batch; return a function that waits for its rows.
 
-        JAX, and TensorFlow on a GPU, run asynchronously: the caller hands over the next batch
-        before reading this one back, so the device never idles between batches.
+        JAX dispatches asynchronously: the caller hands over the next batch before reading this
+        one back, so the device never idles between batches.
         """
         n = len(batch)
         if n == 0:
@@ -801,8 +801,8 @@ def _compile_forward(
 
 
 def _compile_dispatch(model: Any, preprocess: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-    """Like :func:`_compile_forward`, but returns the backend's array, which may still be being
-    computed (JAX dispatches asynchronously, and so does TensorFlow on a GPU)."""
+    """Like :func:`_compile_forward`, but returns the backend's own array, which JAX may still be
+    computing (it dispatches asynchronously)."""
     import keras
 
     prep = preprocess or (lambda x: x)

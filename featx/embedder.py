@@ -556,14 +556,20 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         for _ in range(self._PREFETCH):
             submit()
         # One batch stays in flight: the next is handed to the network before the last one is
-        # read back, so an asynchronous device (JAX, a GPU) has its next batch when it finishes.
+        # read back, so a device that runs asynchronously (JAX) has its next batch when it
+        # finishes. If the next batch fails, the one before is still delivered (and cached).
         pending: tuple[list[int], Callable[[], np.ndarray]] | None = None
         try:
             while ahead:
-                ok, x, errors = ahead.popleft()[0].result()
-                submit()
-                failed.extend(errors)
-                started = (ok, network.dispatch(x)) if x is not None else None
+                try:
+                    ok, x, errors = ahead.popleft()[0].result()
+                    submit()
+                    failed.extend(errors)
+                    started = (ok, network.dispatch(x)) if x is not None else None
+                except BaseException:
+                    if pending is not None:
+                        yield pending[0], pending[1]()
+                    raise
                 if pending is not None:
                     yield pending[0], pending[1]()
                 pending = started

@@ -113,6 +113,34 @@ def test_writer_commits_every_batch(images, tmp_path):
     assert again.report_.n_hits == 40
 
 
+@pytest.mark.parametrize("step", ["prepare", "dispatch"])
+def test_a_failing_batch_keeps_the_batches_before_it(step, images, tmp_path, monkeypatch):
+    """With a batch in flight, a failure in the next one (stacking it, or handing it to the
+    network) still delivers and caches the one before: only the failing batch is lost."""
+    from featx import EmbeddingCache
+    from featx.backbones import get_builder_network
+
+    emb = ImageEmbedder(tiny_convnet, input_size=16, batch_size=4, cache=tmp_path / "c.h5")
+    net = get_builder_network(emb._config(), (16, 16, 3))
+    real, calls = getattr(net, step), []
+
+    def failing(x):
+        calls.append(len(x))
+        if len(calls) == 3:
+            raise RuntimeError("device lost (simulated)")
+        return real(x)
+
+    monkeypatch.setattr(net, step, failing)
+    with pytest.raises(RuntimeError, match="device lost"):
+        emb.fit_transform(images)
+    (group,) = EmbeddingCache(tmp_path / "c.h5").groups()
+    assert group.rows == 8  # batches 1 and 2
+    monkeypatch.setattr(net, step, real)
+    again = ImageEmbedder(tiny_convnet, input_size=16, batch_size=4, cache=tmp_path / "c.h5")
+    again.fit_transform(images)
+    assert (again.report_.n_hits, again.report_.n_embedded) == (8, 32)
+
+
 def test_mixed_precision_is_close_and_cached_apart(images):
     full = resolve_backbone("mobilenet", weights=None, input_size=32)
     half = resolve_backbone("mobilenet", weights=None, input_size=32, precision="mixed_bfloat16")
