@@ -13,6 +13,7 @@ the clock starts, in every method alike; the run is repeated and the fastest rep
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 SIZE = 224
 
 
+@functools.cache
 def _weights(backbone: str) -> str | None:
     """ImageNet weights where they are installed (offline: mobilenet only), else random ones:
     speed does not depend on the values."""
@@ -124,27 +126,36 @@ def all_in_memory(backbone: str, paths: list[str], batch: int, precision: str,
 def keras_pipeline(backbone: str, paths: list[str], folder: str, batch: int, precision: str,
                    **_: Any) -> Any:
     """image_dataset_from_directory + map(preprocess_input) + prefetch + predict."""
+    dataset = _keras_dataset(backbone, folder, len(paths), batch)
+    model = _keras_model(backbone, precision)
+    model.predict(np.zeros((batch, SIZE, SIZE, 3), np.float32), verbose=0, batch_size=batch)
+
+    def run() -> None:
+        model.predict(dataset(), verbose=0)
+
+    return run
+
+
+def _keras_dataset(backbone: str, folder: str, n: int, batch: int) -> Any:
+    """A function building the Keras pipeline's tf.data part afresh: decode, resize (bilinear,
+    not antialiased), map(preprocess_input), prefetch."""
     import keras
 
     try:
         import tensorflow as tf
     except ImportError:
         raise Skipped("the Keras pipeline needs TensorFlow (tf.data), not installed here") from None
-
-    model = _keras_model(backbone, precision)
     pre = _preprocess(backbone)
-    model.predict(np.zeros((batch, SIZE, SIZE, 3), np.float32), verbose=0, batch_size=batch)
 
-    def run() -> None:
+    def build() -> Any:
         ds = keras.utils.image_dataset_from_directory(
             folder, labels=None, image_size=(SIZE, SIZE), batch_size=batch, shuffle=False,
             verbose=False,
         )
-        ds = ds.take((len(paths) + batch - 1) // batch)
-        ds = ds.map(pre, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-        model.predict(ds, verbose=0)
+        ds = ds.take((n + batch - 1) // batch)
+        return ds.map(pre, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    return run
+    return build
 
 
 def featx_run(
@@ -192,23 +203,11 @@ def featx_pixels(backbone: str, paths: list[str], **_: Any) -> Any:
 
 
 def keras_pixels(backbone: str, paths: list[str], folder: str, batch: int, **_: Any) -> Any:
-    """The Keras pipeline's tf.data part alone, no network: decode, resize (bilinear, not
-    antialiased), map(preprocess_input), prefetch."""
-    import keras
-
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise Skipped("tf.data needs TensorFlow, not installed here") from None
-    pre = _preprocess(backbone)
+    """The Keras pipeline's tf.data part alone, no network."""
+    dataset = _keras_dataset(backbone, folder, len(paths), batch)
 
     def run() -> None:
-        ds = keras.utils.image_dataset_from_directory(
-            folder, labels=None, image_size=(SIZE, SIZE), batch_size=batch, shuffle=False,
-            verbose=False,
-        )
-        ds = ds.take((len(paths) + batch - 1) // batch)
-        for _ in ds.map(pre, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE):
+        for _ in dataset():
             pass
 
     return run
