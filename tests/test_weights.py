@@ -168,8 +168,12 @@ def test_tampered_archive_is_refused(nudity_archive: Path, tmp_path: Path) -> No
 
 
 def test_unknown_backbone_lists_the_installable_ones(tmp_path: Path) -> None:
-    assert INSTALLABLE == ("mobilenet",)
-    with pytest.raises(UnknownBackboneError, match=r"'resnet50'.*installable: mobilenet"):
+    assert INSTALLABLE == (
+        "mobilenet", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
+    )
+    with pytest.raises(
+        UnknownBackboneError, match=r"'resnet50'.*installable: mobilenet, efficientnet_lite0"
+    ):
         install_weights("resnet50", keras_home=tmp_path)
     assert not (tmp_path / "models").exists()
 
