@@ -43,7 +43,8 @@ def _weights(backbone: str) -> str | None:
 
 
 def _keras_model(backbone: str, precision: str) -> Any:
-    from featx.backbones import _build_model, resolve_backbone
+    from featx.backbones import resolve_backbone
+    from featx.network import _build_model
 
     return _build_model(resolve_backbone(backbone, weights=_weights(backbone), input_size=SIZE,
                                          precision=precision))
@@ -72,8 +73,8 @@ def _warm_sizes(n: int, batch: int) -> list[int]:
 
 def ceiling(backbone: str, paths: list[str], batch: int, precision: str, **_: Any) -> Any:
     """The compiled network alone, on tensors already decoded, resized and preprocessed."""
-    from featx.backbones import _compile_forward
     from featx.images import Item, load_pixels
+    from featx.network import _compile_forward
 
     model = _keras_model(backbone, precision)
     forward = _compile_forward(model, None)
@@ -188,14 +189,14 @@ def featx_pixels(backbone: str, paths: list[str], **_: Any) -> Any:
     Pillow's antialiased BILINEAR, in featx's default number of threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from featx.embedder import _default_workers
+    from featx.engine import default_workers
     from featx.images import Item, load_pixels
 
     def load(path: str) -> np.ndarray:
         return load_pixels(Item("path", path, path), (SIZE, SIZE))
 
     def run() -> None:
-        with ThreadPoolExecutor(_default_workers()) as pool:
+        with ThreadPoolExecutor(default_workers()) as pool:
             for _ in pool.map(load, paths):
                 pass
 

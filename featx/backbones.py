@@ -1,26 +1,22 @@
-"""The backbone registry; turning a backbone description into a frozen, compiled network.
+"""The backbone registry and the fingerprint: what a backbone description means.
 
 A backbone is described by plain values (a registry name, a model path, a ``keras.Model`` or a
-builder function; weights; cut layer; pooling; input size; preprocessing). :func:`resolve_backbone`
-turns those values into a :class:`BackboneConfig` *without building anything*; its
-:attr:`~BackboneConfig.fingerprint` names the embedding space and keys the HDF5 cache.
-:func:`get_network` builds the Keras model on first use and keeps it in a process-level registry,
-so that every clone of an estimator in one process shares one network.
+builder function; weights; cut layer; pooling; input size; preprocessing; precision; engine).
+:func:`resolve_backbone` turns those values into a :class:`BackboneConfig` *without building
+anything*; its :attr:`~BackboneConfig.fingerprint` names the embedding space and keys the HDF5
+cache. Building the network is :mod:`featx.network`'s job.
 
-Keras (and with it the backend, TensorFlow by default) is imported only when a network is built.
+Nothing here imports Keras or TensorFlow.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
-import random
-import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,8 +35,7 @@ __all__ = [
     "get_backbone",
     "list_backbones",
     "resolve_backbone",
-    "get_network",
-    "Network",
+    "ENGINES",
 ]
 
 #: Version of the embedding format; part of every fingerprint. Bump it when a change in featx
@@ -51,6 +46,7 @@ POOLINGS = ("avg", "max", "flatten", "none")
 PREPROCESS_MODES = ("auto", "none", "scale", "tf", "caffe", "torch")
 RESIZE_POLICIES = ("resize", "center_crop")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+ENGINES = ("auto", "keras", "openvino")
 
 
 @dataclass(frozen=True)
@@ -191,6 +187,14 @@ class BackboneConfig:
     safe_mode : bool
         Load a model file in Keras's safe mode (no Python code from the file runs). Not part of
         the fingerprint: it decides whether a file may load, not what the numbers are.
+    precision : str
+        ``"float32"`` or a Keras mixed-precision policy name.
+    engine : {"keras", "openvino"}
+        What runs the forward pass (``"auto"`` is resolved to one of them). In float32 both
+        engines give the same numbers (a test checks 1e-4 relative), so the engine is not part
+        of the fingerprint; in reduced precision it is (``"mixed_bfloat16@openvino"``).
+    engine_auto : bool
+        The engine was chosen by ``engine="auto"``: OpenVINO may fall back to Keras.
     """
 
     kind: str
@@ -207,6 +211,9 @@ class BackboneConfig:
     preprocess_fn: Any = field(default=None, compare=False, repr=False)
     precision: str = "float32"
     safe_mode: bool = True
+    engine: str = "keras"
+    engine_auto: bool = field(default=False, compare=False)
+    engine_note: str = field(default="", compare=False)
 
     @property
     def fingerprint_fields(self) -> dict[str, Any]:
@@ -220,7 +227,8 @@ class BackboneConfig:
             "input_size": list(self.input_size) if self.input_size else None,
             "resize": self.resize if self.input_size else None,
             "preprocess": self.preprocess,
-            "precision": self.precision,
+            "precision": self.precision if self.engine == "keras" or self.precision == "float32"
+            else f"{self.precision}@{self.engine}",
         }
 
     @property
@@ -344,6 +352,7 @@ def resolve_backbone(
     preprocess: Any = "auto",
     precision: str = "float32",
     safe_mode: bool = True,
+    engine: str = "keras",
 ) -> BackboneConfig:
     """Turn an embedder's backbone parameters into a :class:`BackboneConfig`, building nothing.
 
@@ -353,8 +362,8 @@ def resolve_backbone(
         A registry name (see :func:`list_backbones`), the path of a ``.keras``/``.h5`` model, a
         ``keras.Model``, or a function ``f(input_shape) -> keras.Model`` that builds a
         deterministic model for samples of ``input_shape``.
-    weights, layer, pooling, input_size, resize, preprocess, precision, safe_mode
-        As in :class:`featx.ImageEmbedder`.
+    weights, layer, pooling, input_size, resize, preprocess, precision, safe_mode, engine
+        As in :class:`featx.ImageEmbedder`; the engine defaults to ``"keras"`` here.
 
     Examples
     --------
@@ -377,14 +386,64 @@ def resolve_backbone(
         prep = _check_choice("preprocess", preprocess, PREPROCESS_MODES)
     size = _size_pair(input_size)
     precision_s = _check_choice("precision", precision, PRECISIONS)
+    engine_s, engine_note = _resolve_engine(engine, precision_s)
     config = _resolve_source(backbone, weights, layer, pooling_s, size, resize_s, prep)
-    if precision_s != "float32" and config.kind not in ("registry", "builder"):
+    if precision_s != "float32" and engine_s == "keras" and config.kind not in (
+        "registry", "builder"
+    ):
         raise ValueError(
-            f"precision={precision_s!r} needs a registry backbone or a backbone function, which "
-            "featx builds itself; a saved model keeps the dtypes it was saved with."
+            f"precision={precision_s!r} on the Keras engine needs a registry backbone or a "
+            "backbone function, which featx builds itself; a saved model keeps the dtypes it was "
+            "saved with (engine='openvino' runs any model in bfloat16)."
         )
     return replace(config, precision=precision_s, safe_mode=bool(safe_mode),
-                   preprocess_fn=preprocess if callable(preprocess) else None)
+                   preprocess_fn=preprocess if callable(preprocess) else None,
+                   engine=engine_s, engine_auto=engine == "auto", engine_note=engine_note)
+
+
+#: The precisions OpenVINO's CPU plugin runs (float16 is for GPUs: the Keras engine).
+OPENVINO_PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def _resolve_engine(engine: Any, precision: str) -> tuple[str, str]:
+    """The engine that runs the forward pass, and why "auto" chose Keras (or "")."""
+    engine_s = _check_choice("engine", engine, ENGINES)
+    if engine_s == "keras":
+        return "keras", ""
+    if engine_s == "openvino":
+        if precision not in OPENVINO_PRECISIONS:
+            raise ValueError(
+                f"engine='openvino' runs precision 'float32' or 'mixed_bfloat16', not "
+                f"{precision!r}; pass engine='keras' for {precision!r} (a GPU's half precision)."
+            )
+        return "openvino", ""
+    backend = keras_backend_name()
+    if backend != "tensorflow":
+        why = f"Keras runs on {backend!r} (OpenVINO converts TensorFlow-backend models)"
+    elif _gpu_visible():
+        why = "a GPU is visible"
+    elif precision not in OPENVINO_PRECISIONS:
+        why = f"precision {precision!r} is for GPUs"
+    elif importlib.util.find_spec("openvino") is None:
+        why = "OpenVINO is not installed (pip install openvino)"
+    else:
+        return "openvino", ""
+    return "keras", f"engine='auto' runs Keras: {why}"
+
+
+def _gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is there for TensorFlow (checked without importing it)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
+
+
+def openvino_version() -> str:
+    """The installed OpenVINO's version, or ``"missing"``."""
+    try:
+        return importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
 
 
 def _resolve_source(
@@ -452,390 +511,3 @@ def _is_keras_model(obj: Any) -> bool:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Building: the process-level registry of compiled networks
-# --------------------------------------------------------------------------------------------
-
-
-class Network:
-    """A built, frozen feature network with its preprocessing and a compiled forward function.
-
-    Attributes
-    ----------
-    config : BackboneConfig
-    model : keras.Model
-        The cut and pooled model; its output has shape ``(None, width)``.
-    sample_shape : tuple of int
-        The shape of one input sample, e.g. ``(224, 224, 3)`` or ``(12,)``.
-    width : int
-        Length of one embedding.
-    n_seen : int
-        How many samples went through the network in this process (used by tests and reports).
-    """
-
-    def __init__(self, config: BackboneConfig, model: Any):
-        self.config = config
-        self.model = model
-        shape = tuple(model.input_shape[1:])
-        if any(d is None for d in shape):
-            raise FeatxError(
-                f"the model's input shape {model.input_shape} has unknown dimensions; pass "
-                "input_size=(height, width) to say what size the images should be resized to."
-            )
-        self.sample_shape: tuple[int, ...] = tuple(int(d) for d in shape)
-        out = model.output_shape
-        if len(out) != 2 or out[-1] is None:
-            raise FeatxError(
-                f"the cut model's output has shape {out}; expected (None, width). "
-                "Choose pooling='avg', 'max' or 'flatten' for a spatial layer."
-            )
-        self.width = int(out[-1])
-        self.n_seen = 0
-        self._lock = threading.Lock()
-        # Preprocessing runs inside the compiled function (on the accelerator, fused with the
-        # network) unless it is the user's own Python function, which runs on the batch first.
-        self._numpy_preprocess = config.preprocess_fn
-        graph_prep = None if config.preprocess_fn is not None else _graph_preprocess(
-            config.preprocess
-        )
-        self._dispatch = _compile_dispatch(model, graph_prep)
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.sample_shape) == 3
-
-    @property
-    def channels(self) -> int:
-        return self.sample_shape[-1] if self.is_image else 0
-
-    def prepare(self, samples: list[np.ndarray]) -> np.ndarray:
-        """Stack decoded samples into a batch; uint8 stays uint8 (a quarter of the bytes to
-        move). A user's own preprocessing function is applied here, in NumPy."""
-        batch = np.stack(samples)
-        if self._numpy_preprocess is not None:
-            batch = np.asarray(self._numpy_preprocess(batch.astype(np.float32)), np.float32)
-        return batch
-
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocess and run the compiled network on a prepared batch; returns float32 rows."""
-        return self.dispatch(batch)()
-
-    def dispatch(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
-        """Start the network on a prepared batch; return a function that waits for its rows.
-
-        JAX dispatches asynchronously: the caller hands over the next batch before reading this
-        one back, so the device never idles between batches.
-        """
-        n = len(batch)
-        if n == 0:
-            return lambda: np.zeros((0, self.width), np.float32)
-        # Pad to a power of two so that a compiled function sees few distinct shapes.
-        padded = 1 << (n - 1).bit_length()
-        if padded != n:
-            pad = np.zeros((padded - n, *batch.shape[1:]), dtype=batch.dtype)
-            batch = np.concatenate([batch, pad])
-        with self._lock:
-            out = self._dispatch(batch)
-            self.n_seen += n
-        return lambda: np.asarray(out)[:n].astype(np.float32, copy=False)
-
-
-_NETWORKS: dict[str, Network] = {}
-_NETWORKS_LOCK = threading.Lock()
-
-
-def get_network(config: BackboneConfig) -> Network:
-    """Return the network for ``config``, building it on first use in this process."""
-    # A model file loaded with safe_mode=False is not handed to an embedder that did not ask.
-    key = config.fingerprint + ("" if config.safe_mode else ":unsafe")
-    with _NETWORKS_LOCK:
-        net = _NETWORKS.get(key)
-        if net is None:
-            net = Network(config, _build_model(config))
-            _NETWORKS[key] = net
-        return net
-
-
-def clear_networks() -> None:
-    """Forget every network built in this process (frees their memory)."""
-    with _NETWORKS_LOCK:
-        _NETWORKS.clear()
-
-
-def _build_model(config: BackboneConfig) -> Any:
-    with _dtype_policy(config.precision):
-        return _build_model_as_is(config)
-
-
-@contextlib.contextmanager
-def _dtype_policy(precision: str) -> Iterator[None]:
-    """Build layers under a Keras dtype policy (mixed precision), restoring the global one."""
-    if precision == "float32":
-        yield
-        return
-    import keras
-
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def _build_model_as_is(config: BackboneConfig) -> Any:
-    import keras
-
-    if config.kind == "registry":
-        base = _build_registry_model(config, include_top=False)
-        try:
-            model = _cut(base, config.layer)
-        except UnknownBackboneError:
-            if config.layer is None or isinstance(config.layer, int):
-                raise
-            # The layer may belong to the classifier on top (e.g. VGG's 'fc2').
-            top = _build_registry_model(config, include_top=True)
-            model = _cut(top, config.layer)
-    elif config.kind == "file":
-        model = _cut(load_model_file(config.source, safe_mode=config.safe_mode), config.layer)
-    elif config.kind == "model":
-        model = _cut(config.source, config.layer)
-    else:  # builder
-        raise FeatxError("a builder backbone needs the sample shape; use get_builder_network")
-    model = _pool(model, config.pooling)
-    model.trainable = False
-    if config.input_size and len(model.input_shape) == 4 and None in model.input_shape[1:3]:
-        h, w = config.input_size
-        inp = keras.Input((h, w, model.input_shape[-1]))
-        model = keras.Model(inp, model(inp))
-    return model
-
-
-def get_builder_network(config: BackboneConfig, sample_shape: tuple[int, ...]) -> Network:
-    """Return the network a builder function makes for samples of ``sample_shape``."""
-    key = f"{config.fingerprint}:{sample_shape}"
-    with _NETWORKS_LOCK:
-        net = _NETWORKS.get(key)
-        if net is None:
-            try:
-                with _seeded(), _dtype_policy(config.precision):
-                    model = config.source(sample_shape)
-            except Exception as exc:
-                raise FeatxError(
-                    f"the backbone function {config.name} could not build a network for samples "
-                    f"of shape {sample_shape}: {exc}"
-                ) from exc
-            if not _is_keras_model(model):
-                raise FeatxError(
-                    f"the backbone function {config.name} returned {type(model).__name__}; "
-                    "expected a keras.Model."
-                )
-            model = _pool(_cut(model, config.layer), config.pooling)
-            model.trainable = False
-            net = Network(config, model)
-            _NETWORKS[key] = net
-        return net
-
-
-class _seeded:
-    """Seed Keras for a deterministic random initialisation, restoring Python's and NumPy's RNGs."""
-
-    def __enter__(self) -> None:
-        import keras
-
-        self._py = random.getstate()
-        self._np = np.random.get_state()
-        keras.utils.set_random_seed(0)
-
-    def __exit__(self, *exc: object) -> None:
-        random.setstate(self._py)
-        np.random.set_state(self._np)
-
-
-def _build_registry_model(config: BackboneConfig, *, include_top: bool) -> Any:
-    import keras
-
-    spec: BackboneSpec = config.source
-    constructor = getattr(keras.applications, spec.constructor)
-    assert config.input_size is not None
-    if include_top:
-        shape = (spec.input_size, spec.input_size, 3)
-    else:
-        shape = (*config.input_size, 3)
-    kwargs: dict[str, Any] = {"include_top": include_top, "input_shape": shape}
-    weights = config.weights
-    kwargs["weights"] = str(weights) if isinstance(weights, os.PathLike) else weights
-    try:
-        if weights is None:
-            with _seeded():
-                return constructor(**kwargs)
-        return constructor(**kwargs)
-    except Exception as exc:  # Keras raises a bare Exception when a download fails
-        if weights == "imagenet" and _is_download_failure(exc):
-            from featx.weights import missing_weights_message
-
-            raise WeightsNotFoundError(missing_weights_message(spec.name)) from exc
-        if isinstance(exc, ValueError) and weights not in (None, "imagenet"):
-            raise WeightsNotFoundError(
-                f"the weights file {weights!r} does not fit {spec.constructor}"
-                f"(include_top={include_top}): {exc}. A weights file for featx must hold the "
-                "network without its classifier (include_top=False)."
-            ) from exc
-        raise
-
-
-def _is_download_failure(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, OSError) or "fetch failure" in text or "url" in text
-
-
-def load_model_file(path: str | os.PathLike[str], *, safe_mode: bool = True) -> Any:
-    """Load a user's ``.keras``/``.h5`` model for inference (not compiled, safe mode by default).
-
-    In Keras's safe mode a file cannot run Python code as it loads: a ``Lambda`` layer holding
-    a Python function (whose bytecode would run) is refused with a :class:`FeatxError` that says
-    how to opt in (``ImageEmbedder(..., safe_mode=False)``) for a file one trusts.
-
-    Examples
-    --------
-    >>> from featx.backbones import load_model_file
-    >>> load_model_file("missing.keras")
-    Traceback (most recent call last):
-    ...
-    featx.exceptions.UnknownBackboneError: model file 'missing.keras' does not exist...
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise UnknownBackboneError(f"model file {str(p)!r} does not exist. Check the path.")
-    import keras
-
-    try:
-        return keras.models.load_model(p, compile=False, safe_mode=safe_mode)
-    except Exception as exc:
-        if safe_mode and "safe_mode" in str(exc):
-            raise FeatxError(
-                f"the Keras model {str(p)!r} holds Python code (a Lambda layer), which would run "
-                "as the file loads; featx loads model files in Keras's safe mode, which refuses "
-                "it. Only if you trust where this file comes from, pass "
-                "ImageEmbedder(..., safe_mode=False) (or call "
-                "keras.config.enable_unsafe_deserialization(), which opts in the whole process)."
-            ) from exc
-        raise FeatxError(
-            f"could not load the Keras model {str(p)!r}: {exc}. Expected a model saved with "
-            "model.save('model.keras') or model.save('model.h5')."
-        ) from exc
-
-
-def _cut(model: Any, layer: str | int | None) -> Any:
-    import keras
-
-    if layer is None:
-        return model
-    names = [lay.name for lay in model.layers]
-    if isinstance(layer, int):
-        if not -len(names) <= layer < len(names):
-            raise UnknownBackboneError(
-                f"layer index {layer} is out of range; the model has {len(names)} layers."
-            )
-        target = model.layers[layer]
-    else:
-        if layer not in names:
-            close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
-            raise UnknownBackboneError(
-                f"layer {layer!r} is not in model {model.name!r}{hint} "
-                f"Its last layers are: {', '.join(names[-8:])}."
-            )
-        target = model.get_layer(layer)
-    return keras.Model(model.inputs, target.output, name=f"{model.name}_cut")
-
-
-def _pool(model: Any, pooling: str) -> Any:
-    import keras
-
-    if len(model.output_shape) == 2:
-        return model
-    if len(model.output_shape) != 4 and pooling in ("avg", "max"):
-        out = keras.layers.Flatten()(model.output)
-        return keras.Model(model.inputs, out)
-    if pooling == "avg":
-        out = keras.layers.GlobalAveragePooling2D()(model.output)
-    elif pooling == "max":
-        out = keras.layers.GlobalMaxPooling2D()(model.output)
-    elif pooling == "flatten":
-        out = keras.layers.Flatten()(model.output)
-    else:
-        return model
-    return keras.Model(model.inputs, out)
-
-
-def _graph_preprocess(mode: str) -> Callable[[Any], Any]:
-    """The preprocessing ``mode`` as a function of a backend tensor (traceable, jit-able)."""
-    if mode == "none":
-        return lambda x: x
-    if mode == "scale":
-        return lambda x: x / 255.0
-    if mode.startswith("keras.applications."):
-        import importlib
-
-        module = importlib.import_module(mode.rsplit(".", 1)[0])
-        fn: Callable[[Any], Any] = module.preprocess_input
-        return fn
-    if mode in ("tf", "caffe", "torch"):
-        from keras.applications import imagenet_utils
-
-        return lambda x: imagenet_utils.preprocess_input(x, mode=mode)
-    raise FeatxError(
-        f"preprocess {mode!r} cannot be rebuilt in this process; pass the function itself as "
-        "preprocess="
-    )
-
-
-def _compile_forward(
-    model: Any, preprocess: Callable[[Any], Any] | None
-) -> Callable[[np.ndarray], np.ndarray]:
-    """Cast to float32, preprocess and run the model as one compiled function of a NumPy batch
-    (never ``model.predict``); returns the output as a NumPy array."""
-    dispatch = _compile_dispatch(model, preprocess)
-    return lambda x: np.asarray(dispatch(x))
-
-
-def _compile_dispatch(model: Any, preprocess: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-    """Like :func:`_compile_forward`, but returns the backend's own array, which JAX may still be
-    computing (it dispatches asynchronously)."""
-    import keras
-
-    prep = preprocess or (lambda x: x)
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        fn = tf.function(
-            lambda x: model(prep(tf.cast(x, tf.float32)), training=False), reduce_retracing=True
-        )
-        return lambda x: fn(tf.convert_to_tensor(x))
-    if backend == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        trainable = [v.value for v in model.trainable_variables]
-        frozen = [v.value for v in model.non_trainable_variables]
-
-        @jax.jit
-        def run(tv: Any, ntv: Any, x: Any) -> Any:
-            y, _ = model.stateless_call(tv, ntv, prep(x.astype(jnp.float32)), training=False)
-            return y
-
-        return lambda x: run(trainable, frozen, x)
-    if backend == "torch":
-        import torch
-
-        def run_torch(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                t = keras.ops.convert_to_tensor(x, dtype="float32")
-                return keras.ops.convert_to_numpy(model(prep(t), training=False))
-
-        return run_torch
-    return lambda x: keras.ops.convert_to_numpy(
-        model(prep(keras.ops.convert_to_tensor(x, dtype="float32")), training=False)
-    )

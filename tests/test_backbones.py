@@ -34,7 +34,7 @@ def test_every_backbone_builds_with_the_width_it_claims():
     """Walk the whole table with weights=None (small inputs: the width does not depend on them)."""
     import keras
 
-    from featx.backbones import _build_model
+    from featx.network import _build_model
 
     wrong = {}
     for name, spec in BACKBONES.items():

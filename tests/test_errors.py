@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import featx.embedder as embedder_module
+import featx.engine as engine_module
 from featx import CacheError, EmbeddingCache, FeatxError, ImageEmbedder, ImageLoadError
 from featx.cache import CACHE_FORMAT_VERSION
 from featx.embedder import MAX_PIXELS
@@ -236,7 +236,7 @@ def test_failures_are_remembered_until_retry_failed(tmp_path, rng, monkeypatch):
     odd.write_bytes(good.read_bytes() + b"...")  # decodes fine; our fake decoder refuses it
     cache = tmp_path / "emb.h5"
     calls: list[str] = []
-    real = embedder_module.load_pixels
+    real = engine_module.load_pixels
     pillow_can_read_it = False
 
     def loader(item, *args, **kwargs):
@@ -245,7 +245,7 @@ def test_failures_are_remembered_until_retry_failed(tmp_path, rng, monkeypatch):
             raise ImageLoadError(item.name, "unsupported format (simulated)")
         return real(item, *args, **kwargs)
 
-    monkeypatch.setattr(embedder_module, "load_pixels", loader)
+    monkeypatch.setattr(engine_module, "load_pixels", loader)
     X = [str(good), str(odd)]
 
     first = embedder(cache=cache, on_error="skip")
@@ -474,7 +474,7 @@ def test_keras_global_unsafe_switch_also_opts_in(tmp_path, rng):
     finally:
         global_state.set_global_attribute("safe_mode_saving", before)
     assert marker.exists()
-    from featx.backbones import clear_networks
+    from featx.network import clear_networks
 
     clear_networks()  # the network loaded under the switch must not outlive it in this test run
     with pytest.raises(FeatxError, match="holds Python code"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import featx.embedder as embedder_module
+import featx.engine as engine_module
 from featx import CacheError, ImageEmbedder
 from featx.backbones import resolve_backbone
 from tests.conftest import tiny_convnet
@@ -37,15 +37,15 @@ def test_inference_never_goes_through_model_predict(images, monkeypatch):
 def test_prefetch_is_bounded(images, monkeypatch):
     """Decoding runs ahead of the network by at most a fixed number of batches."""
     loads = []
-    real_load = embedder_module.load_pixels
+    real_load = engine_module.load_pixels
 
     def counting_load(*args, **kwargs):
         loads.append(1)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(embedder_module, "load_pixels", counting_load)
+    monkeypatch.setattr(engine_module, "load_pixels", counting_load)
     emb = ImageEmbedder(tiny_convnet, input_size=16, batch_size=4)
-    from featx.backbones import get_builder_network
+    from featx.network import get_builder_network
 
     net = get_builder_network(emb._config(), (16, 16, 3))
     seen_at_embed = []
@@ -57,7 +57,7 @@ def test_prefetch_is_bounded(images, monkeypatch):
 
     monkeypatch.setattr(net, "dispatch", recording_dispatch)
     emb.fit_transform(images)
-    ahead = emb._PREFETCH + 1
+    ahead = engine_module.PREFETCH + 1
     for k, started in enumerate(seen_at_embed):
         assert started <= (k + ahead) * 4, (k, started)
     assert len(seen_at_embed) == 10
@@ -68,16 +68,16 @@ def test_one_decoding_thread_per_usable_core_up_to_16(images, monkeypatch):
     container's CPU set), capped at 16, and never drops to zero."""
     for cores, expected in ((set(range(40)), 16), ({3}, 1), ({0, 1, 2, 3, 4}, 5)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: c, raising=False)
-        assert embedder_module._default_workers() == expected
+        assert engine_module.default_workers() == expected
     sizes = []
-    real_pool = embedder_module.ThreadPoolExecutor
+    real_pool = engine_module.ThreadPoolExecutor
 
     def recording_pool(max_workers=None, **kwargs):
         if not kwargs:  # the decoding pool (the assembler's has a thread name prefix)
             sizes.append(max_workers)
         return real_pool(max_workers, **kwargs)
 
-    monkeypatch.setattr(embedder_module, "ThreadPoolExecutor", recording_pool)
+    monkeypatch.setattr(engine_module, "ThreadPoolExecutor", recording_pool)
     ImageEmbedder(tiny_convnet, input_size=16).fit_transform(images[:4])
     ImageEmbedder(tiny_convnet, input_size=16, n_workers=3).fit_transform(images[:4])
     assert sizes == [5, 3]
@@ -118,7 +118,7 @@ def test_a_failing_batch_keeps_the_batches_before_it(step, images, tmp_path, mon
     """With a batch in flight, a failure in the next one (stacking it, or handing it to the
     network) still delivers and caches the one before: only the failing batch is lost."""
     from featx import EmbeddingCache
-    from featx.backbones import get_builder_network
+    from featx.network import get_builder_network
 
     emb = ImageEmbedder(tiny_convnet, input_size=16, batch_size=4, cache=tmp_path / "c.h5")
     net = get_builder_network(emb._config(), (16, 16, 3))
@@ -196,7 +196,7 @@ def test_chunks_give_the_same_rows_and_failure_positions(images, tmp_path, monke
     paths[9] = str(tmp_path / "missing.png")
     paths[15] = paths[3]  # a duplicate across chunks
     whole = ImageEmbedder(tiny_convnet, input_size=16, on_error="nan").fit_transform(paths)
-    monkeypatch.setattr(ImageEmbedder, "_CHUNK", 7)
+    monkeypatch.setattr(engine_module, "CHUNK", 7)
     emb = ImageEmbedder(tiny_convnet, input_size=16, on_error="nan", cache=tmp_path / "c.h5")
     chunked = emb.fit_transform(paths)
     np.testing.assert_allclose(chunked, whole, atol=1e-6, equal_nan=True)

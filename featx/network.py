@@ -1,0 +1,754 @@
+"""Networks: building, cutting and pooling a backbone, and its compiled forward pass per engine.
+
+:func:`get_network` turns one or several :class:`~featx.backbones.BackboneConfig` (the same
+backbone cut at several layers) into a :class:`Network`: one model, one forward pass, one output
+per configuration. Built networks are kept in a process-level registry, so every clone of an
+estimator in one process shares one network.
+
+Two engines run the forward pass:
+
+- ``"keras"``: a compiled function of the Keras model (``tf.function`` on TensorFlow, ``jax.jit``
+  on JAX, eager ``no_grad`` on PyTorch), never ``model.predict``;
+- ``"openvino"``: the model and its preprocessing converted to OpenVINO (from a TensorFlow-backend
+  Keras model) and run by OpenVINO's CPU plugin, in float32 or bfloat16. The converted model is kept
+  under ``featx_home()/openvino`` keyed by the fingerprint, so a later process reads it from disk
+  without building the Keras model (or importing TensorFlow) at all.
+
+Keras (and with it the backend) is imported only when a network is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.backbones import BackboneConfig, BackboneSpec, _is_keras_model, openvino_version
+from featx.exceptions import FeatxError, UnknownBackboneError, WeightsNotFoundError
+
+__all__ = ["Network", "get_network", "get_builder_network", "clear_networks", "load_model_file"]
+
+
+class Network:
+    """A built, frozen feature network with its preprocessing and a compiled forward function.
+
+    Attributes
+    ----------
+    configs : list of BackboneConfig
+        One per output: the same backbone cut at different layers (or pooled differently).
+    config : BackboneConfig
+        The first of ``configs``.
+    engine : {"keras", "openvino"}
+        What runs the forward pass.
+    note : str
+        Why the engine is not the one asked for (``engine="auto"`` fell back), or ``""``.
+    sample_shape : tuple of int
+        The shape of one input sample, e.g. ``(224, 224, 3)`` or ``(12,)``.
+    widths : list of int
+        Length of one embedding, per output.
+    width : int
+        ``widths[0]``.
+    n_seen : int
+        How many samples went through the network in this process (used by tests and reports).
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[BackboneConfig],
+        sample_shape: tuple[int, ...],
+        widths: Sequence[int],
+        forward: _Forward,
+        *,
+        engine: str,
+        note: str = "",
+    ):
+        self.configs = list(configs)
+        self.config = self.configs[0]
+        self.sample_shape = tuple(int(d) for d in sample_shape)
+        self.widths = [int(w) for w in widths]
+        self.width = self.widths[0]
+        self.engine = engine
+        self.note = note
+        self.n_seen = 0
+        self._forward = forward
+        self._lock = threading.Lock()
+        # A user's own Python preprocessing function runs on the batch first, in NumPy;
+        # every other preprocessing runs inside the compiled function.
+        self._numpy_preprocess = self.config.preprocess_fn
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.sample_shape) == 3
+
+    @property
+    def channels(self) -> int:
+        return self.sample_shape[-1] if self.is_image else 0
+
+    def prepare(self, samples: list[np.ndarray]) -> np.ndarray:
+        """Stack decoded samples into a batch; uint8 stays uint8 (a quarter of the bytes to
+        move). A user's own preprocessing function is applied here, in NumPy."""
+        batch = np.stack(samples)
+        if self._numpy_preprocess is not None:
+            batch = np.asarray(self._numpy_preprocess(batch.astype(np.float32)), np.float32)
+        elif batch.dtype != np.uint8:
+            batch = batch.astype(np.float32, copy=False)
+        return batch
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Run the network on a prepared batch; return the first output's float32 rows."""
+        return self.dispatch(batch)()[0]
+
+    def dispatch(self, batch: np.ndarray) -> Callable[[], list[np.ndarray]]:
+        """Start the network on a prepared batch; return a function that waits for its rows,
+        one float32 array per output.
+
+        The forward pass runs asynchronously where the engine can (JAX, OpenVINO): the caller
+        hands over the next batch before reading this one back, so the device never idles
+        between batches.
+        """
+        n = len(batch)
+        if n == 0:
+            return lambda: [np.zeros((0, w), np.float32) for w in self.widths]
+        # Pad to a power of two so that a compiled function sees few distinct shapes.
+        padded = 1 << (n - 1).bit_length()
+        if padded != n:
+            pad = np.zeros((padded - n, *batch.shape[1:]), dtype=batch.dtype)
+            batch = np.concatenate([batch, pad])
+        with self._lock:
+            wait = self._forward(batch)
+            self.n_seen += n
+        return lambda: [np.asarray(y)[:n].astype(np.float32, copy=False) for y in wait()]
+
+
+#: A forward pass: takes a batch, starts the network, returns a function that waits for the
+#: outputs (one array per configuration).
+_Forward = Callable[[np.ndarray], Callable[[], Sequence[Any]]]
+
+_NETWORKS: dict[str, Network] = {}
+_NETWORKS_LOCK = threading.Lock()
+
+
+def get_network(
+    configs: BackboneConfig | Sequence[BackboneConfig],
+    sample_shape: tuple[int, ...] | None = None,
+) -> Network:
+    """Return the network for one configuration, or for several cuts of one backbone.
+
+    Built on first use in this process and shared afterwards.
+
+    Parameters
+    ----------
+    configs : BackboneConfig or sequence of BackboneConfig
+        Several configurations must differ only in ``layer`` and ``pooling``: the network then
+        returns one output per configuration from one forward pass.
+    sample_shape : tuple of int, optional
+        The shape of one sample; needed only for a backbone function (``kind="builder"``).
+    """
+    configs = [configs] if isinstance(configs, BackboneConfig) else list(configs)
+    if not configs:
+        raise ValueError("get_network needs at least one configuration.")
+    _check_same_backbone(configs)
+    first = configs[0]
+    if first.kind == "builder" and sample_shape is None:
+        raise FeatxError("a builder backbone needs the sample shape; pass sample_shape")
+    # A model file loaded with safe_mode=False is not handed to an embedder that did not ask.
+    key = "+".join(c.fingerprint for c in configs) + f":{first.engine}"
+    key += ("" if first.safe_mode else ":unsafe") + (f":{sample_shape}" if sample_shape else "")
+    with _NETWORKS_LOCK:
+        net = _NETWORKS.get(key)
+        if net is None:
+            net = _build_network(configs, sample_shape)
+            _NETWORKS[key] = net
+        return net
+
+
+def get_builder_network(config: BackboneConfig, sample_shape: tuple[int, ...]) -> Network:
+    """Return the network a builder function makes for samples of ``sample_shape``."""
+    return get_network(config, tuple(sample_shape))
+
+
+def clear_networks() -> None:
+    """Forget every network built in this process (frees their memory)."""
+    with _NETWORKS_LOCK:
+        _NETWORKS.clear()
+
+
+def _check_same_backbone(configs: list[BackboneConfig]) -> None:
+    def rest(c: BackboneConfig) -> dict[str, Any]:
+        fields = dict(c.fingerprint_fields)
+        fields.pop("layer")
+        fields.pop("pooling")
+        return {**fields, "engine": c.engine, "safe_mode": c.safe_mode}
+
+    first = rest(configs[0])
+    for c in configs[1:]:
+        if rest(c) != first:
+            raise ValueError(
+                f"one network can only return several cuts of the same backbone; "
+                f"{configs[0].label} and {c.label} differ in more than layer and pooling."
+            )
+
+
+def _build_network(configs: list[BackboneConfig], sample_shape: tuple[int, ...] | None) -> Network:
+    config = configs[0]
+    if config.engine == "openvino":
+        try:
+            return _openvino_network(configs, sample_shape)
+        except _NotConvertible as exc:
+            if not config.engine_auto:
+                raise FeatxError(
+                    f"OpenVINO could not convert {config.label}: {exc}. Pass engine='keras' to "
+                    "run it with Keras instead."
+                ) from exc.__cause__
+            from dataclasses import replace
+
+            note = f"engine='auto' runs Keras: OpenVINO could not convert the network ({exc})"
+            keras_configs = [replace(c, engine="keras") for c in configs]
+            net = _keras_network(keras_configs, sample_shape)
+            net.note = note
+            return net
+    net = _keras_network(configs, sample_shape)
+    net.note = config.engine_note
+    return net
+
+
+# --------------------------------------------------------------------------------------------
+# Keras: building, cutting, pooling
+# --------------------------------------------------------------------------------------------
+
+
+def _keras_network(configs: list[BackboneConfig], sample_shape: tuple[int, ...] | None) -> Network:
+    model = _build_model(configs, sample_shape)
+    shape, widths = _model_shapes(model)
+    forward = _keras_forward(model, _graph_preprocess_of(configs[0]))
+    net = Network(configs, shape, widths, forward, engine="keras")
+    net.model = model  # type: ignore[attr-defined]
+    return net
+
+
+def _model_shapes(model: Any) -> tuple[tuple[int, ...], list[int]]:
+    shape = tuple(model.input_shape[1:])
+    if any(d is None for d in shape):
+        raise FeatxError(
+            f"the model's input shape {model.input_shape} has unknown dimensions; pass "
+            "input_size=(height, width) to say what size the images should be resized to."
+        )
+    outs = model.output_shape if isinstance(model.output_shape, list) else [model.output_shape]
+    widths = []
+    for out in outs:
+        if len(out) != 2 or out[-1] is None:
+            raise FeatxError(
+                f"the cut model's output has shape {out}; expected (None, width). "
+                "Choose pooling='avg', 'max' or 'flatten' for a spatial layer."
+            )
+        widths.append(int(out[-1]))
+    return tuple(int(d) for d in shape), widths
+
+
+def _build_model(
+    configs: BackboneConfig | list[BackboneConfig], sample_shape: tuple[int, ...] | None = None
+) -> Any:
+    """The Keras model: the backbone cut at each configuration's layer and pooled, frozen; one
+    output per configuration (a single output for one configuration)."""
+    import keras
+
+    configs = [configs] if isinstance(configs, BackboneConfig) else configs
+    config = configs[0]
+    # Mixed precision is Keras's; OpenVINO converts the float32 network and runs it in bfloat16.
+    precision = config.precision if config.engine == "keras" else "float32"
+    with _dtype_policy(precision):
+        base = _base_model(config, sample_shape)
+        outputs = []
+        for c in configs:
+            model = base
+            try:
+                cut = _cut(model, c.layer)
+            except UnknownBackboneError:
+                if config.kind != "registry" or c.layer is None or isinstance(c.layer, int):
+                    raise
+                # The layer may belong to the classifier on top (e.g. VGG's 'fc2').
+                model = _registry_model(config, include_top=True)
+                cut = _cut(model, c.layer)
+            outputs.append(_pool(cut, c.pooling))
+    if len(outputs) == 1:
+        model = outputs[0]
+    else:
+        inputs = {id(m.inputs[0]) for m in outputs}
+        if len(inputs) != 1:  # a classifier layer: several graphs, one input
+            inp = keras.Input(outputs[0].input_shape[1:])
+            model = keras.Model(inp, [m(inp) for m in outputs])
+        else:
+            model = keras.Model(outputs[0].inputs, [m.outputs[0] for m in outputs])
+    model.trainable = False
+    if config.input_size and len(model.input_shape) == 4 and None in model.input_shape[1:3]:
+        h, w = config.input_size
+        inp = keras.Input((h, w, model.input_shape[-1]))
+        model = keras.Model(inp, model(inp))
+    return model
+
+
+def _base_model(config: BackboneConfig, sample_shape: tuple[int, ...] | None) -> Any:
+    if config.kind == "registry":
+        return _registry_model(config, include_top=False)
+    if config.kind == "file":
+        return load_model_file(config.source, safe_mode=config.safe_mode)
+    if config.kind == "model":
+        return config.source
+    assert sample_shape is not None
+    try:
+        with _seeded():
+            model = config.source(sample_shape)
+    except Exception as exc:
+        raise FeatxError(
+            f"the backbone function {config.name} could not build a network for samples "
+            f"of shape {sample_shape}: {exc}"
+        ) from exc
+    if not _is_keras_model(model):
+        raise FeatxError(
+            f"the backbone function {config.name} returned {type(model).__name__}; "
+            "expected a keras.Model."
+        )
+    return model
+
+
+@contextlib.contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    """Build layers under a Keras dtype policy (mixed precision), restoring the global one."""
+    if precision == "float32":
+        yield
+        return
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+class _seeded:
+    """Seed Keras for a deterministic random initialisation, restoring Python's and NumPy's RNGs."""
+
+    def __enter__(self) -> None:
+        import keras
+
+        self._py = random.getstate()
+        self._np = np.random.get_state()
+        keras.utils.set_random_seed(0)
+
+    def __exit__(self, *exc: object) -> None:
+        random.setstate(self._py)
+        np.random.set_state(self._np)
+
+
+def _registry_model(config: BackboneConfig, *, include_top: bool) -> Any:
+    import keras
+
+    spec: BackboneSpec = config.source
+    constructor = getattr(keras.applications, spec.constructor)
+    assert config.input_size is not None
+    if include_top:
+        shape = (spec.input_size, spec.input_size, 3)
+    else:
+        shape = (*config.input_size, 3)
+    kwargs: dict[str, Any] = {"include_top": include_top, "input_shape": shape}
+    weights = config.weights
+    kwargs["weights"] = str(weights) if isinstance(weights, os.PathLike) else weights
+    try:
+        if weights is None:
+            with _seeded():
+                return constructor(**kwargs)
+        return constructor(**kwargs)
+    except Exception as exc:  # Keras raises a bare Exception when a download fails
+        if weights == "imagenet" and _is_download_failure(exc):
+            from featx.weights import missing_weights_message
+
+            raise WeightsNotFoundError(missing_weights_message(spec.name)) from exc
+        if isinstance(exc, ValueError) and weights not in (None, "imagenet"):
+            raise WeightsNotFoundError(
+                f"the weights file {weights!r} does not fit {spec.constructor}"
+                f"(include_top={include_top}): {exc}. A weights file for featx must hold the "
+                "network without its classifier (include_top=False)."
+            ) from exc
+        raise
+
+
+def _is_download_failure(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, OSError) or "fetch failure" in text or "url" in text
+
+
+def load_model_file(path: str | os.PathLike[str], *, safe_mode: bool = True) -> Any:
+    """Load a user's ``.keras``/``.h5`` model for inference (not compiled, safe mode by default).
+
+    In Keras's safe mode a file cannot run Python code as it loads: a ``Lambda`` layer holding
+    a Python function (whose bytecode would run) is refused with a :class:`FeatxError` that says
+    how to opt in (``ImageEmbedder(..., safe_mode=False)``) for a file one trusts.
+
+    Examples
+    --------
+    >>> from featx.network import load_model_file
+    >>> load_model_file("missing.keras")
+    Traceback (most recent call last):
+    ...
+    featx.exceptions.UnknownBackboneError: model file 'missing.keras' does not exist...
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UnknownBackboneError(f"model file {str(p)!r} does not exist. Check the path.")
+    import keras
+
+    try:
+        return keras.models.load_model(p, compile=False, safe_mode=safe_mode)
+    except Exception as exc:
+        if safe_mode and "safe_mode" in str(exc):
+            raise FeatxError(
+                f"the Keras model {str(p)!r} holds Python code (a Lambda layer), which would run "
+                "as the file loads; featx loads model files in Keras's safe mode, which refuses "
+                "it. Only if you trust where this file comes from, pass "
+                "ImageEmbedder(..., safe_mode=False) (or call "
+                "keras.config.enable_unsafe_deserialization(), which opts in the whole process)."
+            ) from exc
+        raise FeatxError(
+            f"could not load the Keras model {str(p)!r}: {exc}. Expected a model saved with "
+            "model.save('model.keras') or model.save('model.h5')."
+        ) from exc
+
+
+def _cut(model: Any, layer: str | int | None) -> Any:
+    import keras
+
+    if layer is None:
+        return model
+    names = [lay.name for lay in model.layers]
+    if isinstance(layer, int):
+        if not -len(names) <= layer < len(names):
+            raise UnknownBackboneError(
+                f"layer index {layer} is out of range; the model has {len(names)} layers."
+            )
+        target = model.layers[layer]
+    else:
+        if layer not in names:
+            close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
+            raise UnknownBackboneError(
+                f"layer {layer!r} is not in model {model.name!r}{hint} "
+                f"Its last layers are: {', '.join(names[-8:])}."
+            )
+        target = model.get_layer(layer)
+    return keras.Model(model.inputs, target.output, name=f"{model.name}_cut")
+
+
+def _pool(model: Any, pooling: str) -> Any:
+    import keras
+
+    if len(model.output_shape) == 2:
+        return model
+    if len(model.output_shape) != 4 and pooling in ("avg", "max"):
+        out = keras.layers.Flatten()(model.output)
+        return keras.Model(model.inputs, out)
+    if pooling == "avg":
+        out = keras.layers.GlobalAveragePooling2D()(model.output)
+    elif pooling == "max":
+        out = keras.layers.GlobalMaxPooling2D()(model.output)
+    elif pooling == "flatten":
+        out = keras.layers.Flatten()(model.output)
+    else:
+        return model
+    return keras.Model(model.inputs, out)
+
+
+def _graph_preprocess_of(config: BackboneConfig) -> Callable[[Any], Any] | None:
+    """The preprocessing that runs inside the compiled function (None: a NumPy one runs first)."""
+    return None if config.preprocess_fn is not None else _graph_preprocess(config.preprocess)
+
+
+def _graph_preprocess(mode: str) -> Callable[[Any], Any]:
+    """The preprocessing ``mode`` as a function of a backend tensor (traceable, jit-able)."""
+    if mode == "none":
+        return lambda x: x
+    if mode == "scale":
+        return lambda x: x / 255.0
+    if mode.startswith("keras.applications."):
+        import importlib
+
+        module = importlib.import_module(mode.rsplit(".", 1)[0])
+        fn: Callable[[Any], Any] = module.preprocess_input
+        return fn
+    if mode in ("tf", "caffe", "torch"):
+        from keras.applications import imagenet_utils
+
+        return lambda x: imagenet_utils.preprocess_input(x, mode=mode)
+    raise FeatxError(
+        f"preprocess {mode!r} cannot be rebuilt in this process; pass the function itself as "
+        "preprocess="
+    )
+
+
+def _outputs(y: Any) -> list[Any]:
+    return list(y) if isinstance(y, (list, tuple)) else [y]
+
+
+def _keras_forward(model: Any, preprocess: Callable[[Any], Any] | None) -> _Forward:
+    """Cast to float32, preprocess and run the model as one compiled function of a NumPy batch
+    (never ``model.predict``). The returned forward starts the computation; JAX may still be
+    computing when it returns (it dispatches asynchronously)."""
+    import keras
+
+    prep = preprocess or (lambda x: x)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(
+            lambda x: model(prep(tf.cast(x, tf.float32)), training=False), reduce_retracing=True
+        )
+
+        def run_tf(x: np.ndarray) -> Callable[[], list[Any]]:
+            y = _outputs(fn(tf.convert_to_tensor(x)))
+            return lambda: y
+
+        return run_tf
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        trainable = [v.value for v in model.trainable_variables]
+        frozen = [v.value for v in model.non_trainable_variables]
+
+        @jax.jit
+        def run(tv: Any, ntv: Any, x: Any) -> Any:
+            y, _ = model.stateless_call(tv, ntv, prep(x.astype(jnp.float32)), training=False)
+            return y
+
+        def run_jax(x: np.ndarray) -> Callable[[], list[Any]]:
+            y = _outputs(run(trainable, frozen, x))
+            return lambda: y
+
+        return run_jax
+
+    def run_eager(x: np.ndarray) -> Callable[[], list[Any]]:
+        if backend == "torch":
+            import torch
+
+            context: Any = torch.no_grad()
+        else:
+            context = contextlib.nullcontext()
+        with context:
+            t = keras.ops.convert_to_tensor(x, dtype="float32")
+            y = [keras.ops.convert_to_numpy(o) for o in _outputs(model(prep(t), training=False))]
+        return lambda: y
+
+    return run_eager
+
+
+def _compile_forward(
+    model: Any, preprocess: Callable[[Any], Any] | None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The Keras forward pass as a plain function of a NumPy batch (the first output)."""
+    forward = _keras_forward(model, preprocess)
+    return lambda x: np.asarray(forward(x)()[0])
+
+
+# --------------------------------------------------------------------------------------------
+# OpenVINO
+# --------------------------------------------------------------------------------------------
+
+
+class _NotConvertible(Exception):
+    """OpenVINO could not take this network (the message says why)."""
+
+
+#: OpenVINO's inference precision per featx precision.
+_OPENVINO_PRECISION = {"float32": "f32", "mixed_bfloat16": "bf16"}
+
+
+def _openvino_network(
+    configs: list[BackboneConfig], sample_shape: tuple[int, ...] | None
+) -> Network:
+    config = configs[0]
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise _NotConvertible(
+            "OpenVINO is not installed (pip install openvino; it ships wheels for x86-64 and "
+            "arm64 Linux, Windows and macOS)"
+        ) from exc
+    core = _openvino_core()
+    path = _openvino_path(configs, sample_shape)
+    ov_model = None
+    if path is not None and path.is_file():
+        try:
+            ov_model = core.read_model(str(path))
+            core.compile_model(ov_model, "CPU", _openvino_options(config))  # fails if damaged
+        except Exception:
+            # A damaged or foreign file: rebuilt below, never a crash.
+            ov_model = None
+            _remove_openvino_files(path)
+    if ov_model is None:
+        ov_model = _convert(configs, sample_shape)
+        # Kept on disk only when the model file loaded in safe mode: a later process reads the
+        # converted model without loading the file, so it must not skip the file's refusal.
+        if path is not None and config.safe_mode and not _keras_unsafe_switch_on():
+            _save_openvino_model(ov, ov_model, path)
+    shape = tuple(int(d.get_length()) for d in list(ov_model.inputs[0].get_partial_shape())[1:])
+    widths = [int(list(o.get_partial_shape())[-1].get_length()) for o in ov_model.outputs]
+    forward = _openvino_forward(core, ov_model, _openvino_options(config))
+    return Network(configs, shape, widths, forward, engine="openvino")
+
+
+def _keras_unsafe_switch_on() -> bool:
+    """Whether ``keras.config.enable_unsafe_deserialization()`` opted the process out of safe
+    mode (Keras has no public getter)."""
+    try:
+        from keras.src.saving import serialization_lib
+    except ImportError:  # pragma: no cover - a Keras without it: assume the worst
+        return True
+    return serialization_lib.in_safe_mode() is False
+
+
+def _openvino_options(config: BackboneConfig) -> dict[str, str]:
+    return {
+        "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[config.precision],
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+
+
+_CORE: Any = None
+
+
+def _openvino_core() -> Any:
+    global _CORE
+    if _CORE is None:
+        import openvino as ov
+
+        _CORE = ov.Core()
+    return _CORE
+
+
+def _openvino_path(
+    configs: list[BackboneConfig], sample_shape: tuple[int, ...] | None
+) -> Path | None:
+    """Where the converted model is kept, or None for a backbone function (whose code featx
+    cannot fingerprint, so a stale file could come back)."""
+    if configs[0].kind == "builder":
+        return None
+    from featx.weights import featx_home
+
+    identity = {
+        "outputs": [c.fingerprint_fields for c in configs],
+        "openvino": openvino_version(),
+        "numpy_preprocess": configs[0].preprocess_fn is not None,
+        # A file loaded with safe_mode=False must not reach a safe-mode embedder from disk.
+        "safe_mode": configs[0].safe_mode,
+        "sample_shape": list(sample_shape) if sample_shape else None,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    return featx_home() / "openvino" / f"{digest}.xml"
+
+
+def _save_openvino_model(ov: Any, ov_model: Any, path: Path) -> None:
+    """Write the model's .xml and .bin so that a reader never sees a half-written pair: both are
+    written to a temporary folder, then the .bin and last the .xml are renamed into place."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
+        try:
+            ov.save_model(ov_model, str(tmp / path.name), compress_to_fp16=False)
+            os.replace(tmp / path.with_suffix(".bin").name, path.with_suffix(".bin"))
+            os.replace(tmp / path.name, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass  # a read-only home: the model is converted again next time
+
+
+def _remove_openvino_files(path: Path) -> None:
+    for p in (path, path.with_suffix(".bin")):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _convert(configs: list[BackboneConfig], sample_shape: tuple[int, ...] | None) -> Any:
+    """Convert the Keras network, with the cast to float32 and the preprocessing inside."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise _NotConvertible(
+            f"OpenVINO converts TensorFlow-backend Keras models, and Keras runs on "
+            f"{keras.backend.backend()!r} here (set KERAS_BACKEND=tensorflow)"
+        )
+    import openvino as ov
+    import tensorflow as tf
+
+    model = _build_model(configs, sample_shape)
+    shape, _ = _model_shapes(model)
+    prep = _graph_preprocess_of(configs[0]) or (lambda x: x)
+
+    def forward(x: Any) -> Any:
+        return tuple(_outputs(model(prep(x), training=False)))
+
+    fn = tf.function(forward, input_signature=[tf.TensorSpec([None, *shape], tf.float32)])
+    try:
+        return ov.convert_model(fn)
+    except Exception as exc:
+        raise _NotConvertible(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def _openvino_forward(core: Any, ov_model: Any, options: dict[str, str]) -> _Forward:
+    """Asynchronous inference: each batch gets an idle infer request (made on demand), started
+    without waiting; the returned function waits for it and copies its outputs out.
+
+    The converted model takes float32; uint8 batches (decoded images: a quarter of the bytes)
+    run a variant whose input is uint8, converted inside the plugin. Each is compiled on first
+    use.
+    """
+    import openvino as ov
+
+    compiled: dict[str, Any] = {}
+    idle: dict[str, list[Any]] = {}
+    lock = threading.Lock()
+    n_outputs = len(ov_model.outputs)
+
+    def request_for(dtype: str) -> Any:
+        with lock:
+            if dtype not in compiled:
+                model = ov_model
+                if dtype == "uint8":
+                    ppp = ov.preprocess.PrePostProcessor(ov_model.clone())  # builds in place
+                    ppp.input().tensor().set_element_type(ov.Type.u8)
+                    model = ppp.build()
+                compiled[dtype] = core.compile_model(model, "CPU", options)
+                idle[dtype] = []
+            pool = idle[dtype]
+            return pool.pop() if pool else compiled[dtype].create_infer_request()
+
+    def run(x: np.ndarray) -> Callable[[], list[np.ndarray]]:
+        dtype = "uint8" if x.dtype == np.uint8 else "float32"
+        x = np.ascontiguousarray(x if dtype == "uint8" else x.astype(np.float32, copy=False))
+        request = request_for(dtype)
+        request.start_async({0: x})
+
+        def wait() -> list[np.ndarray]:
+            try:
+                request.wait()
+                return [request.get_output_tensor(i).data.copy() for i in range(n_outputs)]
+            finally:
+                with lock:
+                    idle[dtype].append(request)
+
+        return wait
+
+    return run
