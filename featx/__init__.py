@@ -5,10 +5,18 @@ Importing featx does not import Keras or TensorFlow; the network is built on fir
 
 from __future__ import annotations
 
+from featx.adapt import (
+    CORAL,
+    PredictionEntropyScorer,
+    ReverseValidationScorer,
+    SubspaceAlignment,
+    TargetData,
+)
 from featx.backbones import get_backbone, list_backbones
 from featx.cache import EmbeddingCache
 from featx.embedder import EmbeddingReport, ImageEmbedder
 from featx.exceptions import (
+    AdaptationError,
     CacheError,
     FeatxError,
     ImageLoadError,
@@ -30,6 +38,7 @@ from featx.heads import (
 )
 from featx.images import load_image_csv, load_image_folder
 from featx.plots import plot_confusion_matrix, plot_leaderboard
+from featx.probe import LayerProbe, ProbedLayer, probe_layers
 from featx.saved import FeatxModel, Prediction, load_model, read_manifest, save_model
 
 __version__ = "0.1.0"
@@ -58,12 +67,21 @@ __all__ = [
     "read_manifest",
     "plot_leaderboard",
     "plot_confusion_matrix",
+    "probe_layers",
+    "LayerProbe",
+    "ProbedLayer",
+    "CORAL",
+    "SubspaceAlignment",
+    "TargetData",
+    "ReverseValidationScorer",
+    "PredictionEntropyScorer",
     "FeatxError",
     "UnknownBackboneError",
     "WeightsNotFoundError",
     "ImageLoadError",
     "CacheError",
     "UntrustedModelError",
+    "AdaptationError",
     "ModelVersionWarning",
     "__version__",
 ]

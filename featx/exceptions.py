@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "FeatxError",
     "UnknownBackboneError",
     "WeightsNotFoundError",
     "ImageLoadError",
     "CacheError",
+    "CacheGroupError",
     "UntrustedModelError",
+    "AdaptationError",
     "ModelVersionWarning",
 ]
 
@@ -54,6 +58,26 @@ class CacheError(FeatxError, OSError):
     """The embedding cache file cannot be used as it is."""
 
 
+class CacheGroupError(FeatxError, ValueError):
+    """No single group of an embedding cache fits: the cache is empty, or the choice is open.
+
+    Attributes
+    ----------
+    cache : str
+        The cache file.
+    groups : list of GroupInfo
+        The cache's groups (most rows first); empty when it holds none.
+    prefix : str or None
+        The group prefix asked for, if any.
+    """
+
+    def __init__(self, message: str, *, cache: str, groups: list[Any], prefix: str | None = None):
+        self.cache = cache
+        self.groups = groups
+        self.prefix = prefix
+        super().__init__(message)
+
+
 class UntrustedModelError(FeatxError, ValueError):
     """A saved model holds types featx does not trust to load; nothing in it was run.
 
@@ -66,6 +90,10 @@ class UntrustedModelError(FeatxError, ValueError):
     def __init__(self, message: str, types: list[str]):
         self.types = types
         super().__init__(message)
+
+
+class AdaptationError(FeatxError, ValueError):
+    """Domain adaptation cannot use the data given (widths differ, too few target rows, NaN)."""
 
 
 class ModelVersionWarning(UserWarning):

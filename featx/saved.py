@@ -42,6 +42,7 @@ from featx.exceptions import FeatxError, ModelVersionWarning, UntrustedModelErro
 __all__ = [
     "FeatxModel",
     "Prediction",
+    "predictions_csv_rows",
     "save_model",
     "load_model",
     "read_manifest",
@@ -58,6 +59,9 @@ _HEAD = "head.skops"
 #: scikit-learn internals that featx's preset heads hold and skops does not trust by default
 #: (a test dumps every fitted preset and checks this list covers it).
 TRUSTED_TYPES: tuple[str, ...] = (
+    # featx's own domain adapters (featx.adapt): plain estimators holding arrays and a head.
+    "featx.adapt.CORAL",
+    "featx.adapt.SubspaceAlignment",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.metrics._dist_metrics.EuclideanDistance32",
     "sklearn.metrics._dist_metrics.EuclideanDistance64",
@@ -207,6 +211,46 @@ class FeatxModel:
 
     def __repr__(self) -> str:
         return f"FeatxModel({self.embedder!r}, {_describe(self.head)})"
+
+
+def predictions_csv_rows(model: FeatxModel, predictions: Sequence[Prediction]) -> list[list[str]]:
+    """The predict CSV as rows of text: the header first, every row exactly as wide.
+
+    Columns: ``path``, ``prediction``, one ``proba_<class>`` per class when the head gives
+    probabilities (``model.has_proba``; none for an SVM), and ``error`` (why an item could not
+    be read). An item that could not be read has empty prediction and probability cells.
+
+    Parameters
+    ----------
+    model : FeatxModel
+    predictions : sequence of Prediction
+        From :meth:`FeatxModel.predict_items`.
+
+    Returns
+    -------
+    list of list of str
+        ``rows[0]`` is the header.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.svm import SVC
+    >>> head = SVC().fit(np.array([[0.0], [1.0], [0.1], [0.9]]), ["a", "b", "a", "b"])
+    >>> model = FeatxModel(None, head)
+    >>> predictions_csv_rows(model, [Prediction("x.png", "a", None, None),
+    ...                              Prediction("y.png", None, None, "not an image")])
+    [['path', 'prediction', 'error'], ['x.png', 'a', ''], ['y.png', '', 'not an image']]
+    """
+    classes = [_plain(c) for c in model.classes_] if model.has_proba else []
+    rows = [["path", "prediction", *(f"proba_{c}" for c in classes), "error"]]
+    for p in predictions:
+        probs = p.probabilities or {}
+        rows.append([
+            p.source, "" if p.label is None else str(p.label),
+            *(f"{probs[c]:.6f}" if c in probs else "" for c in classes),
+            p.error or "",
+        ])
+    return rows
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,581 @@
+"""Domain adaptation on embeddings: CORAL, subspace alignment, and label-free target scores.
+
+A head trained on one domain's embeddings (a scanner, a camera, a season) loses accuracy on
+another's. On frozen embeddings, aligning the two domains' feature statistics is cheap and often
+recovers much of the loss. Both adapters here are scikit-learn meta-estimators that wrap a head:
+
+- :class:`CORAL` (Sun, Feng & Saenko 2016) recolours the source features to the target's
+  covariance, then fits the head on them; target rows are predicted as they are.
+- :class:`SubspaceAlignment` (Fernando et al. 2013) projects each domain onto its own principal
+  subspace and maps the source subspace onto the target's, then fits the head there.
+
+Both take the unlabelled target rows at fit time: ``fit(X_source, y_source, X_target=X_target)``,
+then ``predict``/``predict_proba``/``score`` on target rows.
+
+Inside ``GridSearchCV``. With scikit-learn's metadata routing off (its default), a search slices
+every fit parameter whose length equals the number of training rows, along with the rows. An
+``X_target`` that happens to have as many rows as ``X`` would be cut into folds too. Wrap it in
+:class:`TargetData`, which a search passes on whole, whatever its length::
+
+    search.fit(X_source, y_source, X_target=TargetData(X_target))
+
+Choosing hyperparameters without target labels. :class:`ReverseValidationScorer` (Zhong et al.
+2010) labels the target with the candidate, trains the same candidate back from the target onto
+the source validation fold, and scores that reverse model's accuracy on the fold's true labels.
+:class:`PredictionEntropyScorer` scores the mean entropy of the target's predicted probabilities
+(lower is better, so the score is its negative). Both are ``scoring=`` callables for a search.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, _fit_context, clone
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from featx.exceptions import AdaptationError
+
+__all__ = [
+    "TargetData",
+    "CORAL",
+    "SubspaceAlignment",
+    "ReverseValidationScorer",
+    "PredictionEntropyScorer",
+    "coral_matrix",
+]
+
+
+class TargetData:
+    """Unlabelled target-domain rows, which a cross-validated search passes on whole.
+
+    scikit-learn's searches slice any fit parameter that is array-like and as long as ``X``. This
+    wrapper is not array-like (no ``len``, ``shape`` or ``__array__``), so ``X_target`` reaches
+    every fold's fit complete, whatever its length.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_target, n_features)
+        The target rows (embeddings from the same backbone as the source's).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.adapt import TargetData
+    >>> TargetData(np.zeros((3, 2)))
+    TargetData(3 rows)
+    """
+
+    def __init__(self, X: Any):
+        self.X = X
+
+    def __repr__(self) -> str:
+        rows = getattr(self.X, "shape", (None,))[0]
+        return f"TargetData({rows} rows)"
+
+
+def _default_head() -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+
+
+def _estimator_has(attr: str) -> Any:
+    def check(self: Any) -> bool:
+        est = self.estimator_ if hasattr(self, "estimator_") else self.estimator
+        return hasattr(_default_head() if est is None else est, attr)
+
+    return check
+
+
+def _refuse_nonfinite(X: np.ndarray, what: str) -> None:
+    finite = np.isfinite(X).all(axis=1)
+    if not finite.all():
+        raise AdaptationError(
+            f"{what} has {int((~finite).sum())} of {len(X)} rows with NaN or inf values (images "
+            "that failed to embed with on_error='nan'?); expected finite embeddings. Leave those "
+            "rows out first: X[np.isfinite(X).all(axis=1)]."
+        )
+
+
+class _Adapter(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
+    """What both adapters share: validation, the target, delegation to the fitted head."""
+
+    _min_target = 2
+    _method = "the adapter"
+
+    def _validate_source(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        X, y = validate_data(self, X, y, ensure_all_finite=False, dtype=np.float64,
+                             ensure_min_samples=2)
+        _refuse_nonfinite(X, "X (the source)")
+        return X, y
+
+    def _validate_target(self, X_target: Any) -> np.ndarray | None:
+        if X_target is None:
+            return None
+        if isinstance(X_target, TargetData):
+            X_target = X_target.X
+        try:
+            Xt = check_array(X_target, ensure_all_finite=False, dtype=np.float64,
+                             ensure_min_samples=0, ensure_min_features=0, input_name="X_target")
+        except ValueError as exc:
+            raise AdaptationError(
+                f"X_target must be a 2-D numeric array of target embeddings (n_target, "
+                f"{self.n_features_in_}); {exc}"
+            ) from None
+        if Xt.shape[1] != self.n_features_in_:
+            raise AdaptationError(
+                f"X_target has {Xt.shape[1]} features per row, but X (the source) has "
+                f"{self.n_features_in_}; expected embeddings of the same width. Embed both "
+                "domains with the same backbone, layer and pooling."
+            )
+        if len(Xt) < self._min_target:
+            raise AdaptationError(
+                f"X_target has {len(Xt)} row{'' if len(Xt) == 1 else 's'}; {self._method} needs "
+                f"at least {self._min_target} target rows to estimate a covariance. Give it more "
+                "unlabelled target images."
+            )
+        _refuse_nonfinite(Xt, "X_target")
+        return Xt
+
+    def _validate_predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, ensure_all_finite=False, dtype=np.float64)
+        _refuse_nonfinite(X, "X")
+        return X
+
+    def _map_target(self, X: np.ndarray) -> np.ndarray:
+        return X
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The head's classes."""
+        return self.estimator_.classes_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predict the classes of target rows ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+        """
+        X = self._map_target(self._validate_predict(X))
+        return self.estimator_.predict(X)
+
+    @available_if(_estimator_has("predict_proba"))
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities of target rows ``X``, columns in the order of ``classes_``."""
+        X = self._map_target(self._validate_predict(X))
+        return self.estimator_.predict_proba(X)
+
+    @available_if(_estimator_has("predict_log_proba"))
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Log class probabilities of target rows ``X``."""
+        X = self._map_target(self._validate_predict(X))
+        return self.estimator_.predict_log_proba(X)
+
+    @available_if(_estimator_has("decision_function"))
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The head's decision function on target rows ``X``."""
+        X = self._map_target(self._validate_predict(X))
+        return self.estimator_.decision_function(X)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+# ---- CORAL --------------------------------------------------------------------------------------
+
+
+def _covariance(X: np.ndarray, reg: float, shrinkage: Any) -> np.ndarray:
+    from sklearn.covariance import empirical_covariance, ledoit_wolf, shrunk_covariance
+
+    if shrinkage == "ledoit_wolf":
+        cov = ledoit_wolf(X)[0]
+    else:
+        cov = empirical_covariance(X)
+        if shrinkage:
+            cov = shrunk_covariance(cov, shrinkage=float(shrinkage))
+    scale = float(np.trace(cov)) / cov.shape[0]
+    if reg > 0:
+        cov = cov + (reg * (scale if scale > 0 else 1.0)) * np.eye(cov.shape[0])
+    return cov
+
+
+def _matrix_power(cov: np.ndarray, power: float, what: str) -> np.ndarray:
+    values, vectors = np.linalg.eigh(cov)
+    floor = max(float(values.max()), 0.0) * cov.shape[0] * np.finfo(np.float64).eps
+    if values.min() <= floor:
+        rank = int((values > floor).sum())
+        raise AdaptationError(
+            f"the {what} covariance is singular (rank {rank} of {cov.shape[0]}): CORAL cannot "
+            "whiten it without regularisation. Pass reg > 0 (e.g. reg=1.0) or "
+            "shrinkage='ledoit_wolf'."
+        )
+    return (vectors * values**power) @ vectors.T
+
+
+def coral_matrix(
+    X_source: Any, X_target: Any, *, reg: float = 1.0, shrinkage: Any = None
+) -> np.ndarray:
+    """The CORAL map ``A = C_s^(-1/2) C_t^(1/2)``: ``X_source @ A`` has the target's covariance.
+
+    Parameters
+    ----------
+    X_source, X_target : array-like of shape (n, n_features)
+    reg : float, default=1.0
+        Added to each covariance's diagonal as a multiple of its mean variance (``reg=1`` on
+        standardised features is the paper's ``+ I``).
+    shrinkage : {"ledoit_wolf"}, float in [0, 1] or None, default=None
+        Shrink each covariance towards a scaled identity before ``reg`` is added: Ledoit-Wolf's
+        estimate, or this fixed amount (:func:`sklearn.covariance.shrunk_covariance`).
+
+    Returns
+    -------
+    A : ndarray of shape (n_features, n_features)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.adapt import coral_matrix
+    >>> rng = np.random.default_rng(0)
+    >>> Xs, Xt = rng.normal(size=(500, 3)), rng.normal(size=(500, 3)) * [1, 2, 3]
+    >>> A = coral_matrix(Xs, Xt, reg=0.0)
+    >>> np.allclose(np.cov(Xs @ A, rowvar=False), np.cov(Xt, rowvar=False))
+    True
+    """
+    Xs = np.asarray(X_source, dtype=np.float64)
+    Xt = np.asarray(X_target, dtype=np.float64)
+    whiten = _matrix_power(_covariance(Xs, reg, shrinkage), -0.5, "source")
+    recolour = _matrix_power(_covariance(Xt, reg, shrinkage), 0.5, "target")
+    return whiten @ recolour
+
+
+class CORAL(_Adapter):
+    """CORrelation ALignment: fit a head on source features recoloured to the target's covariance.
+
+    The source rows are whitened with their own regularised covariance and recoloured with the
+    target's (Sun, Feng & Saenko, "Return of Frustratingly Easy Domain Adaptation", AAAI 2016);
+    the head is fitted on them. Target rows are predicted as they are.
+
+    Parameters
+    ----------
+    estimator : classifier, default=None
+        The head (cloned at fit). ``None``: standardise + ``LogisticRegression(max_iter=1000)``.
+    reg : float, default=1.0
+        Added to both covariances' diagonals as a multiple of their mean variance, so that
+        ``reg=1.0`` on standardised features is the paper's ``+ I`` and the value does not depend
+        on the embeddings' scale. Larger: a gentler recolouring.
+    shrinkage : {"ledoit_wolf"}, float in [0, 1] or None, default=None
+        Shrink both covariances towards a scaled identity first: Ledoit-Wolf's estimate (then
+        ``reg`` may be 0), or this fixed amount.
+    align_mean : bool, default=True
+        Also move the source's mean onto the target's (``(X_s - mu_s) A + mu_t``). The paper
+        aligns second-order statistics only (``False``); a head that standardises its input with
+        the source's statistics sees a shifted target unless the means are aligned too.
+
+    Attributes
+    ----------
+    estimator_ : classifier
+        The head, fitted on the recoloured source.
+    classes_ : ndarray
+    n_features_in_ : int
+    n_target_ : int
+        Target rows adapted to; 0 when fitted without ``X_target`` (then nothing is recoloured and
+        the head is fitted on the source as it is).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.adapt import CORAL
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 100)
+    >>> Xs = rng.normal(size=(200, 4)) + 2 * y[:, None]
+    >>> Xt = (rng.normal(size=(200, 4)) + 2 * y[:, None]) * [0.5, 0.5, 2, 2] + 3  # rescaled, moved
+    >>> CORAL().fit(Xs, y).score(Xt, y)  # source only: every target row looks like class 1
+    0.5
+    >>> CORAL().fit(Xs, y, X_target=Xt).score(Xt, y) > 0.9
+    True
+    """
+
+    _method = "CORAL"
+    _parameter_constraints: dict = {
+        "estimator": [HasMethods(["fit", "predict"]), None],
+        "reg": [Interval(Real, 0, None, closed="left")],
+        "shrinkage": [StrOptions({"ledoit_wolf"}), Interval(Real, 0, 1, closed="both"), None],
+        "align_mean": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        estimator: Any = None,
+        *,
+        reg: float = 1.0,
+        shrinkage: Any = None,
+        align_mean: bool = True,
+    ):
+        self.estimator = estimator
+        self.reg = reg
+        self.shrinkage = shrinkage
+        self.align_mean = align_mean
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X: Any, y: Any, X_target: Any = None) -> CORAL:
+        """Recolour ``X`` to ``X_target``'s covariance and fit the head on it.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Source embeddings.
+        y : array-like of shape (n_samples,)
+            Source labels.
+        X_target : array-like of shape (n_target, n_features), TargetData or None
+            Unlabelled target embeddings (at least 2 rows). ``None``: no adaptation.
+
+        Returns
+        -------
+        self
+        """
+        X, y = self._validate_source(X, y)
+        Xt = self._validate_target(X_target)
+        if Xt is not None:
+            A = coral_matrix(X, Xt, reg=self.reg, shrinkage=self.shrinkage)
+            if self.align_mean:
+                X = (X - X.mean(axis=0)) @ A + Xt.mean(axis=0)
+            else:
+                X = X @ A
+        self.n_target_ = 0 if Xt is None else len(Xt)
+        self.estimator_ = clone(_default_head() if self.estimator is None else self.estimator)
+        self.estimator_.fit(X, y)
+        return self
+
+
+# ---- subspace alignment -------------------------------------------------------------------------
+
+
+def _subspace(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and the top ``k`` principal directions (rows) of ``X``."""
+    mean = X.mean(axis=0)
+    _, _, vt = np.linalg.svd(X - mean, full_matrices=False)
+    # Fix each direction's sign (largest coordinate positive): the same data, the same basis.
+    signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])
+    signs[signs == 0] = 1
+    return mean, (vt * signs[:, None])[:k]
+
+
+class SubspaceAlignment(_Adapter):
+    """Subspace alignment: map the source's principal subspace onto the target's, fit there.
+
+    Each domain is centred and projected onto its own top ``n_components`` principal directions
+    (``P_s``, ``P_t``); the source projection is aligned with ``M = P_s^T P_t`` (Fernando et al.,
+    "Unsupervised Visual Domain Adaptation Using Subspace Alignment", ICCV 2013). The head is
+    fitted on ``(X_s - mu_s) P_s M`` and predicts target rows as ``(X - mu_t) P_t``.
+
+    Parameters
+    ----------
+    estimator : classifier, default=None
+        The head (cloned at fit). ``None``: standardise + ``LogisticRegression(max_iter=1000)``.
+    n_components : int, default=64
+        The subspaces' dimension; at most ``min(n_source, n_target, n_features)`` are used
+        (``n_components_`` says how many).
+
+    Attributes
+    ----------
+    estimator_ : classifier
+        The head, fitted on the aligned source.
+    components_ : ndarray of shape (n_components_, n_features)
+        The target's principal directions.
+    mean_ : ndarray of shape (n_features,)
+        The target's mean.
+    n_components_ : int
+    classes_ : ndarray
+    n_features_in_ : int
+    n_target_ : int
+        Target rows adapted to; 0 when fitted without ``X_target`` (the source's own subspace is
+        then used for both).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.adapt import SubspaceAlignment
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 100)
+    >>> Xs = rng.normal(size=(200, 4)) + 2 * y[:, None]
+    >>> Xt = (rng.normal(size=(200, 4)) + 2 * y[:, None]) * [0.5, 0.5, 2, 2] + 3
+    >>> sa = SubspaceAlignment(n_components=2).fit(Xs, y, X_target=Xt)
+    >>> sa.components_.shape, sa.score(Xt, y) > 0.9
+    ((2, 4), True)
+    """
+
+    _method = "subspace alignment"
+    _parameter_constraints: dict = {
+        "estimator": [HasMethods(["fit", "predict"]), None],
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, estimator: Any = None, *, n_components: int = 64):
+        self.estimator = estimator
+        self.n_components = n_components
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X: Any, y: Any, X_target: Any = None) -> SubspaceAlignment:
+        """Align ``X``'s principal subspace with ``X_target``'s and fit the head there.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Source embeddings.
+        y : array-like of shape (n_samples,)
+            Source labels.
+        X_target : array-like of shape (n_target, n_features), TargetData or None
+            Unlabelled target embeddings (at least 2 rows). ``None``: the source's own subspace
+            serves as the target's.
+
+        Returns
+        -------
+        self
+        """
+        X, y = self._validate_source(X, y)
+        Xt = self._validate_target(X_target)
+        k = min(self.n_components, X.shape[1], len(X), len(X) if Xt is None else len(Xt))
+        mean_s, Ps = _subspace(X, k)
+        if Xt is None:
+            self.mean_, self.components_ = mean_s, Ps
+        else:
+            self.mean_, self.components_ = _subspace(Xt, k)
+        self.n_components_ = k
+        self.n_target_ = 0 if Xt is None else len(Xt)
+        aligned = (X - mean_s) @ Ps.T @ (Ps @ self.components_.T)
+        self.estimator_ = clone(_default_head() if self.estimator is None else self.estimator)
+        self.estimator_.fit(aligned, y)
+        return self
+
+    def _map_target(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean_) @ self.components_.T
+
+
+# ---- choosing hyperparameters without target labels ---------------------------------------------
+
+
+def _target_rows(X_target: Any) -> np.ndarray:
+    if isinstance(X_target, TargetData):
+        X_target = X_target.X
+    Xt = np.asarray(X_target)
+    if Xt.ndim != 2 or Xt.dtype.kind not in "fiu" or len(Xt) < 2:
+        raise AdaptationError(
+            f"X_target must be a 2-D numeric array of at least 2 target embeddings; got "
+            f"{Xt.dtype} of shape {Xt.shape}."
+        )
+    _refuse_nonfinite(Xt.astype(np.float64, copy=False), "X_target")
+    return Xt
+
+
+class ReverseValidationScorer:
+    """Reverse validation: how well the target, labelled by the candidate, teaches the source.
+
+    Called by a search as ``scorer(estimator, X_val, y_val)`` with a fitted candidate and a
+    source validation fold: the candidate labels the target rows; a clone of it is fitted on
+    the target with those labels (adapting to ``X_val`` as its target when it is an adapter);
+    the score is that reverse model's accuracy on ``X_val``'s true labels (Zhong et al., ECML
+    2010). It uses no target label, needs only ``predict``, and is an accuracy, so it compares
+    heads of any kind. Higher is better.
+
+    Parameters
+    ----------
+    X_target : array-like of shape (n_target, n_features) or TargetData
+        The unlabelled target embeddings.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from featx.adapt import CORAL, ReverseValidationScorer, TargetData
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 60)
+    >>> Xs = rng.normal(size=(120, 3)) + 2 * y[:, None]
+    >>> Xt = (rng.normal(size=(120, 3)) + 2 * y[:, None]) * [0.5, 0.5, 2] + 3
+    >>> search = GridSearchCV(CORAL(), {"align_mean": [False, True]}, cv=3,
+    ...                       scoring=ReverseValidationScorer(Xt))
+    >>> search.fit(Xs, y, X_target=TargetData(Xt)).best_params_
+    {'align_mean': True}
+    >>> search.best_estimator_.score(Xt, y) > 0.9
+    True
+    """
+
+    def __init__(self, X_target: Any):
+        self.X_target = X_target
+
+    def __call__(self, estimator: Any, X: Any, y: Any = None) -> float:
+        if y is None:
+            raise AdaptationError(
+                "reverse validation scores a source validation fold against its labels; got "
+                "y=None. Use it as a search's scoring=, which passes the fold's labels."
+            )
+        Xt = _target_rows(self.X_target)
+        y = np.asarray(y)
+        pseudo = np.asarray(estimator.predict(Xt))
+        if len(np.unique(pseudo)) < 2:
+            # One class for the whole target: the reverse model can only say that class.
+            return float(np.mean(y == pseudo[0]))
+        reverse = clone(estimator)
+        if isinstance(reverse, _Adapter):
+            reverse.fit(Xt, pseudo, X_target=TargetData(np.asarray(X)))
+        else:
+            reverse.fit(Xt, pseudo)
+        return float(np.mean(np.asarray(reverse.predict(X)) == y))
+
+    def __repr__(self) -> str:
+        return "ReverseValidationScorer()"
+
+
+class PredictionEntropyScorer:
+    """Minus the mean entropy of the candidate's predicted probabilities on the target.
+
+    A confident head on the target (low entropy) scores high. It needs ``predict_proba`` and
+    favours over-confident candidates (little regularisation), so compare candidates of one head
+    with it; :class:`ReverseValidationScorer` compares heads of any kind. Higher is better.
+
+    Parameters
+    ----------
+    X_target : array-like of shape (n_target, n_features) or TargetData
+        The unlabelled target embeddings.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.adapt import CORAL, PredictionEntropyScorer
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 50)
+    >>> X = rng.normal(size=(100, 2)) + 3 * y[:, None]
+    >>> score = PredictionEntropyScorer(X)(CORAL().fit(X, y), X, y)
+    >>> -np.log(2) < score <= 0
+    True
+    """
+
+    def __init__(self, X_target: Any):
+        self.X_target = X_target
+
+    def __call__(self, estimator: Any, X: Any = None, y: Any = None) -> float:
+        if not hasattr(estimator, "predict_proba"):
+            raise AdaptationError(
+                f"prediction entropy needs class probabilities, but {type(estimator).__name__} "
+                "has no predict_proba; use ReverseValidationScorer, or a head with "
+                "probabilities (logreg, knn, mlp, hist_gb)."
+            )
+        proba = np.clip(np.asarray(estimator.predict_proba(_target_rows(self.X_target))),
+                        1e-12, 1.0)
+        return float(np.mean(np.sum(proba * np.log(proba), axis=1)))
+
+    def __repr__(self) -> str:
+        return "PredictionEntropyScorer()"
