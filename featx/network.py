@@ -357,7 +357,13 @@ def _registry_model(config: BackboneConfig, *, include_top: bool) -> Any:
     import keras
 
     spec: BackboneSpec = config.source
-    constructor = getattr(keras.applications, spec.constructor)
+    if ":" in spec.constructor:  # a network featx defines (EfficientNet-Lite)
+        import importlib
+
+        module_name, _, function = spec.constructor.partition(":")
+        constructor = getattr(importlib.import_module(module_name), function)
+    else:
+        constructor = getattr(keras.applications, spec.constructor)
     assert config.input_size is not None
     if include_top:
         shape = (spec.input_size, spec.input_size, 3)
@@ -372,6 +378,8 @@ def _registry_model(config: BackboneConfig, *, include_top: bool) -> Any:
                 return constructor(**kwargs)
         return constructor(**kwargs)
     except Exception as exc:  # Keras raises a bare Exception when a download fails
+        if isinstance(exc, FeatxError):  # featx's own constructors explain themselves
+            raise
         if weights == "imagenet" and _is_download_failure(exc):
             from featx.weights import missing_weights_message
 
@@ -481,7 +489,7 @@ def _graph_preprocess(mode: str) -> Callable[[Any], Any]:
         return lambda x: x
     if mode == "scale":
         return lambda x: x / 255.0
-    if mode.startswith("keras.applications."):
+    if mode.startswith(("keras.applications.", "featx.")):
         import importlib
 
         module = importlib.import_module(mode.rsplit(".", 1)[0])
@@ -587,15 +595,18 @@ def _openvino_network(
             "arm64 Linux, Windows and macOS)"
         ) from exc
     core = _openvino_core()
+    options = _openvino_options(config)
+    # Decoded images arrive as uint8 (a quarter of the bytes), other input as float32.
+    dtype = "uint8" if config.input_size and config.preprocess_fn is None else "float32"
     path = _openvino_path(configs, sample_shape)
-    ov_model = None
+    ov_model = compiled = None
     if path is not None and path.is_file():
         try:
             ov_model = core.read_model(str(path))
-            core.compile_model(ov_model, "CPU", _openvino_options(config))  # fails if damaged
+            compiled = _compile_variant(core, ov_model, dtype, options)
         except Exception:
             # A damaged or foreign file: rebuilt below, never a crash.
-            ov_model = None
+            ov_model = compiled = None
             _remove_openvino_files(path)
     if ov_model is None:
         ov_model = _convert(configs, sample_shape)
@@ -605,7 +616,7 @@ def _openvino_network(
             _save_openvino_model(ov, ov_model, path)
     shape = tuple(int(d.get_length()) for d in list(ov_model.inputs[0].get_partial_shape())[1:])
     widths = [int(list(o.get_partial_shape())[-1].get_length()) for o in ov_model.outputs]
-    forward = _openvino_forward(core, ov_model, _openvino_options(config))
+    forward = _openvino_forward(core, ov_model, options, {dtype: compiled} if compiled else {})
     return Network(configs, shape, widths, forward, engine="openvino")
 
 
@@ -707,30 +718,36 @@ def _convert(configs: list[BackboneConfig], sample_shape: tuple[int, ...] | None
         raise _NotConvertible(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
 
 
-def _openvino_forward(core: Any, ov_model: Any, options: dict[str, str]) -> _Forward:
+def _compile_variant(core: Any, ov_model: Any, dtype: str, options: dict[str, str]) -> Any:
+    """Compile the converted model (float32 input) for batches of ``dtype``: a uint8 variant
+    converts its input inside the plugin."""
+    import openvino as ov
+
+    model = ov_model
+    if dtype == "uint8":
+        ppp = ov.preprocess.PrePostProcessor(ov_model.clone())  # build() changes its model
+        ppp.input().tensor().set_element_type(ov.Type.u8)
+        model = ppp.build()
+    return core.compile_model(model, "CPU", options)
+
+
+def _openvino_forward(
+    core: Any, ov_model: Any, options: dict[str, str], compiled: dict[str, Any]
+) -> _Forward:
     """Asynchronous inference: each batch gets an idle infer request (made on demand), started
     without waiting; the returned function waits for it and copies its outputs out.
 
-    The converted model takes float32; uint8 batches (decoded images: a quarter of the bytes)
-    run a variant whose input is uint8, converted inside the plugin. Each is compiled on first
-    use.
+    The converted model takes float32; uint8 batches (decoded images) run a variant whose input
+    is uint8. Each variant is compiled on first use (``compiled`` may hold one already).
     """
-    import openvino as ov
-
-    compiled: dict[str, Any] = {}
-    idle: dict[str, list[Any]] = {}
+    idle: dict[str, list[Any]] = {dtype: [] for dtype in compiled}
     lock = threading.Lock()
     n_outputs = len(ov_model.outputs)
 
     def request_for(dtype: str) -> Any:
         with lock:
             if dtype not in compiled:
-                model = ov_model
-                if dtype == "uint8":
-                    ppp = ov.preprocess.PrePostProcessor(ov_model.clone())  # builds in place
-                    ppp.input().tensor().set_element_type(ov.Type.u8)
-                    model = ppp.build()
-                compiled[dtype] = core.compile_model(model, "CPU", options)
+                compiled[dtype] = _compile_variant(core, ov_model, dtype, options)
                 idle[dtype] = []
             pool = idle[dtype]
             return pool.pop() if pool else compiled[dtype].create_infer_request()
