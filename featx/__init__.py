@@ -25,6 +25,7 @@ from featx.exceptions import (
     UntrustedModelError,
     WeightsNotFoundError,
 )
+from featx.finetune import fine_tune
 from featx.heads import (
     DEFAULT_HEADS,
     HEADS,
@@ -60,6 +61,7 @@ __all__ = [
     "make_head",
     "tune_heads",
     "cached_embeddings",
+    "fine_tune",
     "FeatxModel",
     "Prediction",
     "save_model",
