@@ -1,0 +1,261 @@
+"""Which backbone made a cache's embeddings: choose a group, rebuild the embedder's settings.
+
+Every group of an embedding cache stores the fields of the fingerprint it was written for
+(backbone, weights, cut layer, pooling, input size, resize policy, preprocessing, precision).
+:func:`embedder_params_from_cache` turns them back into :class:`featx.ImageEmbedder` parameters,
+so that a command run after ``featx embed`` (``featx heads``, ``featx probe``) needs the cache
+alone: with one group it is used; with several, :class:`~featx.exceptions.CacheGroupError`
+lists them and a fingerprint prefix (``group=``, as ``featx info`` shows it) picks one.
+
+The rebuilt parameters are checked: they must resolve to the group's own fingerprint, so they
+can never silently describe other embeddings. Nothing here builds a network.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+from featx.cache import EmbeddingCache, GroupInfo
+from featx.exceptions import CacheGroupError, FeatxError
+
+__all__ = [
+    "choose_group",
+    "describe_group",
+    "embedder_params_from_group",
+    "embedder_params_from_cache",
+]
+
+
+def choose_group(cache: str | os.PathLike[str], group: str | None = None) -> GroupInfo:
+    """The group of ``cache`` to use: its only group, or the one ``group`` names.
+
+    Parameters
+    ----------
+    cache : path
+        An embedding cache file.
+    group : str or None, default=None
+        A fingerprint, or a prefix of one that matches exactly one group (``featx info FILE``
+        prints them). ``None`` when the cache holds one group.
+
+    Returns
+    -------
+    GroupInfo
+
+    Raises
+    ------
+    CacheGroupError
+        When the cache is missing or empty, holds several groups and ``group`` is ``None``, or
+        ``group`` matches no group or several. Its ``groups`` attribute lists the cache's groups.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from featx.cache import EmbeddingCache
+    >>> path = os.path.join(tempfile.mkdtemp(), "emb.h5")
+    >>> EmbeddingCache(path).append("ab12", ["a" * 64], np.ones((1, 3), np.float32), ["x.png"])
+    1
+    >>> choose_group(path).fingerprint
+    'ab12'
+    """
+    path = Path(cache)
+    store = EmbeddingCache(path)
+    groups = sorted(store.groups(), key=lambda g: (-g.rows, g.fingerprint)) if store.exists() \
+        else []
+    listing = "; ".join(describe_group(g) for g in groups)
+    if not groups:
+        what = "does not exist" if not store.exists() else "holds no embeddings"
+        raise CacheGroupError(
+            f"cache file {str(path)!r} {what}, so it cannot say which backbone to use. Embed the "
+            "images into it first, or name the backbone.", cache=str(path), groups=groups,
+        )
+    if group is None:
+        if len(groups) == 1:
+            return groups[0]
+        raise CacheGroupError(
+            f"cache {str(path)!r} holds {len(groups)} groups (one per backbone configuration); "
+            f"pass group= (a fingerprint or a unique prefix of one) or the backbone parameters "
+            f"to choose: {listing}.", cache=str(path), groups=groups,
+        )
+    matches = [g for g in groups if g.fingerprint.startswith(group.strip())]
+    if len(matches) != 1 or not group.strip():
+        what = "no group" if not matches else f"{len(matches)} groups"
+        raise CacheGroupError(
+            f"group {group!r} matches {what} of cache {str(path)!r}; expected one. Its groups: "
+            f"{listing}.", cache=str(path), groups=groups, prefix=group,
+        )
+    return matches[0]
+
+
+def describe_group(group: GroupInfo) -> str:
+    """One line: fingerprint, label and rows (how listings and errors show a group)."""
+    return f"{group.fingerprint} ({group.label}; {group.rows} rows)"
+
+
+def embedder_params_from_group(group: GroupInfo) -> dict[str, Any]:
+    """The :class:`featx.ImageEmbedder` parameters that made a cache group's embeddings.
+
+    Parameters
+    ----------
+    group : GroupInfo
+        A group of a cache (:meth:`featx.EmbeddingCache.groups`, :func:`choose_group`).
+
+    Returns
+    -------
+    dict
+        ``backbone``, ``weights``, ``layer``, ``pooling``, ``input_size``, ``resize``,
+        ``preprocess`` and ``precision`` (and ``engine`` in reduced precision): pass them to
+        ``ImageEmbedder(**params, cache=...)``. They resolve to the group's fingerprint.
+
+    Raises
+    ------
+    FeatxError
+        When the stored fields cannot be turned back into parameters that give the same
+        fingerprint: a model file that is no longer where it was (or changed), a weights file,
+        an in-memory model or function, a custom preprocessing function, or embeddings made by
+        another Keras version or featx embedding format. The message says what to pass instead.
+
+    Examples
+    --------
+    >>> from featx.backbones import resolve_backbone
+    >>> from featx.cache import GroupInfo
+    >>> cfg = resolve_backbone("mobilenet", input_size=160, pooling="max")
+    >>> info = GroupInfo(cfg.fingerprint, cfg.fingerprint_fields, cfg.label, 1024, 10)
+    >>> params = embedder_params_from_group(info)
+    >>> params["backbone"], params["input_size"], params["pooling"], params["weights"]
+    ('mobilenet', 160, 'max', 'imagenet')
+    """
+    from featx.backbones import BACKBONES, PREPROCESS_MODES, resolve_backbone
+
+    fields = dict(group.fields)
+    where = f"cache group {describe_group(group)}"
+    if not fields:
+        raise FeatxError(f"{where} stores no fingerprint fields; name the backbone yourself.")
+    stored = str(fields.get("backbone", ""))
+    kind, _, source_id = stored.partition(":") if ":" in stored else ("registry", "", stored)
+    params: dict[str, Any] = {}
+    if kind == "registry":
+        if stored not in BACKBONES:
+            raise FeatxError(
+                f"{where} was made with backbone {stored!r}, which this featx does not know; "
+                "upgrade featx or name the backbone yourself."
+            )
+        params["backbone"] = stored
+    elif kind == "file":
+        params["backbone"] = _model_file(group, source_id, where)
+    else:
+        what = "a keras.Model" if kind == "model" else "a backbone function"
+        raise FeatxError(
+            f"{where} was made from {what} in memory ({stored}), which a cache cannot rebuild; "
+            "pass the same backbone yourself (or save it to a .keras file and embed with that)."
+        )
+    params["weights"] = _weights(str(fields.get("weights", "")), kind, where)
+    params["layer"] = fields.get("layer")
+    params["pooling"] = fields.get("pooling", "avg")
+    size = fields.get("input_size")
+    params["input_size"] = (
+        None if not size else int(size[0]) if size[0] == size[1] else (int(size[0]), int(size[1]))
+    )
+    params["resize"] = fields.get("resize") or "resize"
+    preprocess = str(fields.get("preprocess", "auto"))
+    if kind == "registry" and preprocess == BACKBONES[stored].preprocess:
+        preprocess = "auto"
+    elif preprocess not in PREPROCESS_MODES:
+        raise FeatxError(
+            f"{where} was preprocessed by {preprocess!r}, a function a cache cannot rebuild; "
+            "pass the same preprocess function yourself."
+        )
+    params["preprocess"] = preprocess
+    precision = str(fields.get("precision", "float32"))
+    params["precision"] = precision
+    if precision != "float32":
+        # Reduced precision is cached per engine ("mixed_bfloat16@openvino"; Keras unmarked).
+        params["precision"], _, engine = precision.partition("@")
+        params["engine"] = engine or "keras"
+    accepted = inspect.signature(resolve_backbone).parameters
+    config = resolve_backbone(**{k: v for k, v in params.items() if k in accepted})
+    if config.fingerprint != group.fingerprint or config.fingerprint_fields != fields:
+        now = config.fingerprint_fields
+        differ = ", ".join(
+            f"{k}: {fields.get(k)!r} in the cache, {now.get(k)!r} here"
+            for k in sorted(set(fields) | set(now)) if fields.get(k) != now.get(k)
+        )
+        unnamed = "its name is not its fields' digest"
+        raise FeatxError(
+            f"{where} cannot be used as it is: {differ or unnamed}. "
+            "Its embeddings were made by another version (Keras, or featx's embedding format); "
+            "embed the images again with this one."
+        )
+    return params
+
+
+def embedder_params_from_cache(
+    cache: str | os.PathLike[str], *, group: str | None = None
+) -> dict[str, Any]:
+    """The :class:`featx.ImageEmbedder` parameters that made the embeddings in ``cache``.
+
+    :func:`choose_group` then :func:`embedder_params_from_group`: what ``featx heads`` (and
+    ``featx probe``) use when no backbone is named.
+
+    Parameters
+    ----------
+    cache : path
+        An embedding cache file.
+    group : str or None, default=None
+        A fingerprint prefix choosing one of several groups.
+
+    Returns
+    -------
+    dict
+        Parameters for ``ImageEmbedder(**params, cache=cache)``.
+
+    Raises
+    ------
+    CacheGroupError
+        When no group, or more than one, fits (see :func:`choose_group`).
+    FeatxError
+        When the group's fields cannot be rebuilt (see :func:`embedder_params_from_group`).
+    """
+    return embedder_params_from_group(choose_group(cache, group))
+
+
+def _model_file(group: GroupInfo, source_id: str, where: str) -> str:
+    """The path of the model file a group was made from, checked against its sha256.
+
+    The fingerprint keeps the file's digest, not its path; the group's label starts with
+    ``"file <path>, "``. Each ``", "``-separated prefix is tried as a path (a path may hold a
+    comma), and only a file with the stored digest is taken.
+    """
+    from featx.backbones import file_sha256
+
+    label = group.label.removeprefix("file ")
+    parts = label.split(", ")
+    candidates = [", ".join(parts[:n]) for n in range(len(parts), 0, -1)]
+    seen_paths = []
+    for text in candidates:
+        path = Path(text)
+        if path.is_file():
+            seen_paths.append(text)
+            if f"sha256:{file_sha256(path)}" == source_id:
+                return text
+    named = f" {seen_paths[0]!r} has changed since" if seen_paths else (
+        f" it was {candidates[-1]!r} and is not there now" if candidates else "")
+    raise FeatxError(
+        f"{where} was made from a model file ({source_id[:19]}...);{named}. Pass the model file "
+        "that made it as the backbone."
+    )
+
+
+def _weights(weights_id: str, kind: str, where: str) -> Any:
+    if kind == "file":
+        return None  # the weights are in the file
+    if weights_id.startswith("imagenet@"):
+        return "imagenet"
+    if weights_id.startswith("random@"):
+        return None
+    raise FeatxError(
+        f"{where} was made with a weights file ({weights_id[:19]}...), whose path the cache does "
+        "not keep; name the backbone and pass the same weights file."
+    )
