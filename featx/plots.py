@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_leaderboard", "plot_confusion_matrix"]
+__all__ = ["plot_leaderboard", "plot_confusion_matrix", "plot_embedding_map"]
 
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
@@ -158,4 +158,51 @@ def plot_confusion_matrix(
     ax.set_ylabel("true class")
     accuracy = float(np.trace(counts) / max(counts.sum(), 1))
     ax.set_title(title or f"Confusion matrix ({len(y_true)} samples, accuracy {accuracy:.1%})")
+    return _save(fig, path)
+
+
+def plot_embedding_map(
+    coords: Any,
+    labels: Any,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+) -> Path:
+    """Plot a 2-D map of embeddings (e.g. t-SNE coordinates), one colour per class.
+
+    Parameters
+    ----------
+    coords : array-like of shape (n, 2)
+    labels : array-like of shape (n,)
+        The class of each point; the legend lists the classes, sorted.
+    path : path
+        The PNG file to write.
+    title : str, optional
+
+    Returns
+    -------
+    path : Path
+    """
+    from matplotlib import colormaps
+
+    coords = np.asarray(coords, dtype=float)
+    labels = np.asarray(labels)
+    if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(labels):
+        raise ValueError(
+            f"expected coords of shape (n, 2) and n labels; got {coords.shape} and "
+            f"{labels.shape}."
+        )
+    classes = sorted(set(labels.tolist()), key=str)
+    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    fig = _figure(7.5, 6.0)
+    ax = fig.add_subplot()
+    for k, cls in enumerate(classes):
+        mask = labels == cls
+        ax.scatter(coords[mask, 0], coords[mask, 1], s=9, alpha=0.75, linewidths=0,
+                   color=cmap(k % cmap.N), label=f"{cls} ({int(mask.sum())})")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
+              markerscale=2.0)
+    ax.set_title(title or f"Embeddings in 2-D ({len(coords)} points)")
     return _save(fig, path)
