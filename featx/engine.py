@@ -62,6 +62,8 @@ class EmbeddingReport:
     failures : list of (index, source, reason)
     dropped : list of int
         Input positions left out of the output (``on_error="skip"``).
+    errors : list of ImageLoadError
+        The same failures as errors (``retry_param`` marks those remembered from a run before).
     """
 
     n_items: int = 0
@@ -71,6 +73,7 @@ class EmbeddingReport:
     n_failed: int = 0
     failures: list[tuple[int, str, str]] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
+    errors: list[ImageLoadError] = field(default_factory=list, repr=False)
 
     def _replace_with(self, other: EmbeddingReport) -> None:
         self.__dict__.update(other.__dict__)
@@ -160,7 +163,8 @@ def embed_items(
         store.compact()
     failed.sort(key=lambda e: e.index if e.index is not None else -1)
     report.n_failed = len(failed)
-    report.failures = [(int(e.index or 0), e.source, e.reason) for e in failed]
+    report.failures = [(int(e.index or 0), e.source, e.describe()) for e in failed]
+    report.errors = failed
     return EngineResult(outputs, failed, report)
 
 
@@ -271,10 +275,8 @@ class _Run:
                         remembered.update(cache.failures(group, missing_keys))
                     for i in missing:
                         if keys[i] in remembered:
-                            reason = f"{remembered[str(keys[i])]} (remembered from an earlier run; "
-                            failed.append(ImageLoadError(
-                                items[i].name, reason + "pass retry_failed=True to try again)", i
-                            ))
+                            failed.append(ImageLoadError(items[i].name, remembered[str(keys[i])],
+                                                         i, retry_param="retry_failed"))
             found_all = np.logical_and.reduce(found) if k > 1 else found[0]
             report.n_hits += int(found_all.sum())
             failed_idx = {e.index for e in failed}

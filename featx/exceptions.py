@@ -40,18 +40,38 @@ class ImageLoadError(FeatxError, ValueError):
         A printable name of the item (its path, or a description).
     reason : str
         What went wrong.
+    retry_param : str or None
+        For a failure remembered from an earlier run (not tried again), the parameter that
+        tries it again (``"retry_failed"``); ``None`` otherwise. :meth:`describe` phrases the
+        hint from it, so a command line can name its own option instead.
     """
 
-    def __init__(self, source: str, reason: str, index: int | None = None):
+    def __init__(self, source: str, reason: str, index: int | None = None, *,
+                 retry_param: str | None = None):
         self.source = source
         self.reason = reason
         self.index = index
+        self.retry_param = retry_param
         super().__init__(source, reason)
+
+    def describe(self, retry_option: str | None = None) -> str:
+        """The reason, and for a remembered failure how to try again.
+
+        Parameters
+        ----------
+        retry_option : str, optional
+            How to name the retry: by default the library parameter (``retry_failed=True``);
+            a command line passes its option (``--retry-failed``).
+        """
+        if self.retry_param is None:
+            return self.reason
+        how = retry_option or f"{self.retry_param}=True"
+        return f"{self.reason} (remembered from an earlier run; pass {how} to try again)"
 
     def __str__(self) -> str:
         # Built on demand: the position is often learnt after the error was raised.
         where = f"item {self.index} ({self.source})" if self.index is not None else self.source
-        return f"{where}: {self.reason}"
+        return f"{where}: {self.describe()}"
 
 
 class CacheError(FeatxError, OSError):
