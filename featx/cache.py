@@ -360,6 +360,31 @@ class EmbeddingCache:
                         failed.setdefault(k, reason)
             return {k: failed[k] for k in keys if k in failed}
 
+    def known_keys(
+        self, fingerprint: str, *, fields: dict[str, Any] | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """Every key the group stores a row for, and every remembered failure (key -> reason)
+        whose key has no row; read from the key index, never from the vectors.
+
+        For callers that look keys up elsewhere (the Ray workers get them once per run).
+        ``fields`` as in :meth:`lookup`.
+        """
+        if not self.exists():
+            return [], {}
+        with self._locked(exclusive=False):
+            files = self._files()
+            if fields is not None:
+                _check_fields(files, fingerprint, fields)
+            keys: set[str] = set()
+            failed: dict[str, str] = {}
+            for index in files:
+                grp = index.groups.get(fingerprint)
+                if grp is not None:
+                    keys.update(grp.rows)
+                    for k, reason in grp.failed.items():
+                        failed.setdefault(k, reason)
+            return sorted(keys), {k: r for k, r in failed.items() if k not in keys}
+
     def groups(self) -> list[GroupInfo]:
         """Describe every group; rows are counted once across the main file and segments."""
         if not self.exists():
