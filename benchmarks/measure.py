@@ -2,6 +2,7 @@
 
     python -m benchmarks.measure METHOD --backbone NAME --folder DIR --n N [--cache FILE]
         [--precision float32|mixed_float16|mixed_bfloat16] [--batch-size 32]
+        [--engine auto|keras|openvino]
 
 Prints one JSON line: {"method", "backbone", "images", "seconds", "images_per_s", "peak_rss_mb"},
 or {"method", "backbone", "skipped": reason} when the method cannot run here (the Keras pipeline
@@ -91,6 +92,46 @@ def ceiling(backbone: str, paths: list[str], batch: int, precision: str, **_: An
     return run
 
 
+def openvino_ceiling(backbone: str, paths: list[str], batch: int, precision: str,
+                     **_: Any) -> Any:
+    """OpenVINO alone: the float32 Keras network converted as it is (no preprocessing inside),
+    compiled for the CPU in ``precision``, on tensors already decoded, resized and preprocessed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise Skipped("OpenVINO is not installed") from None
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise Skipped("OpenVINO converts TensorFlow-backend Keras models")
+    model = _keras_model(backbone, "float32")
+    hint = {"float32": "f32", "mixed_bfloat16": "bf16"}.get(precision)
+    if hint is None:
+        raise Skipped(f"OpenVINO's CPU plugin does not run {precision}")
+    compiled = ov.Core().compile_model(
+        ov.convert_model(model), "CPU",
+        {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"},
+    )
+    request = compiled.create_infer_request()
+    pre = _preprocess(backbone)
+    x = np.stack([load_pixels_224(p) for p in paths])
+    x = np.ascontiguousarray(pre(x.astype(np.float32)), np.float32)
+    for size in _warm_sizes(len(x), batch):
+        request.infer({0: x[:size]})
+
+    def run() -> None:
+        for i in range(0, len(x), batch):
+            request.infer({0: x[i : i + batch]})
+
+    return run
+
+
+def load_pixels_224(path: str) -> np.ndarray:
+    from featx.images import Item, load_pixels
+
+    return load_pixels(Item("path", path, path), (SIZE, SIZE))
+
+
 def naive_loop(backbone: str, paths: list[str], precision: str, **_: Any) -> Any:
     """One model.predict call per image, as simple embedding wrappers do."""
     import keras
@@ -161,15 +202,14 @@ def _keras_dataset(backbone: str, folder: str, n: int, batch: int) -> Any:
 
 def featx_run(
     backbone: str, paths: list[str], batch: int, precision: str, cache: str | None = None,
-    full: bool = False, **_: Any
+    full: bool = False, engine: str = "auto", **_: Any
 ) -> Any:
     """featx's ImageEmbedder from the JPEG files (with a cache when given)."""
     from featx import ImageEmbedder
-    from featx.images import Item, load_pixels
 
-    warm = np.stack([load_pixels(Item("path", paths[0], ""), (SIZE, SIZE))] * batch)
+    warm = np.stack([load_pixels_224(paths[0])] * batch)
     options = dict(weights=_weights(backbone), input_size=SIZE, precision=precision,
-                   batch_size=batch)
+                   batch_size=batch, engine=engine)
     for size in _warm_sizes(len(paths), batch):
         ImageEmbedder(backbone, **options).fit_transform(warm[:size])
     emb = ImageEmbedder(backbone, cache=cache, **options)
@@ -220,6 +260,7 @@ class Skipped(Exception):
 
 METHODS = {
     "ceiling": ceiling,
+    "openvino_ceiling": openvino_ceiling,
     "naive": naive_loop,
     "in_memory": all_in_memory,
     "keras_pipeline": keras_pipeline,
@@ -242,12 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="float32",
                         choices=["float32", "mixed_float16", "mixed_bfloat16"])
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--engine", default="auto", choices=["auto", "keras", "openvino"])
     args = parser.parse_args(argv)
     paths = _paths(args.folder, args.n)
     try:
         run = METHODS[args.method](
             args.backbone, paths, folder=args.folder, cache=args.cache, full=args.full_cache,
-            batch=args.batch_size, precision=args.precision,
+            batch=args.batch_size, precision=args.precision, engine=args.engine,
         )
     except Skipped as why:
         print(json.dumps({"method": args.method, "backbone": args.backbone, "skipped": str(why)}))

@@ -10,13 +10,18 @@ On a GPU machine (JAX backend, no TensorFlow: the Keras pipeline is then reporte
 On one folder of realistic JPEG photos (300-800 px, made from scikit-image's and scikit-learn's
 sample photos by crops, scales, flips and re-encoding) it measures, each in a fresh process:
 
-  ceiling         the compiled network on tensors already decoded and resized (the upper bound)
+  ceiling         the compiled Keras network on tensors already decoded and resized (the upper
+                  bound of the Keras engine; TensorFlow on a CPU)
+  openvino        the same network converted to OpenVINO, float32 and bfloat16 (the upper bound
+                  of the OpenVINO engine)
   naive           one model.predict call per image, as simple embedding wrappers do
   in_memory       load every image into one array, then one model.predict (the tutorials' way)
   keras_pipeline  image_dataset_from_directory + map(preprocess_input) + prefetch + predict
-  featx           ImageEmbedder from the files with an empty cache, then with a full cache
+  featx           ImageEmbedder from the files with an empty cache, per engine and precision,
+                  then with a full cache
 
-then what decoding and resizing alone cost (featx's Pillow loader against the Keras pipeline's
+then a new process's time to its first batch (conversion included, then from disk),
+and what decoding and resizing alone cost (featx's Pillow loader against the Keras pipeline's
 tf.data part), peak memory of featx for 1,000 against 10,000 images, and GridSearchCV (5 folds x 4
 candidates) with featx inside the Pipeline against one embedding pass plus fitting the heads on
 arrays, and against the same search with the embedder uncached.
@@ -95,45 +100,105 @@ def measure(method: str, backbone: str, folder: Path, n: int, repeats: int,
     return result
 
 
-def throughput_table(backbones: list[str], precisions: list[str], batch: int, folder: Path,
-                     n: int, n_naive: int, repeats: int, work: Path) -> list[str]:
-    rows = ["| backbone | method | images | images/s | vs ceiling | vs Keras pipeline "
-            "| CPU ms per image | peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+#: Short names of precisions in row labels.
+SHORT = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+
+
+def throughput_table(backbones: list[str], precisions: list[str], engines: list[str],
+                     batch: int, folder: Path, n: int, n_naive: int, repeats: int,
+                     work: Path) -> list[str]:
+    """Per backbone: the model-only ceilings (Keras/TensorFlow per precision, OpenVINO float32
+    and bfloat16), the usual ways, and featx per engine and precision, all in one run."""
+    rows = ["| backbone | method | images | images/s | vs TF ceiling | vs OpenVINO ceiling "
+            "| vs Keras pipeline | CPU ms per image | peak RSS (MB) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ov_precisions = ["float32", "mixed_bfloat16"]
     for backbone in backbones:
+        res: dict[str, dict[str, Any]] = {}
+        ceilings: dict[tuple[str, str], float] = {}
         for precision in precisions:
-            cache = work / f"bench-{backbone}.h5"
-            opts: dict[str, Any] = {"precision": precision, "batch_size": batch}
-            res = {
-                "ceiling": measure("ceiling", backbone, folder, n, repeats, **opts),
-                "naive": measure("naive", backbone, folder, n_naive, 1, **opts),
-                "in_memory": measure("in_memory", backbone, folder, n, repeats, **opts),
-                "keras_pipeline": measure("keras_pipeline", backbone, folder, n, repeats, **opts),
-                "featx (empty cache)": measure("featx", backbone, folder, n, repeats,
-                                               cache=cache, **opts),
-                "featx (full cache)": measure("featx", backbone, folder, n, repeats, cache=cache,
-                                              full_cache=True, **opts),
-            }
-            label = backbone if precision == "float32" else f"{backbone}, {precision}"
-            rows += _throughput_rows(label, res)
+            r = measure("ceiling", backbone, folder, n, repeats, precision=precision,
+                        batch_size=batch)
+            res[f"Keras ceiling, {SHORT[precision]}"] = r
+            ceilings["keras", precision] = r.get("images_per_s", 0.0)
+        if "openvino" in engines:
+            for precision in ov_precisions:
+                r = measure("openvino_ceiling", backbone, folder, n, repeats,
+                            precision=precision, batch_size=batch)
+                res[f"OpenVINO ceiling, {SHORT[precision]}"] = r
+                ceilings["openvino", precision] = r.get("images_per_s", 0.0)
+        opts: dict[str, Any] = {"precision": precisions[0], "batch_size": batch,
+                                "engine": "keras"}
+        res["naive"] = measure("naive", backbone, folder, n_naive, 1, **opts)
+        res["in_memory"] = measure("in_memory", backbone, folder, n, repeats, **opts)
+        res["keras_pipeline"] = measure("keras_pipeline", backbone, folder, n, repeats, **opts)
+        featx_rows = []
+        for engine in engines:
+            for precision in (ov_precisions if engine == "openvino" else precisions):
+                cache = work / f"bench-{backbone}-{engine}-{precision}.h5"
+                label = f"featx, {engine}, {SHORT[precision]} (empty cache)"
+                res[label] = measure("featx", backbone, folder, n, repeats, cache=cache,
+                                     precision=precision, batch_size=batch, engine=engine)
+                featx_rows.append((label, engine, precision, cache))
+        # The full cache is timed on the default engine's float32 group (the first otherwise).
+        default = "openvino" if "openvino" in engines else engines[0]
+        label, engine, precision, cache = next(
+            (row for row in featx_rows if row[1] == default and row[2] == "float32"),
+            featx_rows[0])
+        res["featx (full cache)"] = measure("featx", backbone, folder, n, repeats, cache=cache,
+                                            full_cache=True, precision=precision,
+                                            batch_size=batch, engine=engine)
+        rows += _throughput_rows(backbone, res, ceilings, label)
     return rows
 
 
-def _throughput_rows(label: str, res: dict[str, dict[str, Any]]) -> list[str]:
-    ceiling = res["ceiling"]["images_per_s"]
+def _throughput_rows(backbone: str, res: dict[str, dict[str, Any]],
+                     ceilings: dict[tuple[str, str], float], empty_label: str) -> list[str]:
+    tf_ceiling = ceilings.get(("keras", "float32")) or next(iter(ceilings.values()))
     keras_speed = res["keras_pipeline"].get("images_per_s")
     rows = []
     for name, r in res.items():
         if "skipped" in r:
-            rows.append(f"| {label} | {name} | | skipped: {r['skipped']} | | | | |")
+            rows.append(f"| {backbone} | {name} | | skipped: {r['skipped']} | | | | | |")
             continue
         speed = r["images_per_s"]
+        precision = next((p for p, short in SHORT.items() if f", {short}" in name), "float32")
+        ov = ceilings.get(("openvino", precision))
         vs_keras = f"{speed / keras_speed:.2f}x" if keras_speed else "-"
-        rows.append(f"| {label} | {name} | {r['images']} | {speed:,.1f} | "
-                    f"{speed / ceiling:.2f}x | {vs_keras} | {r['cpu_ms_per_image']:.2f} | "
-                    f"{r['peak_rss_mb']:,.0f} |")
+        vs_ov = f"{speed / ov:.2f}x" if ov else "-"
+        bold = "**" if name.startswith("featx") and "empty" in name else ""
+        rows.append(f"| {backbone} | {name} | {r['images']} | {speed:,.1f} | "
+                    f"{bold}{speed / tf_ceiling:.2f}x{bold} | {vs_ov} | {vs_keras} | "
+                    f"{r['cpu_ms_per_image']:.2f} | {r['peak_rss_mb']:,.0f} |")
     full = res["featx (full cache)"]["images_per_s"]
-    empty = res["featx (empty cache)"]["images_per_s"]
-    rows.append(f"| {label} | full cache / empty cache | | | **{full / empty:.0f}x** | | | |")
+    empty = res[empty_label]["images_per_s"]
+    rows.append(f"| {backbone} | full cache / {empty_label.replace(' (empty cache)', '')} "
+                f"| | | **{full / empty:.0f}x** | | | | |")
+    return rows
+
+
+def first_batch_table(folder: Path, work: Path) -> list[str]:
+    """A new process's first batch (32 photos, mobilenet, the default engine): with nothing on
+    disk (the conversion included), then with the converted model on disk."""
+    home = work / "first-batch-home"
+    if home.exists():
+        import shutil
+
+        shutil.rmtree(home)
+    rows = ["| a new process, mobilenet, 32 photos | process start to first batch (s) | "
+            "of which featx (s) | TensorFlow imported |", "|---|---:|---:|---|"]
+    for label in ("nothing on disk (conversion included)", "converted model on disk"):
+        cmd = [sys.executable, "-m", "benchmarks.first_batch", str(folder)]
+        env = {**os.environ, "FEATX_HOME": str(home)}
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t0
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if out.returncode != 0 or not lines:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+        r = json.loads(lines[-1])
+        print(f"  first batch, {label}: {wall:.2f} s ({r})", flush=True)
+        rows.append(f"| {label} | {wall:.2f} | {r['featx_s']:.2f} | {r['tensorflow']} |")
     return rows
 
 
@@ -198,15 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--precisions", default="float32",
                         help="comma list of: float32, mixed_float16, mixed_bfloat16")
+    parser.add_argument("--engines", default=None,
+                        help="comma list of: keras, openvino (default: both under TensorFlow)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="small sizes, to check it runs")
-    parser.add_argument("--skip", default="", help="comma list of: throughput,pixels,memory,grid")
+    parser.add_argument("--skip", default="",
+                        help="comma list of: throughput,first,pixels,memory,grid")
     parser.add_argument("--work", default=None, help="folder for photos and caches")
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.naive_images, args.memory_images = 64, 8, "64,256"
         args.grid_images, args.repeats = 40, 1
     skip = set(filter(None, args.skip.split(",")))
+    engines = (args.engines or ("keras,openvino" if backend() == "tensorflow" else "keras")
+               ).split(",")
 
     from benchmarks.photos import make_photo_folder
 
@@ -221,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         sections += [f"### Throughput: JPEG photos to embeddings, 224 px, batch "
                      f"{args.batch_size} (fastest of {args.repeats})", "",
                      *throughput_table(args.backbones.split(","), args.precisions.split(","),
-                                       args.batch_size, folder, args.images, args.naive_images,
-                                       args.repeats, work), ""]
+                                       engines, args.batch_size, folder, args.images,
+                                       args.naive_images, args.repeats, work), ""]
+    if "first" not in skip and "openvino" in engines:
+        print("first batch:", flush=True)
+        sections += ["### A new process's first batch", "", *first_batch_table(folder, work), ""]
     if "pixels" not in skip:
         print("pixels:", flush=True)
         sections += ["### Pixels: decoding and resizing alone, on all cores", "",
