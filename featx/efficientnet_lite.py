@@ -212,6 +212,10 @@ def build(
         )
     if pooling not in (None, "avg", "max"):
         raise FeatxError(f"pooling={pooling!r}: expected None, 'avg' or 'max'.")
+    # Checked before building: a missing file should cost nothing.
+    weights_path = (
+        None if weights is None else _weights_path(name, weights, include_top=include_top)
+    )
 
     def conv(filters: int, kernel: int, stride: int, label: str) -> Any:
         return layers.Conv2D(
@@ -269,8 +273,8 @@ def build(
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
     model = keras.Model(inputs, x, name=name)
 
-    if weights is not None:
-        model.load_weights(_weights_path(name, weights, include_top=include_top))
+    if weights_path is not None:
+        model.load_weights(weights_path)
     return model
 
 
