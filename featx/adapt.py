@@ -46,6 +46,8 @@ __all__ = [
     "ReverseValidationScorer",
     "PredictionEntropyScorer",
     "coral_matrix",
+    "adapted_head",
+    "ADAPTERS",
 ]
 
 
@@ -579,3 +581,52 @@ class PredictionEntropyScorer:
 
     def __repr__(self) -> str:
         return "PredictionEntropyScorer()"
+
+
+# ---- adapting tuned heads -----------------------------------------------------------------------
+
+#: The adapters :func:`featx.tune_heads` wraps heads in, by name, with their default grids.
+ADAPTERS: dict[str, tuple[type[_Adapter], dict[str, list[Any]]]] = {
+    "coral": (CORAL, {"reg": [1.0, 10.0]}),
+    "subspace": (SubspaceAlignment, {"n_components": [16, 64]}),
+}
+
+
+def adapted_head(
+    head: Any,
+    grid: dict[str, list[Any]],
+    method: str = "coral",
+    adapter_grid: dict[str, list[Any]] | None = None,
+) -> tuple[Any, dict[str, list[Any]]]:
+    """Wrap a head and its search grid in an adapter: the head's keys get ``estimator__``.
+
+    Parameters
+    ----------
+    head : classifier
+    grid : dict
+        The head's search grid (``{"clf__C": [...]}``).
+    method : {"coral", "subspace"}, default="coral"
+    adapter_grid : dict or None
+        The adapter's own grid; ``None``: the default of :data:`ADAPTERS`.
+
+    Returns
+    -------
+    (adapter, grid)
+
+    Examples
+    --------
+    >>> from featx.adapt import adapted_head
+    >>> from featx.heads import make_head
+    >>> adapter, grid = adapted_head(make_head("logreg"), {"clf__C": [0.1, 1.0]})
+    >>> type(adapter).__name__, grid
+    ('CORAL', {'estimator__clf__C': [0.1, 1.0], 'reg': [1.0, 10.0]})
+    """
+    key = str(method).strip().lower()
+    if key not in ADAPTERS:
+        raise AdaptationError(
+            f"adapt={method!r} is not known; expected one of {', '.join(sorted(ADAPTERS))}."
+        )
+    cls, default = ADAPTERS[key]
+    out = {f"estimator__{k}": list(v) for k, v in grid.items()}
+    out.update({k: list(v) for k, v in (default if adapter_grid is None else adapter_grid).items()})
+    return cls(head), out

@@ -166,6 +166,10 @@ def tune_heads(
     random_state: int = 0,
     n_jobs: int | None = None,
     log: Callable[[str], None] | None = None,
+    target: Any = None,
+    target_images: Any = None,
+    adapt: str = "coral",
+    adapt_grid: Mapping[str, list[Any]] | None = None,
 ) -> Leaderboard:
     """Tune several heads on the same embeddings and rank them.
 
@@ -203,6 +207,20 @@ def tune_heads(
         Parallel fits in each search (``-1``: all cores).
     log : callable or None
         Called with a line per head as it finishes.
+    target : array of shape (n_target, width), or a cache file path, optional
+        Unlabelled embeddings of the domain the heads will predict (a cache file needs
+        ``target_images``). Every head is then wrapped in a domain adapter (``adapt``), searched
+        over its grid and the adapter's, and ranked by reverse validation on the target
+        (:class:`featx.adapt.ReverseValidationScorer`): no target label is used, and ``scoring``
+        is not. The metrics are measured on ``test`` (labelled target rows, when you have some
+        to report on; they never choose), else they are NaN: the source folds say nothing
+        about the target. ``test_size`` is refused (it would test on the source).
+    target_images : sequence, optional
+        The images whose embeddings to read when ``target`` is a cache file.
+    adapt : {"coral", "subspace"}, default="coral"
+        The adapter (:class:`featx.adapt.CORAL` or :class:`featx.adapt.SubspaceAlignment`).
+    adapt_grid : dict, optional
+        The adapter's grid, replacing its default (:data:`featx.adapt.ADAPTERS`).
 
     Returns
     -------
@@ -236,6 +254,7 @@ def tune_heads(
         if name not in {n for n, _, _ in resolved}:
             raise FeatxError(f"grids names head {name!r}, which is not among the heads tuned.")
     X_all = _as_matrix(X, images, group, "X")
+    X_target = _target_matrix(target, target_images, group, test_size, X_all.shape[1], adapt)
     y_all = np.asarray(y)
     if y_all.shape != (len(X_all),):
         raise FeatxError(
@@ -277,10 +296,24 @@ def tune_heads(
         metrics["roc_auc"] = "roc_auc"
 
     fit_size = min(len(train) for train, _ in folds.split(X_train, y_train))
+    fit_params: dict[str, Any] = {}
+    primary: Any = scoring
+    if X_target is not None:
+        from featx.adapt import ReverseValidationScorer, TargetData
+
+        fit_params = {"X_target": TargetData(X_target)}
+        primary, scoring = ReverseValidationScorer(X_target), "reverse_validation"
+        say(f"adapting every head to {len(X_target)} unlabelled target rows ({adapt}); ranked "
+            "by reverse validation on the target: no target label is used")
     results: list[HeadResult] = []
     for name, head, default_grid in resolved:
         grid = _feasible(dict((grids or {}).get(name, default_grid)), fit_size)
         estimator = head.make(random_state) if isinstance(head, HeadPreset) else clone(head)
+        if X_target is not None:
+            from featx.adapt import adapted_head
+
+            estimator, grid = adapted_head(estimator, grid, adapt,
+                                           None if adapt_grid is None else dict(adapt_grid))
         started = time.perf_counter()
         with warnings.catch_warnings():
             # Candidates at the edge of a grid may stop before converging; the search ranks them.
@@ -288,8 +321,8 @@ def tune_heads(
 
             warnings.simplefilter("ignore", ConvergenceWarning)
             fitted, cv_scores = _search(
-                estimator, grid, X_train, y_train, folds, scoring, metrics, search, n_jobs,
-                random_state,
+                estimator, grid, X_train, y_train, folds, primary, metrics, search, n_jobs,
+                random_state, fit_params,
             )
         seconds = time.perf_counter() - started
         best = fitted.best_estimator_
@@ -301,10 +334,16 @@ def tune_heads(
             from sklearn.metrics import get_scorer
 
             test_score: float | None = (
-                scores["accuracy"] if scoring == "accuracy"
+                scores["accuracy"] if scoring in ("accuracy", "reverse_validation")
                 else float(get_scorer(scoring)(best, X_test, y_test))
             )
             on = "test"
+        elif X_target is not None:
+            # Source folds say nothing about an adapted head on the target: unknown, not guessed.
+            scores = dict.fromkeys(metrics, float("nan"))
+            predict_seconds = float(fitted.cv_results_["mean_score_time"][fitted.best_index_])
+            test_score = None
+            on = "cv"
         else:
             scores = cv_scores(X_train, y_train)
             predict_seconds = float(fitted.cv_results_["mean_score_time"][fitted.best_index_])
@@ -328,6 +367,7 @@ def tune_heads(
             n_candidates=_n_candidates(fitted),
             best_params=dict(fitted.best_params_),
             estimator=best,
+            extra={} if X_target is None else {"adapt": f"{adapt} ({len(X_target)} rows)"},
         )
         results.append(result)
         say(
@@ -339,6 +379,8 @@ def tune_heads(
     top = results[0]
     if X_test is not None and y_test is not None:
         y_true, y_pred = y_test, top.estimator.predict(X_test)
+    elif X_target is not None:
+        y_true = y_pred = np.zeros(0, dtype=y_train.dtype)  # no target label to compare with
     else:
         y_true = y_train
         y_pred = cross_val_predict(clone(top.estimator), X_train, y_train, cv=folds,
@@ -348,6 +390,34 @@ def tune_heads(
         n_test=0 if y_test is None else len(y_test), cv=int(cv), y_true=np.asarray(y_true),
         y_pred=np.asarray(y_pred),
     )
+
+
+def _target_matrix(
+    target: Any, images: Any, group: str | None, test_size: float | None, width: int, adapt: str
+) -> np.ndarray | None:
+    """The unlabelled target embeddings, checked against the source's width."""
+    if target is None:
+        return None
+    from featx.adapt import ADAPTERS
+
+    if adapt not in ADAPTERS:
+        raise FeatxError(f"adapt={adapt!r} is not known; expected one of "
+                         f"{', '.join(sorted(ADAPTERS))}.")
+    if test_size:
+        raise FeatxError(
+            "test_size holds out source rows, which say nothing about heads adapted to a "
+            "target; with target=, pass test=(X_target_labelled, y) to report on labelled "
+            "target rows (they never choose), or no test set."
+        )
+    Xt = _as_matrix(target, images, group, "target")
+    if Xt.shape[1] != width:
+        raise FeatxError(
+            f"target has {Xt.shape[1]} features per row, but X has {width}; expected embeddings "
+            "of the same width (the same backbone, layer and pooling)."
+        )
+    if len(Xt) < 2:
+        raise FeatxError(f"target has {len(Xt)} row; adapting needs at least 2 target rows.")
+    return Xt
 
 
 def _feasible(grid: dict[str, list[Any]], fit_size: int) -> dict[str, list[Any]]:
@@ -372,6 +442,7 @@ def _search(
     search: str,
     n_jobs: int | None,
     random_state: int,
+    fit_params: dict[str, Any] | None = None,
 ) -> tuple[Any, Callable[[np.ndarray, np.ndarray], dict[str, float]]]:
     """Run the search; return it and a function giving the best candidate's cv metrics."""
     from sklearn.model_selection import GridSearchCV, cross_validate
@@ -382,7 +453,7 @@ def _search(
         fitted = GridSearchCV(
             estimator, grid, scoring=scorers, refit="score", cv=folds, n_jobs=n_jobs,
             error_score="raise",
-        ).fit(X, y)
+        ).fit(X, y, **(fit_params or {}))
         res = fitted.cv_results_
 
         def from_search(X_: np.ndarray, y_: np.ndarray) -> dict[str, float]:
@@ -406,13 +477,13 @@ def _search(
     fitted = HalvingGridSearchCV(
         estimator, grid, scoring=scoring, cv=folds, n_jobs=n_jobs, factor=3,
         min_resources=min_resources, random_state=random_state, error_score="raise",
-    ).fit(X, y)
+    ).fit(X, y, **(fit_params or {}))
 
     def from_folds(X_: np.ndarray, y_: np.ndarray) -> dict[str, float]:
         from sklearn.base import clone
 
         out = cross_validate(clone(fitted.best_estimator_), X_, y_, cv=folds, scoring=metrics,
-                             n_jobs=n_jobs)
+                             n_jobs=n_jobs, params=fit_params)
         return {m: float(np.mean(out[f"test_{m}"])) for m in metrics}
 
     return fitted, from_folds

@@ -318,3 +318,54 @@ def test_prediction_entropy(rng):
         PredictionEntropyScorer(Xt)(svm.estimator_, Xs, y)
     with pytest.raises(AdaptationError, match=r"at least 2 target embeddings; got .* \(1, 4\)"):
         PredictionEntropyScorer(Xt[:1])(model, Xs, y)
+
+
+# ---- tune_heads(target=...) ---------------------------------------------------------------------
+
+
+def test_tune_heads_adapts_every_head_and_ranks_by_reverse_validation(rng):
+    from featx import tune_heads
+
+    Xs, y, Xt = shifted(rng, n=120)
+    lines: list[str] = []
+    board = tune_heads(Xs, y, heads=["logreg", "knn"], cv=3, target=Xt, test=(Xt, y),
+                       grids={"knn": {"clf__n_neighbors": [5]}}, log=lines.append)
+    assert "ranked by reverse validation on the target: no target label is used" in lines[0]
+    assert board.scoring == "reverse_validation"
+    assert board.columns == ["adapt"] and "coral (120 rows)" in board.to_text()
+    for r in board:
+        assert isinstance(r.estimator, CORAL) and r.estimator.n_target_ == 120
+        assert set(r.best_params) >= {"reg"} and r.metrics_on == "test"
+        assert 0 <= r.cv_mean <= 1 and r.test_score > 0.9
+    assert board["knn"].best_params["estimator__clf__n_neighbors"] == 5
+    # Reverse validation is an accuracy on the source folds, computable by hand for the best.
+    assert [r.cv_mean for r in board] == sorted((r.cv_mean for r in board), reverse=True)
+    unadapted = tune_heads(Xs, y, heads=["logreg"], cv=3, test=(Xt, y))
+    assert unadapted.best.test_score == 0.5
+
+
+def test_tune_heads_target_without_labels_reports_no_target_metrics(rng):
+    from featx import tune_heads
+
+    Xs, y, Xt = shifted(rng, n=90)
+    board = tune_heads(Xs, y, heads=["logreg"], cv=3, target=Xt, adapt="subspace",
+                       adapt_grid={"n_components": [2]})
+    r = board.best
+    assert isinstance(r.estimator, SubspaceAlignment) and r.best_params["n_components"] == 2
+    assert np.isnan(r.accuracy) and np.isnan(r.macro_f1) and r.test_score is None
+    assert len(board.y_true) == 0 and len(board.y_pred) == 0
+    assert r.estimator.score(Xt, y) > 0.75  # the source-only head scores 0.5
+
+
+def test_tune_heads_target_errors(rng):
+    from featx import FeatxError, tune_heads
+
+    Xs, y, Xt = shifted(rng, n=60)
+    with pytest.raises(FeatxError, match="test_size holds out source rows.*test=\\(X_target_"):
+        tune_heads(Xs, y, heads=["logreg"], cv=3, target=Xt, test_size=0.2)
+    with pytest.raises(FeatxError, match="target has 3 features per row, but X has 4"):
+        tune_heads(Xs, y, heads=["logreg"], cv=3, target=Xt[:, :3])
+    with pytest.raises(FeatxError, match="adapt='tca' is not known; expected one of coral, sub"):
+        tune_heads(Xs, y, heads=["logreg"], cv=3, target=Xt, adapt="tca")
+    with pytest.raises(FeatxError, match="target has 1 row; adapting needs at least 2"):
+        tune_heads(Xs, y, heads=["logreg"], cv=3, target=Xt[:1])
