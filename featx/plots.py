@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_leaderboard", "plot_confusion_matrix", "plot_embedding_map"]
+__all__ = ["plot_leaderboard", "plot_confusion_matrix", "plot_embedding_map", "plot_depth"]
 
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
@@ -205,4 +205,59 @@ def plot_embedding_map(
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
               markerscale=2.0)
     ax.set_title(title or f"Embeddings in 2-D ({len(coords)} points)")
+    return _save(fig, path)
+
+
+def plot_depth(
+    probe: Any,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+) -> Path:
+    """Plot a layer probe: cross-validated score (mean ± std) against depth, one line per head.
+
+    Parameters
+    ----------
+    probe : LayerProbe
+        What :func:`featx.probe_layers` returned.
+    path : path
+        The PNG file to write.
+    title : str, optional
+
+    Returns
+    -------
+    path : Path
+    """
+    layers = [p.name for p in probe.layers]
+    heads: list[str] = []
+    for r in probe:
+        if r.head not in heads:
+            heads.append(r.head)
+    fig = _figure(max(6.0, 1.2 + 0.9 * len(layers)), 4.6)
+    ax = fig.add_subplot()
+    x = np.arange(len(layers))
+    offsets = np.linspace(-0.08, 0.08, len(heads)) if len(heads) > 1 else np.zeros(1)
+    for k, head in enumerate(heads):
+        rows = {r.extra["layer"]: r for r in probe if r.head == head}
+        mean = np.array([rows[n].cv_mean if n in rows else np.nan for n in layers])
+        std = np.array([rows[n].cv_std if n in rows else np.nan for n in layers])
+        ax.errorbar(x + offsets[k], mean, yerr=std, fmt="o-", capsize=3, label=head,
+                    color=_COLOURS[k % len(_COLOURS)])
+    best = probe.best
+    i = layers.index(best.extra["layer"])
+    ax.plot(i, best.cv_mean, marker="*", markersize=16, color="gold", markeredgecolor="black",
+            linestyle="none", label=f"best: {best.head} at {best.extra['layer']}", zorder=5)
+    for j, p in enumerate(probe.layers):
+        if p.is_default:
+            ax.axvline(j, color="grey", linestyle=":", linewidth=1)
+            ax.annotate("default cut", (j, 0), xycoords=("data", "axes fraction"),
+                        xytext=(-4, 4), textcoords="offset points", ha="right", fontsize=8,
+                        color="grey")
+    ticks = [f"{p.name}\n({p.width})" for p in probe.layers]
+    ax.set_xticks(x, ticks, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_xlabel("layer, shallow to deep (features per image)")
+    ax.set_ylabel(f"cv {probe.scoring} ({probe.cv}-fold, mean ± std)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title or f"Score by depth ({probe.n_train} training samples)")
     return _save(fig, path)

@@ -78,6 +78,8 @@ class LayerProbe(Leaderboard):
         Wall time of the one embedding pass (cache lookups included).
     n_embedded, n_hits : int
         Images that went through the network, and those whose rows all came from the cache.
+    dropped : list of int
+        Positions of the images left out because they could not be read (``on_error="skip"``).
     """
 
     layers: list[ProbedLayer] = field(default_factory=list)
@@ -85,6 +87,7 @@ class LayerProbe(Leaderboard):
     embed_seconds: float = 0.0
     n_embedded: int = 0
     n_hits: int = 0
+    dropped: list[int] = field(default_factory=list)
 
     def layer_of(self, name: str) -> ProbedLayer:
         """The probed layer called ``name``."""
@@ -364,5 +367,6 @@ def probe_layers(
     probe.embed_seconds = embed_seconds
     probe.n_embedded = report.n_embedded
     probe.n_hits = report.n_hits
+    probe.dropped = [int(i) for i in np.flatnonzero(~keep)]
     return probe
 
