@@ -18,11 +18,12 @@ gradient boosting), because most candidates are only fitted on a fraction of the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -170,6 +171,7 @@ def tune_heads(
     target_images: Any = None,
     adapt: str = "coral",
     adapt_grid: Mapping[str, list[Any]] | None = None,
+    backend: str | None = None,
 ) -> Leaderboard:
     """Tune several heads on the same embeddings and rank them.
 
@@ -221,6 +223,12 @@ def tune_heads(
         The adapter (:class:`featx.adapt.CORAL` or :class:`featx.adapt.SubspaceAlignment`).
     adapt_grid : dict, optional
         The adapter's grid, replacing its default (:data:`featx.adapt.ADAPTERS`).
+    backend : {None, "ray"}, default=None
+        Where the searches' fits run: in this process (``n_jobs`` of them at once), or on a Ray
+        cluster (``RAY_ADDRESS``, a connection already open, or a local one started for the
+        call) through Ray's joblib backend, ``n_jobs=None`` then meaning every CPU of the
+        cluster. The embeddings go into Ray's object store once, not once per fit.
+        Needs ``pip install 'featx[ray]'``.
 
     Returns
     -------
@@ -245,6 +253,8 @@ def tune_heads(
     say = log or (lambda line: None)
     if search not in ("grid", "halving"):
         raise FeatxError(f"search={search!r} is not valid. Expected 'grid' or 'halving'.")
+    if backend not in (None, "ray"):
+        raise FeatxError(f"backend={backend!r} is not valid. Expected None or 'ray'.")
     if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
         raise FeatxError(f"cv={cv!r} is not valid; expected an integer of at least 2 folds.")
     if test is not None and test_size:
@@ -305,91 +315,107 @@ def tune_heads(
         primary, scoring = ReverseValidationScorer(X_target), "reverse_validation"
         say(f"adapting every head to {len(X_target)} unlabelled target rows ({adapt}); ranked "
             "by reverse validation on the target: no target label is used")
-    results: list[HeadResult] = []
-    for name, head, default_grid in resolved:
-        grid = _feasible(dict((grids or {}).get(name, default_grid)), fit_size)
-        estimator = head.make(random_state) if isinstance(head, HeadPreset) else clone(head)
-        if X_target is not None:
-            from featx.adapt import adapted_head
+    with _parallel(backend) as share:  # the fits run here, or on a Ray cluster
+        X_fit = share(X_train)  # on Ray: in the object store once, not once per fit
+        results: list[HeadResult] = []
+        for name, head, default_grid in resolved:
+            grid = _feasible(dict((grids or {}).get(name, default_grid)), fit_size)
+            estimator = head.make(random_state) if isinstance(head, HeadPreset) else clone(head)
+            if X_target is not None:
+                from featx.adapt import adapted_head
 
-            estimator, grid = adapted_head(estimator, grid, adapt,
-                                           None if adapt_grid is None else dict(adapt_grid))
-        started = time.perf_counter()
-        with warnings.catch_warnings():
-            # Candidates at the edge of a grid may stop before converging; the search ranks them.
-            from sklearn.exceptions import ConvergenceWarning
+                estimator, grid = adapted_head(estimator, grid, adapt,
+                                               None if adapt_grid is None else dict(adapt_grid))
+            started = time.perf_counter()
+            with warnings.catch_warnings():
+                # Candidates at the edge of a grid may stop before converging; the search
+                # ranks them.
+                from sklearn.exceptions import ConvergenceWarning
 
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fitted, cv_scores = _search(
-                estimator, grid, X_train, y_train, folds, primary, metrics, search, n_jobs,
-                random_state, fit_params,
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                fitted, cv_scores = _search(
+                    estimator, grid, X_fit, y_train, folds, primary, metrics, search, n_jobs,
+                    random_state, fit_params,
+                )
+            seconds = time.perf_counter() - started
+            best = fitted.best_estimator_
+            if X_test is not None and y_test is not None:
+                t0 = time.perf_counter()
+                y_pred = best.predict(X_test)
+                predict_seconds = time.perf_counter() - t0
+                scores = _test_metrics(best, X_test, y_test, y_pred, binary)
+                from sklearn.metrics import get_scorer
+
+                test_score: float | None = (
+                    scores["accuracy"] if scoring in ("accuracy", "reverse_validation")
+                    else float(get_scorer(scoring)(best, X_test, y_test))
+                )
+                on = "test"
+            elif X_target is not None:
+                # Source folds say nothing about an adapted head on the target: unknown, not
+                # guessed.
+                scores = dict.fromkeys(metrics, float("nan"))
+                predict_seconds = float(fitted.cv_results_["mean_score_time"][fitted.best_index_])
+                test_score = None
+                on = "cv"
+            else:
+                scores = cv_scores(X_fit, y_train)
+                predict_seconds = float(fitted.cv_results_["mean_score_time"][fitted.best_index_])
+                test_score = None
+                on = "cv"
+            i = fitted.best_index_
+            result = HeadResult(
+                head=name,
+                # The primary metric is named "score" in both searches.
+                cv_mean=float(fitted.cv_results_["mean_test_score"][i]),
+                cv_std=float(fitted.cv_results_["std_test_score"][i]),
+                test_score=test_score,
+                accuracy=scores["accuracy"],
+                balanced_accuracy=scores["balanced_accuracy"],
+                macro_f1=scores["macro_f1"],
+                roc_auc=scores.get("roc_auc"),
+                metrics_on=on,
+                fit_seconds=float(fitted.refit_time_),
+                predict_seconds=predict_seconds,
+                search_seconds=seconds,
+                n_candidates=_n_candidates(fitted),
+                best_params=dict(fitted.best_params_),
+                estimator=best,
+                extra={} if X_target is None else {"adapt": f"{adapt} ({len(X_target)} rows)"},
             )
-        seconds = time.perf_counter() - started
-        best = fitted.best_estimator_
+            results.append(result)
+            say(
+                f"  {name}: cv {scoring} {result.cv_mean:.3f} ± {result.cv_std:.3f}"
+                + (f", test {test_score:.3f}" if test_score is not None else "")
+                + f" ({result.n_candidates} candidates, {seconds:.1f} s)"
+            )
+        results.sort(key=lambda r: -r.cv_mean)  # stable: ties keep the order the heads were given
+        top = results[0]
         if X_test is not None and y_test is not None:
-            t0 = time.perf_counter()
-            y_pred = best.predict(X_test)
-            predict_seconds = time.perf_counter() - t0
-            scores = _test_metrics(best, X_test, y_test, y_pred, binary)
-            from sklearn.metrics import get_scorer
-
-            test_score: float | None = (
-                scores["accuracy"] if scoring in ("accuracy", "reverse_validation")
-                else float(get_scorer(scoring)(best, X_test, y_test))
-            )
-            on = "test"
+            y_true, y_pred = y_test, top.estimator.predict(X_test)
         elif X_target is not None:
-            # Source folds say nothing about an adapted head on the target: unknown, not guessed.
-            scores = dict.fromkeys(metrics, float("nan"))
-            predict_seconds = float(fitted.cv_results_["mean_score_time"][fitted.best_index_])
-            test_score = None
-            on = "cv"
+            y_true = y_pred = np.zeros(0, dtype=y_train.dtype)  # no target label to compare with
         else:
-            scores = cv_scores(X_train, y_train)
-            predict_seconds = float(fitted.cv_results_["mean_score_time"][fitted.best_index_])
-            test_score = None
-            on = "cv"
-        i = fitted.best_index_
-        result = HeadResult(
-            head=name,
-            # The primary metric is named "score" in both searches.
-            cv_mean=float(fitted.cv_results_["mean_test_score"][i]),
-            cv_std=float(fitted.cv_results_["std_test_score"][i]),
-            test_score=test_score,
-            accuracy=scores["accuracy"],
-            balanced_accuracy=scores["balanced_accuracy"],
-            macro_f1=scores["macro_f1"],
-            roc_auc=scores.get("roc_auc"),
-            metrics_on=on,
-            fit_seconds=float(fitted.refit_time_),
-            predict_seconds=predict_seconds,
-            search_seconds=seconds,
-            n_candidates=_n_candidates(fitted),
-            best_params=dict(fitted.best_params_),
-            estimator=best,
-            extra={} if X_target is None else {"adapt": f"{adapt} ({len(X_target)} rows)"},
-        )
-        results.append(result)
-        say(
-            f"  {name}: cv {scoring} {result.cv_mean:.3f} ± {result.cv_std:.3f}"
-            + (f", test {test_score:.3f}" if test_score is not None else "")
-            + f" ({result.n_candidates} candidates, {seconds:.1f} s)"
-        )
-    results.sort(key=lambda r: -r.cv_mean)  # stable: ties keep the order the heads were given
-    top = results[0]
-    if X_test is not None and y_test is not None:
-        y_true, y_pred = y_test, top.estimator.predict(X_test)
-    elif X_target is not None:
-        y_true = y_pred = np.zeros(0, dtype=y_train.dtype)  # no target label to compare with
-    else:
-        y_true = y_train
-        y_pred = cross_val_predict(clone(top.estimator), X_train, y_train, cv=folds,
-                                   n_jobs=n_jobs)
+            y_true = y_train
+            y_pred = cross_val_predict(clone(top.estimator), X_fit, y_train, cv=folds,
+                                       n_jobs=n_jobs)
     return Leaderboard(
         results=results, scoring=scoring, classes=classes, n_train=len(y_train),
         n_test=0 if y_test is None else len(y_test), cv=int(cv), y_true=np.asarray(y_true),
         y_pred=np.asarray(y_pred),
     )
+
+
+@contextlib.contextmanager
+def _parallel(backend: str | None) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
+    """Where the fits run; yields how to hand them the training rows."""
+    if backend is None:
+        yield lambda X: X
+        return
+    from featx.distributed import ray_joblib
+
+    with ray_joblib() as share:
+        yield share
 
 
 def _target_matrix(
