@@ -284,7 +284,7 @@ class _Worker:
         embedder: Any,
         kind: str,
         sample_shape: tuple[int, ...] | None,
-        known: _Known,
+        known: list[Any],
         batch_size: int,
         threads: int | None,
         retry_failed: bool,
@@ -295,7 +295,9 @@ class _Worker:
         self.group = _group(self.config, sample_shape)
         self.kind = kind
         self.sample_shape = sample_shape
-        self.known = known
+        # A reference (in a list, so that Ray does not resolve it as an argument): read from
+        # the object store in place, and again by a restarted actor.
+        self.known: _Known = ray.get(known[0])
         self.batch_size = batch_size
         self.retry_failed = retry_failed
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
@@ -553,7 +555,7 @@ def embed_on_ray(
         )
         known_ref = ray.put(known)
         handles = [
-            actor.remote(embedder, kind, sample_shape, known_ref, batch_size,
+            actor.remote(embedder, kind, sample_shape, [known_ref], batch_size,
                          getattr(embedder, "n_workers", None), retry)
             for _ in range(n)
         ]
