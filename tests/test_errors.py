@@ -264,6 +264,11 @@ def test_failures_are_remembered_until_retry_failed(tmp_path, rng, monkeypatch):
     assert source == str(odd)
     assert reason.startswith("unsupported format (simulated) (remembered from an earlier run")
     assert "retry_failed=True" in reason
+    (error,) = second.report_.errors  # structured: a command line names its own option
+    assert (error.reason, error.retry_param) == ("unsupported format (simulated)", "retry_failed")
+    assert error.describe() == reason
+    assert error.describe(retry_option="--retry-failed").endswith(
+        "(remembered from an earlier run; pass --retry-failed to try again)")
 
     third = embedder(cache=cache, on_error="skip", retry_failed=True)
     with pytest.warns(UserWarning):
