@@ -244,7 +244,7 @@ def plot_depth(
         ax.errorbar(x + offsets[k], mean, yerr=std, fmt="o-", capsize=3, label=head,
                     color=_COLOURS[k % len(_COLOURS)])
     best = probe.best
-    i = layers.index(best.extra["layer"])
+    i = layers.index(best.extra["layer"]) + offsets[heads.index(best.head)]
     ax.plot(i, best.cv_mean, marker="*", markersize=16, color="gold", markeredgecolor="black",
             linestyle="none", label=f"best: {best.head} at {best.extra['layer']}", zorder=5)
     for j, p in enumerate(probe.layers):
