@@ -8,6 +8,8 @@
     featx info FILE                                 what a cache (or a saved model) holds
     featx weights install NAME | featx weights list offline ImageNet weights
     featx demo [--out DIR]                          Fashion-MNIST end to end
+    featx finetune SRC --backbone NAME --out F.keras fine-tune the top layers into a new backbone
+    featx probe SRC --backbone NAME --cache FILE    which layer transfers best (several depths)
 
 Library code raises; only :func:`main` turns exceptions into a one-line ``featx: error: ...`` on
 standard error and an exit code: 0 success, 1 an error (bad input, missing file, unknown backbone),
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import featx
-from featx.exceptions import FeatxError
+from featx.exceptions import FeatxError, ImageLoadError
 
 __all__ = ["main"]
 
@@ -140,15 +142,73 @@ def _progress(args: argparse.Namespace) -> bool:
     return args.verbosity > 0 or (args.verbosity == 0 and sys.stderr.isatty())
 
 
-def _embedder(args: argparse.Namespace, on_error: str) -> Any:
+def _embedder(args: argparse.Namespace, on_error: str,
+              params: dict[str, Any] | None = None) -> Any:
+    """The embedder the options describe; ``params`` (backbone settings) replace theirs."""
     from featx.embedder import ImageEmbedder
 
+    if params is None:
+        params = dict(backbone=args.backbone, weights=args.weights, layer=args.layer,
+                      pooling=args.pooling, input_size=args.input_size)
     return ImageEmbedder(
-        args.backbone, weights=args.weights, layer=args.layer, pooling=args.pooling,
-        input_size=args.input_size, batch_size=args.batch_size, cache=args.cache,
+        **params, batch_size=args.batch_size, cache=args.cache,
         on_error=on_error, n_workers=args.n_workers, verbose=_progress(args),
         retry_failed=args.retry_failed, safe_mode=not args.unsafe_backbone,
     )
+
+
+#: The options that describe a backbone, with their defaults (``featx heads`` may omit them all).
+_BACKBONE_OPTIONS = {"weights": "imagenet", "layer": None, "pooling": "avg", "input_size": None}
+
+
+def _backbone_from_cache(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Backbone settings from the cache when no ``--backbone`` is given (``None`` when it is).
+
+    With ``--backbone`` the options' defaults apply and ``--group`` is refused; without it the
+    cache's one group (or the one ``--group`` names) gives every setting, and options that
+    describe a backbone are refused (they would be ignored).
+    """
+    from featx.cache_groups import describe_group, embedder_params_from_cache
+    from featx.exceptions import CacheGroupError
+
+    given = [name for name in _BACKBONE_OPTIONS if hasattr(args, name)]
+    if args.backbone is not None:
+        if args.group is not None:
+            raise FeatxError(
+                "--group and --backbone both choose the embeddings; pass one of them."
+            )
+        for name, default in _BACKBONE_OPTIONS.items():
+            if not hasattr(args, name):
+                setattr(args, name, default)
+        return None
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise FeatxError(
+            f"{flags} describe{'s' if len(given) == 1 else ''} a backbone, but no --backbone was "
+            "given. Pass --backbone NAME with them, or leave them out to use the backbone the "
+            f"cache {args.cache} was made with."
+        )
+    try:
+        return embedder_params_from_cache(args.cache, group=args.group)
+    except CacheGroupError as exc:
+        listing = "; ".join(describe_group(g) for g in exc.groups)
+        if not exc.groups:
+            raise FeatxError(
+                f"{exc} Run featx embed SRC --backbone NAME --cache {args.cache} first, or pass "
+                "--backbone NAME (and its options) here."
+            ) from None
+        if exc.prefix is not None:
+            n = sum(g.fingerprint.startswith(exc.prefix.strip()) for g in exc.groups)
+            raise FeatxError(
+                f"--group {exc.prefix!r} matches {n} of the {len(exc.groups)} groups of "
+                f"{args.cache}; expected exactly one. Its groups: {listing}."
+            ) from None
+        raise FeatxError(
+            f"cache {args.cache} holds {len(exc.groups)} groups (one per backbone "
+            "configuration); choose one with --group PREFIX (the start of its fingerprint, as "
+            "featx info shows it) or with the backbone options (--backbone NAME ...). "
+            f"Groups: {listing}."
+        ) from None
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -156,14 +216,14 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     paths = _list_source(args.src, args.path_column)
     embedder = _embedder(args, args.on_error)
     embedder.fit(paths)  # checks the parameters (an unknown backbone, ...) before any work
-    say(f"embedding {len(paths)} images from {args.src} into {args.cache}")
+    say(f"embedding {len(paths)} images from {args.src} into {args.cache}"
+        + (" on Ray" if args.ray else ""))
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        # The failures are printed below, with their reasons.
-        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
-        embedder.transform(paths)
+    if args.ray:
+        report = _embed_on_ray(args, paths, embedder)
+    else:
+        report = _embed_here(args, paths, embedder)
     seconds = time.perf_counter() - started
-    report = embedder.report_
     if args.verbosity > 0:
         say(f"backbone: {embedder.config_.label}")
         say(f"cache group: {embedder.config_.fingerprint}")
@@ -171,11 +231,49 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         f"embedded {report.n_embedded}, already cached {report.n_hits}, failed {report.n_failed} "
         f"of {report.n_items} images in {seconds:.1f} s"
     )
-    if report.failures:
+    if report.errors:
         print(f"{report.n_failed} failed:")
-        for _, source, reason in report.failures:
-            print(f"  {source}: {reason}")
+        for e in report.errors:
+            print(f"  {e.source}: {_reason(e)}")
     return 0
+
+
+def _embed_here(args: argparse.Namespace, paths: list[str], embedder: Any) -> Any:
+    """Embed in this process; the report of the run."""
+    with warnings.catch_warnings():
+        # The failures are printed below, with their reasons.
+        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
+        try:
+            embedder.transform(paths)
+        except ImageLoadError:
+            errors = embedder.report_.errors
+            if not errors:
+                raise
+            listing = "; ".join(f"{e.source}: {_reason(e)}" for e in errors[:10])
+            more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+            raise FeatxError(
+                f"{len(errors)} of {len(paths)} images could not be read: {listing}{more}. The "
+                "others were embedded and cached; pass --on-error skip to leave the bad ones out."
+            ) from None
+    return embedder.report_
+
+
+def _embed_on_ray(args: argparse.Namespace, paths: list[str], embedder: Any) -> Any:
+    """``--ray``: embed on the cluster ``--ray-address`` (or ``RAY_ADDRESS``) names, or on a
+    local one started for this command and shut down after it; the report of the run."""
+    from featx.distributed import embed_on_ray
+
+    report = embed_on_ray(paths, embedder, address=args.ray_address, workers=args.workers,
+                          gpus_per_worker=args.gpus_per_worker)
+    if args.verbosity > 0:
+        print(f"Ray: {report.n_workers} workers on {report.n_nodes} nodes, ready in "
+              f"{report.startup_seconds:.1f} s, {report.worker_deaths} worker deaths")
+    return report
+
+
+def _reason(error: ImageLoadError) -> str:
+    """Why an image failed, in command-line words (``--retry-failed``, not the parameter)."""
+    return error.describe(retry_option="--retry-failed")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -251,16 +349,33 @@ def _labelled_source(src: str, path_column: str, label_column: str) -> tuple[lis
 
 
 def _cmd_heads(args: argparse.Namespace) -> int:
+    if not args.ray:
+        return _heads(args)
+    from featx.distributed import ray_session
+
+    with ray_session(args.ray_address):  # one cluster for the embedding and the tuning
+        return _heads(args)
+
+
+def _heads(args: argparse.Namespace) -> int:
     import numpy as np
 
     from featx.heads import tune_heads
     from featx.plots import plot_confusion_matrix, plot_leaderboard
+    from featx.report import write_report
     from featx.saved import FeatxModel
 
     say = _say(args)
     paths, y = _labelled_source(args.src, args.path_column, args.label_column)
-    embedder = _embedder(args, "skip")
+    from_cache = _backbone_from_cache(args)
+    embedder = _embedder(args, "skip", from_cache)
     embedder.fit(paths)  # checks the parameters before any work
+    if from_cache is not None:
+        say(f"backbone from the cache: {embedder.config_.label}")
+    if args.ray:  # the misses are embedded on the cluster; the transform below reads the cache
+        on_ray = _embed_on_ray(args, paths, embedder)
+        say(f"on Ray: {on_ray.n_embedded} embedded, {on_ray.n_hits} already cached, "
+            f"{on_ray.n_failed} failed")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
         X = embedder.transform(paths)
@@ -269,15 +384,28 @@ def _cmd_heads(args: argparse.Namespace) -> int:
     say(f"{len(paths)} images in {len(np.unique(y))} classes from {args.src}: "
         f"{report.n_hits} embeddings from the cache {args.cache}, {report.n_embedded} embedded, "
         f"{report.n_failed} failed (left out)")
-    for _, source, reason in report.failures:
-        print(f"  {source}: {reason}")
+    for e in report.errors:
+        print(f"  {e.source}: {_reason(e)}")
+    if args.target is not None:
+        return _heads_on_target(args, embedder, X, y)
+    kept = np.delete(np.asarray(paths, dtype=object), report.dropped)
     test_size = args.test_size or None
     say(f"tuning {len(args.heads)} heads, {args.cv}-fold stratified cross-validation"
         + (f", {test_size:.0%} held out for testing" if test_size else "") + ":")
-    board = tune_heads(
-        X, y, heads=args.heads, cv=args.cv, test_size=test_size, search=args.search,
-        scoring=args.scoring, random_state=args.random_state, n_jobs=args.n_jobs, log=say,
-    )
+    tuning = dict(heads=args.heads, cv=args.cv, search=args.search, scoring=args.scoring,
+                  random_state=args.random_state, n_jobs=args.n_jobs, log=say,
+                  **({"backend": "ray"} if args.ray else {}))
+    evaluated = np.arange(len(y))  # the rows behind board.y_true, for the report's thumbnails
+    if test_size:
+        from sklearn.model_selection import train_test_split
+
+        # The split tune_heads(test_size=...) makes, made here to know which images it held out.
+        fit_rows, evaluated = train_test_split(evaluated, test_size=test_size, stratify=y,
+                                               random_state=args.random_state)
+        board = tune_heads(X[fit_rows], y[fit_rows], test=(X[evaluated], y[evaluated]),
+                           **tuning)
+    else:
+        board = tune_heads(X, y, **tuning)
     print(board.to_text())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +428,82 @@ def _cmd_heads(args: argparse.Namespace) -> int:
               "n_train": board.n_train, "n_test": board.n_test},
     )
     written.append(model.save(out / "model.featx"))
+    say(f"writing {out / 'report.html'} (with a t-SNE map of the embeddings)")
+    written.append(write_report(
+        out / "report.html", board, embeddings=X, labels=y,
+        eval_sources=[str(p) for p in kept[evaluated]], plots=written[1:3],
+        title=f"featx heads: {args.src}", random_state=args.random_state,
+        notes=[f"Backbone: {embedder.config_.label}.",
+               f"Images: {args.src} ({len(paths)} listed, {report.n_failed} unreadable)."],
+    ))
     say(f"best head: {best.head} ({', '.join(f'{k}={v!r}' for k, v in best.best_params.items())})")
+    say("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _heads_on_target(args: argparse.Namespace, embedder: Any, X: Any, y: Any) -> int:
+    """``featx heads SRC --target DIR``: heads adapted to the target folder's images.
+
+    A target folder with one sub-folder per class gives labels that only report the test
+    columns (they never choose); a flat folder is unlabelled.
+    """
+    import numpy as np
+
+    from featx.plots import plot_confusion_matrix, plot_leaderboard
+    from featx.saved import FeatxModel
+    from featx.tuning import tune_heads
+
+    say = _say(args)
+    folder = Path(args.target)
+    labelled = folder.is_dir() and any(p.is_dir() and not p.name.startswith(".")
+                                       for p in folder.iterdir())
+    if labelled:
+        target_paths, target_y = _labelled_source(args.target, args.path_column,
+                                                  args.label_column)
+    else:
+        target_paths, target_y = _list_source(args.target, args.path_column), None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
+        X_target = embedder.transform(target_paths)
+    report = embedder.report_
+    if target_y is not None:
+        target_y = np.delete(target_y, report.dropped)
+    say(f"{len(target_paths)} target images from {args.target}: {report.n_hits} from the cache, "
+        f"{report.n_embedded} embedded, {report.n_failed} failed (left out); "
+        + ("their labels only report the test columns, never choose" if labelled
+           else "unlabelled"))
+    for e in report.errors:
+        print(f"  {e.source}: {_reason(e)}")
+    board = tune_heads(
+        X, y, heads=args.heads, cv=args.cv, search=args.search, random_state=args.random_state,
+        n_jobs=args.n_jobs, log=say, target=X_target, adapt=args.adapt,
+        test=None if target_y is None else (X_target, target_y),
+    )
+    print(board.to_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    best = board.best
+    written = [
+        board.to_csv(out / "leaderboard.csv"),
+        plot_leaderboard(board, out / "leaderboard.png",
+                         title=f"Heads adapted to {folder.name} ({args.adapt}), "
+                         f"{embedder.config_.name} features"),
+    ]
+    if board.n_test:
+        written.append(plot_confusion_matrix(
+            board.y_true, board.y_pred, out / "confusion_matrix.png",
+            title=f"{best.head} + {args.adapt} on {board.n_test} target images, accuracy "
+            f"{np.mean(board.y_true == board.y_pred):.1%}"))
+    model = FeatxModel(
+        embedder.set_params(cache=None, verbose=False, on_error="raise"), best.estimator,
+        info={"source": str(args.src), "target": str(args.target), "adapt": args.adapt,
+              "head": best.head, "cv_score": best.cv_mean, "test_score": best.test_score,
+              "scoring": board.scoring, "n_train": board.n_train, "n_target": len(X_target)},
+    )
+    written.append(model.save(out / "model.featx"))
+    say(f"best head: {best.head} + {args.adapt} "
+        f"({', '.join(f'{k}={v!r}' for k, v in best.best_params.items())}); predict the "
+        f"target with: featx predict {out / 'model.featx'} {args.target}")
     say("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -309,7 +512,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
     from featx.exceptions import ModelVersionWarning
-    from featx.saved import load_model
+    from featx.saved import load_model, predictions_csv_rows
 
     paths = [p for src in args.sources for p in _list_source(src, args.path_column)]
     with warnings.catch_warnings(record=True) as caught:
@@ -321,18 +524,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"{_PROG}: warning: {w.message}", file=sys.stderr)
     model.embedder.set_params(batch_size=args.batch_size, verbose=_progress(args))
     predictions = model.predict_items(paths)
-    classes = [str(c) for c in model.classes_] if model.has_proba else []
     handle = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "prediction", *(f"proba_{c}" for c in classes), "error"])
-        for p in predictions:
-            probs = p.probabilities or {}
-            writer.writerow([
-                p.source, "" if p.label is None else p.label,
-                *(f"{probs[k]:.6f}" if k in probs else "" for k in model.classes_.tolist()),
-                p.error or "",
-            ])
+        csv.writer(handle).writerows(predictions_csv_rows(model, predictions))
     finally:
         if args.out:
             handle.close()
@@ -343,6 +537,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.out and args.verbosity >= 0:
         print(f"{len(predictions) - failed} predictions written to {args.out}")
     return 1 if failed == len(predictions) else 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from featx.finetune import fine_tune
+
+    paths, y = _labelled_source(args.src, args.path_column, args.label_column)
+    fine_tune(
+        paths, y, out=args.out, backbone=args.backbone, weights=args.weights, layer=args.layer,
+        input_size=args.input_size, top_layers=args.top_layers, from_layer=args.from_layer,
+        epochs=args.epochs, learning_rate=args.learning_rate,
+        validation_split=args.validation_split, batch_size=args.batch_size,
+        augment=args.augment, random_state=args.random_state,
+        safe_mode=not args.unsafe_backbone, log=_say(args),
+    )
+    return 0
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a learning rate between 0 and 1 (e.g. 1e-5); "
+                                         f"got {text!r}")
+    return value
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -423,27 +643,41 @@ def _n_jobs(text: str) -> int:
     return value
 
 
-def _embedder_flags() -> argparse.ArgumentParser:
-    """The backbone and cache options shared by ``embed`` and ``heads``."""
+def _embedder_flags(backbone_required: bool = True) -> argparse.ArgumentParser:
+    """The backbone and cache options shared by ``embed`` and ``heads``.
+
+    With ``backbone_required=False`` (``heads``) ``--backbone`` may be left out, the options
+    describing a backbone have no default (absent from the namespace unless given: see
+    :func:`_backbone_from_cache`), and ``--group`` picks one of the cache's groups.
+    """
     from featx.backbones import POOLINGS
 
+    unset: dict[str, Any] = {} if backbone_required else {"default": argparse.SUPPRESS}
     flags = argparse.ArgumentParser(add_help=False)
     group = flags.add_argument_group("backbone and cache")
-    group.add_argument("--backbone", required=True, metavar="NAME",
-                       help="a registry name (mobilenet, resnet50, ...) or a .keras/.h5 model file")
+    group.add_argument("--backbone", required=backbone_required, metavar="NAME",
+                       help="a registry name (mobilenet, resnet50, ...) or a .keras/.h5 model file"
+                       + ("" if backbone_required else "; default: the one the cache's embeddings "
+                          "were made with (its only group, or the one --group names)"))
     group.add_argument("--cache", required=True, metavar="FILE", help="the HDF5 cache file")
-    group.add_argument("--weights", type=_weights, default="imagenet", metavar="W",
+    if not backbone_required:
+        group.add_argument("--group", metavar="PREFIX",
+                           help="without --backbone: the cache group to use, by the start of its "
+                           "fingerprint as featx info shows it (needed when the cache holds "
+                           "several)")
+    group.add_argument("--weights", type=_weights, **({"default": "imagenet"} | unset),
+                       metavar="W",
                        help="'imagenet' (default), 'none' for random weights, or a weights file")
-    group.add_argument("--input-size", type=_input_size, metavar="N",
+    group.add_argument("--input-size", type=_input_size, metavar="N", **unset,
                        help="resize images to N x N (or HxW) pixels; default: the backbone's")
     group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
                        help="images per network call (default 32)")
     group.add_argument("--retry-failed", action="store_true",
                        help="try again the files an earlier run could not read (by default "
                        "they are reported from the cache)")
-    group.add_argument("--layer", type=_layer, metavar="L",
+    group.add_argument("--layer", type=_layer, metavar="L", **unset,
                        help="cut the network at this layer name or index")
-    group.add_argument("--pooling", choices=POOLINGS, default="avg",
+    group.add_argument("--pooling", choices=POOLINGS, **({"default": "avg"} | unset),
                        help="how a feature map becomes a vector (default avg)")
     group.add_argument("--n-workers", type=_positive_int, metavar="N",
                        help="threads decoding images (default: one per core, up to 16)")
@@ -452,6 +686,22 @@ def _embedder_flags() -> argparse.ArgumentParser:
     group.add_argument("--unsafe-backbone", action="store_true",
                        help="load a .keras/.h5 backbone file outside Keras's safe mode (runs "
                        "the Python code it holds: only for files you trust)")
+    return flags
+
+
+def _ray_flags() -> argparse.ArgumentParser:
+    """``--ray`` and its options, shared by ``embed`` and ``heads``."""
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("Ray cluster (pip install 'featx[ray]')")
+    group.add_argument("--ray", action="store_true",
+                       help="embed (and, for heads, tune) on a Ray cluster: the one --ray-address "
+                       "or RAY_ADDRESS names, else a local one started for this command")
+    group.add_argument("--ray-address", metavar="ADDR",
+                       help="the cluster's head node, host:port (or ray://host:10001)")
+    group.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="Ray workers (default: one per GPU, or one per node without GPUs)")
+    group.add_argument("--gpus-per-worker", type=float, metavar="G",
+                       help="GPUs per Ray worker (default 1 on a cluster with GPUs, else 0)")
     return flags
 
 
@@ -471,7 +721,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.required = True
 
     embed = commands.add_parser(
-        "embed", parents=[flags, _embedder_flags()], help="embed images into an HDF5 cache",
+        "embed", parents=[flags, _embedder_flags(), _ray_flags()],
+        help="embed images into an HDF5 cache",
         description="Embed images into an HDF5 cache. Images already in the cache are not "
         "embedded again; a file that cannot be read is reported with its reason and skipped.",
     )
@@ -483,14 +734,17 @@ def _parser() -> argparse.ArgumentParser:
     embed.set_defaults(func=_cmd_embed)
 
     heads = commands.add_parser(
-        "heads", parents=[flags, _embedder_flags()],
+        "heads", parents=[flags, _embedder_flags(backbone_required=False), _ray_flags()],
         help="tune classifier heads on labelled images' embeddings; plots and a saved model",
         description="Tune classifier heads (grid search, stratified cross-validation) on the "
         "embeddings of labelled images and rank them. The embeddings come through the cache: "
-        "after `featx embed SRC` with the same backbone options none is computed again. "
+        "after `featx embed SRC` none is computed again, and without --backbone the backbone "
+        "options are the ones the cache's embeddings were made with. "
         "Prints the leaderboard and writes to --out the leaderboard (CSV and PNG), the best "
-        "head's confusion matrix (PNG) and the best head with the embedder's configuration "
-        "as model.featx (for featx predict).",
+        "head's confusion matrix (PNG), the best head with the embedder's configuration "
+        "as model.featx (for featx predict), and report.html: one self-contained page with "
+        "the leaderboard, the plots, per-class precision and recall, a t-SNE map of the "
+        "embeddings and the images the best head got wrong.",
     )
     heads.add_argument("src", metavar="SRC",
                        help="labelled images: a folder with one sub-folder per class, or a CSV "
@@ -504,7 +758,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="fraction held out, stratified, to test the tuned heads (default "
                        "0.2; 0: none, the metrics are then cross-validated)")
     heads.add_argument("--out", default="featx-heads", metavar="DIR",
-                       help="where the plots, the CSV and model.featx go (default featx-heads)")
+                       help="where the plots, the CSV, model.featx and report.html go (default "
+                       "featx-heads)")
     heads.add_argument("--search", choices=("grid", "halving"), default="grid",
                        help="exhaustive grid search (default) or successive halving")
     heads.add_argument("--scoring", default="accuracy", metavar="NAME",
@@ -515,7 +770,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="seed of the split, the folds and the heads (default 0)")
     heads.add_argument("--label-column", default="label", metavar="NAME",
                        help="the CSV column holding labels (default 'label')")
+    heads.add_argument("--target", metavar="DIR",
+                       help="adapt the heads to these images' domain (a folder or CSV; "
+                       "unlabelled, or one sub-folder per class to report on, never to choose): "
+                       "heads are ranked by reverse validation on the target, and --test-size "
+                       "and --scoring do not apply")
+    heads.add_argument("--adapt", choices=("coral", "subspace"), default="coral",
+                       help="with --target: CORAL or subspace alignment (default coral)")
     heads.set_defaults(func=_cmd_heads)
+
+    from featx.cli_probe import add_probe_command
+
+    add_probe_command(commands, flags)
 
     predict = commands.add_parser(
         "predict", parents=[flags], help="predict classes of images with a saved model (CSV)",
@@ -602,6 +868,54 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-jobs", type=_n_jobs, default=-1, metavar="N",
                       help="parallel fits (default -1: all cores)")
     demo.set_defaults(func=_cmd_demo)
+
+    finetune = commands.add_parser(
+        "finetune", parents=[flags],
+        help="fine-tune a backbone's top layers on labelled images into a new .keras backbone",
+        description="Train a new classifier on the frozen backbone's features, then unfreeze "
+        "its top layers and train them at a low learning rate (BatchNormalization frozen, early "
+        "stopping on a stratified validation split). Writes a .keras file that `featx embed "
+        "--backbone FILE` and ImageEmbedder(FILE) embed from, with the same preprocessing, cut "
+        "at the layer that feeds the new classifier.",
+    )
+    finetune.add_argument("src", metavar="SRC",
+                          help="labelled images: a folder with one sub-folder per class, or a "
+                          "CSV file with path and label columns")
+    finetune.add_argument("--backbone", required=True, metavar="NAME",
+                          help="a registry name (mobilenet, ...) or a .keras/.h5 model file")
+    finetune.add_argument("--out", required=True, metavar="FILE.keras",
+                          help="the fine-tuned backbone to write")
+    finetune.add_argument("--weights", type=_weights, default="imagenet", metavar="W",
+                          help="'imagenet' (default), 'none' for random weights, or a file")
+    finetune.add_argument("--input-size", type=_input_size, metavar="N",
+                          help="resize images to N x N (or HxW) pixels; default: the backbone's")
+    finetune.add_argument("--layer", type=_layer, metavar="L",
+                          help="cut the backbone here before the new classifier")
+    which = finetune.add_mutually_exclusive_group()
+    which.add_argument("--top-layers", type=_positive_int, metavar="N",
+                       help="unfreeze the last N layers (default: the top 15%%)")
+    which.add_argument("--from-layer", metavar="NAME",
+                       help="unfreeze this layer and every layer above it")
+    finetune.add_argument("--epochs", type=_positive_int, default=5, metavar="E",
+                          help="most epochs of fine-tuning (default 5; early stopping)")
+    finetune.add_argument("--learning-rate", type=_learning_rate, default=1e-5, metavar="F",
+                          help="learning rate of the top layers (default 1e-5)")
+    finetune.add_argument("--validation-split", type=_fraction, default=0.1, metavar="F",
+                          help="stratified share held out for early stopping (default 0.1)")
+    finetune.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                          help="images per training step (default 32)")
+    finetune.add_argument("--augment", action="store_true",
+                          help="random flips and shifts of the training images")
+    finetune.add_argument("--random-state", type=int, default=0, metavar="N",
+                          help="seed of the split, the shuffling and the weights (default 0)")
+    finetune.add_argument("--path-column", default="path", metavar="NAME",
+                          help="the CSV column holding image paths (default 'path')")
+    finetune.add_argument("--label-column", default="label", metavar="NAME",
+                          help="the CSV column holding labels (default 'label')")
+    finetune.add_argument("--unsafe-backbone", action="store_true",
+                          help="load a backbone file outside Keras's safe mode (only for "
+                          "files you trust)")
+    finetune.set_defaults(func=_cmd_finetune)
     return parser
 
 
@@ -627,10 +941,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     args.verbosity = args.verbose - args.quiet
-    # TensorFlow's C++ start-up chatter is noise on a command line.
+    # TensorFlow's C++ start-up chatter is noise on a command line. Some of it is written before
+    # its log level is read, so without -v native log lines are filtered out of fd 2 as well.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if args.verbosity > 0 else "3")
+    from featx._quiet import quiet_native_stderr
+
     try:
-        code: int = args.func(args)
+        with quiet_native_stderr(enabled=args.verbosity <= 0):
+            code: int = args.func(args)
         return code
     except KeyboardInterrupt:
         print(f"{_PROG}: interrupted", file=sys.stderr)

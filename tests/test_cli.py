@@ -394,3 +394,205 @@ def test_embed_refuses_a_model_file_with_code_unless_trusted(tmp_path):
                         "--unsafe-backbone")
     assert trusted.returncode == 0, trusted.stderr[-1000:]
     assert "embedded 3" in trusted.stdout
+
+
+# ---- heads from the cache alone -----------------------------------------------------------------
+
+
+def test_heads_without_backbone_uses_the_caches_group_and_predict_csv_parses(
+    labelled, tuned, tmp_path
+):
+    """After featx embed, featx heads needs the cache alone; an SVM's predict CSV is rectangular."""
+    assert tuned.returncode == 0, tuned.stderr
+    out = tmp_path / "out"
+    result = run_featx("heads", labelled / "train", "--cache", labelled / "emb.h5",
+                       "--heads", "rbf_svm", "--cv", "3", "--out", out, "--n-jobs", "1")
+    assert result.returncode == 0, result.stderr
+    assert "backbone from the cache: file " in result.stdout and "tiny.keras" in result.stdout
+    assert "20 embeddings from the cache" in result.stdout and "0 embedded" in result.stdout
+    target = tmp_path / "predictions.csv"
+    predicted = run_featx("predict", out / "model.featx", labelled / "train", "--out", target)
+    assert predicted.returncode == 0, predicted.stderr
+    with open(target, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["path", "prediction", "error"]  # an SVM gives no probabilities
+    assert {len(r) for r in rows} == {3} and len(rows) == 21
+    assert {r[1] for r in rows[1:]} <= {"NORMAL", "PNEUMONIA"}
+
+
+def _copy_cache(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copy(src, dst)
+    segments = src.with_name(src.name + ".segments")
+    if segments.is_dir():
+        shutil.copytree(segments, dst.with_name(dst.name + ".segments"))
+    return dst
+
+
+def _add_mobilenet_group(cache: Path) -> str:
+    """A second group (one made-up row of a mobilenet configuration): no network is built."""
+    from featx.backbones import resolve_backbone
+    from featx.cache import EmbeddingCache
+
+    config = resolve_backbone("mobilenet", input_size=160)
+    EmbeddingCache(cache).append(config.fingerprint, ["f" * 64], np.zeros((1, 1024), np.float32),
+                                 ["made-up.png"], fields=config.fingerprint_fields,
+                                 label=config.label)
+    return config.fingerprint
+
+
+def test_heads_with_several_groups_lists_them_and_group_picks_one(labelled, tuned, tmp_path,
+                                                                 capsys):
+    assert tuned.returncode == 0, tuned.stderr
+    cache = _copy_cache(labelled / "emb.h5", tmp_path / "two.h5")
+    tiny = _fingerprints(cache)[0]
+    mobilenet = _add_mobilenet_group(cache)
+    src = str(labelled / "train")
+    assert main(["heads", src, "--cache", str(cache)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"featx: error: cache {cache} holds 2 groups")
+    assert "--group PREFIX" in error and "--backbone NAME" in error
+    assert f"{tiny} (file " in error and "20 rows" in error
+    assert f"{mobilenet} (mobilenet, 160x160 resize" in error and "1 rows" in error
+
+    result = run_featx("heads", src, "--cache", cache, "--group", tiny[:8], "--heads", "knn",
+                       "--cv", "3", "--out", tmp_path / "out", "--n-jobs", "1")
+    assert result.returncode == 0, result.stderr
+    assert "backbone from the cache: file " in result.stdout
+    assert "20 embeddings from the cache" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--group", "zz"], "--group 'zz' matches 0 of the 2 groups of "),
+        (["--input-size", "16", "--pooling", "max"],
+         "--pooling, --input-size describe a backbone, but no --backbone was given"),
+        (["--backbone", "mobilenet", "--group", "ab"], "--group and --backbone both choose"),
+    ],
+)
+def test_heads_backbone_choice_errors_are_one_line(labelled, tuned, tmp_path, capsys, extra,
+                                                   message):
+    assert tuned.returncode == 0, tuned.stderr
+    cache = _copy_cache(labelled / "emb.h5", tmp_path / "two.h5")
+    _add_mobilenet_group(cache)
+    assert main(["heads", str(labelled / "train"), "--cache", str(cache), *extra]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("featx: error: ")
+    assert message in errors[0]
+
+
+def test_heads_on_a_missing_cache_without_backbone_says_how_to_start(labelled, tmp_path, capsys):
+    assert main(["heads", str(labelled / "train"), "--cache", str(tmp_path / "none.h5")]) == 1
+    error = capsys.readouterr().err
+    assert "does not exist, so it cannot say which backbone to use" in error
+    assert f"featx embed SRC --backbone NAME --cache {tmp_path / 'none.h5'}" in error
+
+
+def _fingerprints(cache: Path) -> list[str]:
+    from featx.cache import EmbeddingCache
+
+    return [g.fingerprint for g in EmbeddingCache(cache).groups()]
+
+
+# ---- quiet start-up -----------------------------------------------------------------------------
+
+NATIVE_CHATTER = ("oneDNN", "cuda", "cuInit", "absl")
+
+
+def test_embed_prints_no_tensorflow_start_up_lines(tmp_path):
+    """Even with TF_CPP_MIN_LOG_LEVEL=2 and oneDNN on, stderr holds featx's lines only."""
+    from tests.conftest import tiny_convnet
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(root / f"{i}.png")
+    (root / "bad.png").write_bytes(b"not a PNG")
+    tiny_convnet((16, 16, 3)).save(tmp_path / "tiny.keras")
+    environ = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    result = subprocess.run(
+        [str(FEATX), "embed", str(root), "--backbone", str(tmp_path / "tiny.keras"),
+         "--cache", str(tmp_path / "c.h5"), "--on-error", "raise"],
+        capture_output=True, text=True, env=environ, timeout=300,
+    )
+    assert result.returncode == 1  # the network ran (3 images embedded), then the error
+    assert result.stderr.splitlines() == error_lines(result), result.stderr
+    assert "bad.png" in result.stderr
+    for word in NATIVE_CHATTER:
+        assert word not in result.stderr, result.stderr
+
+
+def test_the_native_stderr_filter_drops_native_lines_and_keeps_the_rest():
+    """Lines written to fd 2 by native code are filtered; Python's stderr is not."""
+    script = (
+        "import os, sys\n"
+        "from featx._quiet import quiet_native_stderr\n"
+        "with quiet_native_stderr():\n"
+        "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are "
+        "written to STDERR\\n')\n"
+        "    os.write(2, b'I0000 00:00:1796068568.633239    6249 port.cc:153] oneDNN custom "
+        "operations are on.\\nE0000 00:00:1796.9    62 cuda_platform.cc:52] failed call to "
+        "cuInit\\n')\n"
+        "    os.write(2, b'a native line of its own\\n')\n"
+        "    os.write(2, b'F0000 00:00:17.1  6 x.cc:1] fatal: kept\\n')\n"
+        "    print('python says hello', file=sys.stderr)\n"
+        "    os.write(2, b'no newline at the end')\n"
+        "os.write(2, b'\\nafter the block: I0000 00:00:1.2  3 y.cc:4] shown\\n')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert "python says hello" in lines
+    assert "a native line of its own" in lines
+    assert "F0000 00:00:17.1  6 x.cc:1] fatal: kept" in lines
+    assert "no newline at the end" in lines
+    assert "after the block: I0000 00:00:1.2  3 y.cc:4] shown" in lines
+    for word in NATIVE_CHATTER:
+        assert not any(word in line for line in lines), result.stderr
+
+
+def test_the_library_leaves_logging_and_stderr_alone(tmp_path):
+    import logging
+
+    from featx import ImageEmbedder
+    from tests.conftest import tiny_convnet
+
+    before = (os.fstat(2).st_ino, list(logging.getLogger().handlers), sys.stderr,
+              os.environ.get("TF_CPP_MIN_LOG_LEVEL"), logging.getLogger().level)
+    ImageEmbedder(tiny_convnet, input_size=16, cache=tmp_path / "c.h5").fit_transform(
+        np.zeros((2, 16, 16, 3), np.uint8)
+    )
+    after = (os.fstat(2).st_ino, list(logging.getLogger().handlers), sys.stderr,
+             os.environ.get("TF_CPP_MIN_LOG_LEVEL"), logging.getLogger().level)
+    assert after == before
+
+
+# ---- command-line words -------------------------------------------------------------------------
+
+
+def test_a_remembered_failure_names_the_command_line_option(workspace, first_embed):
+    assert first_embed.returncode == 0, first_embed.stderr
+    args = ("embed", workspace / "images", "--backbone", workspace / "tiny.keras",
+            "--input-size", "16", "--cache", workspace / "emb.h5")
+    result = run_featx(*args)
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "broken.jpg" in x)
+    assert line.endswith("(remembered from an earlier run; pass --retry-failed to try again)")
+    assert "retry_failed" not in result.stdout
+
+    raised = run_featx(*args, "--on-error", "raise")
+    assert raised.returncode == 1
+    errors = error_lines(raised)
+    assert len(errors) == 1 and "broken.jpg" in errors[0], raised.stderr
+    assert "pass --retry-failed to try again" in errors[0]
+    assert "pass --on-error skip to leave the bad ones out" in errors[0]
+    assert "retry_failed" not in errors[0] and "on_error=" not in errors[0]
+
+    retried = run_featx(*args, "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    line = next(x for x in retried.stdout.splitlines() if "broken.jpg" in x)
+    assert "not an image file Pillow can read" in line and "remembered" not in line
