@@ -1,0 +1,192 @@
+"""``featx probe``: which layer of a backbone transfers best, from the command line.
+
+A thin layer over :func:`featx.probe_layers`: it lists the labelled images, probes the layers,
+prints the layers x heads table and the decision, and writes to ``--out`` the CSV
+(``probe.csv``), the score-by-depth plot (``depth.png``), the best (layer, head) as
+``model.featx`` for ``featx predict``, and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from featx.exceptions import FeatxError
+
+
+def _layers(text: str) -> Any:
+    """``auto`` or comma-separated layer names or indices (``default``: the default cut)."""
+    if text.strip() == "auto":
+        return "auto"
+    out: list[str | int | None] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            raise argparse.ArgumentTypeError(
+                f"expected 'auto' or comma-separated layer names; got {text!r}")
+        if part == "default":
+            out.append(None)
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            out.append(part)
+    return out
+
+
+def add_probe_command(commands: Any, flags: argparse.ArgumentParser) -> None:
+    """Add ``featx probe`` to the ``featx`` sub-commands."""
+    from featx.backbones import POOLINGS
+    from featx.cli import (
+        _folds,
+        _fraction,
+        _heads_list,
+        _input_size,
+        _n_jobs,
+        _positive_int,
+        _weights,
+    )
+    from featx.heads import DEFAULT_HEADS
+    from featx.probe import MAX_FLATTEN_WIDTH
+
+    probe = commands.add_parser(
+        "probe", parents=[flags],
+        help="which layer transfers best: tune heads on several depths of one backbone",
+        description="Embed labelled images once through a network that returns several cut "
+        "layers (each cached where `featx embed --layer L` would put it), tune the heads on every "
+        "layer with the same folds and test split, and rank the (layer, head) pairs. Prints the "
+        "table and which depth won, by how much over the default cut, with what fold spread; "
+        "writes to --out probe.csv, depth.png (score against depth per head), the best "
+        "(layer, head) as model.featx (for featx predict) and report.html.",
+    )
+    probe.add_argument("src", metavar="SRC",
+                       help="labelled images: a folder with one sub-folder per class, or a CSV "
+                       "file with path and label columns")
+    probe.add_argument("--backbone", required=True, metavar="NAME",
+                       help="a registry name (mobilenet, resnet50, ...) or a .keras/.h5 model file")
+    probe.add_argument("--cache", required=True, metavar="FILE", help="the HDF5 cache file")
+    probe.add_argument("--layers", type=_layers, default="auto", metavar="auto|L1,L2",
+                       help="'auto' (default: 5-8 block outputs from early layers to the default "
+                       "cut, registry backbones) or comma-separated layer names or indices; "
+                       "'default' names the default cut")
+    probe.add_argument("--heads", type=_heads_list, default=list(DEFAULT_HEADS), metavar="H,H",
+                       help=f"comma-separated heads (default {','.join(DEFAULT_HEADS)})")
+    probe.add_argument("--cv", type=_folds, default=5, metavar="K",
+                       help="cross-validation folds (default 5)")
+    probe.add_argument("--test-size", type=_fraction, default=0.2, metavar="F",
+                       help="fraction held out, stratified (default 0.2; 0: none)")
+    probe.add_argument("--out", default="featx-probe", metavar="DIR",
+                       help="where probe.csv, depth.png, model.featx and report.html go "
+                       "(default featx-probe)")
+    probe.add_argument("--weights", type=_weights, default="imagenet", metavar="W",
+                       help="'imagenet' (default), 'none' for random weights, or a weights file")
+    probe.add_argument("--input-size", type=_input_size, metavar="N",
+                       help="resize images to N x N (or HxW) pixels; default: the backbone's")
+    probe.add_argument("--pooling", choices=[p for p in POOLINGS if p != "none"], default="avg",
+                       help="how each layer's feature map becomes a vector (default avg; "
+                       f"flatten is refused above {MAX_FLATTEN_WIDTH:,} features)")
+    probe.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                       help="images per network call (default 32)")
+    probe.add_argument("--n-workers", type=_positive_int, metavar="N",
+                       help="threads decoding images (default: one per core, up to 16)")
+    probe.add_argument("--search", choices=("grid", "halving"), default="grid",
+                       help="exhaustive grid search (default) or successive halving")
+    probe.add_argument("--scoring", default="accuracy", metavar="NAME",
+                       help="the scikit-learn score to maximise (default accuracy)")
+    probe.add_argument("--n-jobs", type=_n_jobs, default=-1, metavar="N",
+                       help="parallel fits (default -1: all cores)")
+    probe.add_argument("--random-state", type=int, default=0, metavar="N",
+                       help="seed of the split, the folds and the heads (default 0)")
+    probe.add_argument("--path-column", default="path", metavar="NAME",
+                       help="the CSV column holding image paths (default 'path')")
+    probe.add_argument("--label-column", default="label", metavar="NAME",
+                       help="the CSV column holding labels (default 'label')")
+    probe.set_defaults(func=run_probe)
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    """Run ``featx probe`` with parsed arguments; return the exit code."""
+    import warnings
+
+    import numpy as np
+
+    from featx.cli import _labelled_source, _progress, _say
+    from featx.plots import plot_depth
+    from featx.probe import probe_layers
+    from featx.saved import FeatxModel
+
+    say = _say(args)
+    paths, y = _labelled_source(args.src, args.path_column, args.label_column)
+    y = np.asarray(y)
+    test_size = args.test_size or None
+    n_layers = "auto" if args.layers == "auto" else len(args.layers)
+    say(f"{len(paths)} images in {len(np.unique(y))} classes from {args.src}; probing "
+        f"{n_layers} layers of {args.backbone} with {len(args.heads)} heads, {args.cv}-fold "
+        "cross-validation" + (f", {test_size:.0%} held out" if test_size else ""))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
+        probe = probe_layers(
+            paths, y, backbone=args.backbone, layers=args.layers, heads=args.heads,
+            cache=args.cache, cv=args.cv, test_size=test_size, pooling=args.pooling,
+            weights=args.weights, input_size=args.input_size, batch_size=args.batch_size,
+            n_workers=args.n_workers, scoring=args.scoring, search=args.search,
+            random_state=args.random_state, n_jobs=args.n_jobs, on_error="skip",
+            verbose=_progress(args), log=say,
+        )
+    print(probe.to_text())
+    print(probe.decision())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    best, layer = probe.best, probe.best_layer
+    written = [
+        probe.to_csv(out / "probe.csv"),
+        plot_depth(probe, out / "depth.png",
+                   title=f"{args.backbone}: score by depth ({probe.n_train} training images)"),
+    ]
+    embedder = probe.embedder(cache=args.cache)
+    kept = np.delete(np.asarray(paths, dtype=object), probe.dropped)
+    y_kept = np.delete(y, probe.dropped)
+    rows = embedder.transform(list(kept))  # the best layer's rows: all from the probe's cache
+    if embedder.report_.n_embedded:
+        raise FeatxError(  # pragma: no cover - the probe cached every row it tuned on
+            f"the best layer's embeddings were not all in the cache {args.cache}"
+        )
+    model = FeatxModel(
+        embedder.set_params(cache=None, verbose=False, on_error="raise"), best.estimator,
+        info={"source": str(args.src), "head": best.head, "layer": layer.name,
+              "cv_score": best.cv_mean, "test_score": best.test_score,
+              "scoring": probe.scoring, "n_train": probe.n_train, "n_test": probe.n_test},
+    )
+    written.append(model.save(out / "model.featx"))
+    written.append(_report(out, probe, rows, y_kept, kept, test_size, args, written[1]))
+    say("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _report(out: Path, probe: Any, rows: Any, y: Any, kept: Any, test_size: float | None,
+            args: argparse.Namespace, depth_png: Path) -> Path:
+    """report.html (featx.report) for the best (layer, head), with the depth plot."""
+    import numpy as np
+
+    from featx.plots import plot_confusion_matrix
+    from featx.report import write_report
+
+    evaluated = np.arange(len(y))
+    if test_size:
+        from sklearn.model_selection import train_test_split
+
+        # The split tune_heads(test_size=...) made for every layer: which images it held out.
+        _, evaluated = train_test_split(evaluated, test_size=test_size, stratify=y,
+                                        random_state=args.random_state)
+    best = probe.best
+    confusion = plot_confusion_matrix(
+        probe.y_true, probe.y_pred, out / "confusion_matrix.png",
+        title=f"{best.head} at {best.extra['layer']}: accuracy "
+        f"{np.mean(probe.y_true == probe.y_pred):.1%}")
+    return write_report(
+        out / "report.html", probe, embeddings=rows, labels=y,
+        eval_sources=[str(p) for p in kept[evaluated]], plots=[depth_png, confusion],
+        title=f"featx probe: {args.src}", random_state=args.random_state,
+        notes=[f"Backbone: {args.backbone}, layers probed: "
+               f"{', '.join(p.name for p in probe.layers)}.", *probe.decision().splitlines()],
+    )
