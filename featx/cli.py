@@ -149,7 +149,9 @@ def _embedder(args: argparse.Namespace, on_error: str,
 
     if params is None:
         params = dict(backbone=args.backbone, weights=args.weights, layer=args.layer,
-                      pooling=args.pooling, input_size=args.input_size)
+                      pooling=args.pooling, input_size=args.input_size,
+                      precision=args.precision)
+    params = {"engine": args.engine, **params}  # a cache group's reduced precision names one
     return ImageEmbedder(
         **params, batch_size=args.batch_size, cache=args.cache,
         on_error=on_error, n_workers=args.n_workers, verbose=_progress(args),
@@ -158,7 +160,8 @@ def _embedder(args: argparse.Namespace, on_error: str,
 
 
 #: The options that describe a backbone, with their defaults (``featx heads`` may omit them all).
-_BACKBONE_OPTIONS = {"weights": "imagenet", "layer": None, "pooling": "avg", "input_size": None}
+_BACKBONE_OPTIONS = {"weights": "imagenet", "layer": None, "pooling": "avg", "input_size": None,
+                    "precision": "float32"}
 
 
 def _backbone_from_cache(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -650,7 +653,7 @@ def _embedder_flags(backbone_required: bool = True) -> argparse.ArgumentParser:
     describing a backbone have no default (absent from the namespace unless given: see
     :func:`_backbone_from_cache`), and ``--group`` picks one of the cache's groups.
     """
-    from featx.backbones import POOLINGS
+    from featx.backbones import ENGINES, POOLINGS, PRECISIONS
 
     unset: dict[str, Any] = {} if backbone_required else {"default": argparse.SUPPRESS}
     flags = argparse.ArgumentParser(add_help=False)
@@ -672,6 +675,12 @@ def _embedder_flags(backbone_required: bool = True) -> argparse.ArgumentParser:
                        help="resize images to N x N (or HxW) pixels; default: the backbone's")
     group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
                        help="images per network call (default 32)")
+    group.add_argument("--engine", choices=ENGINES, default="auto",
+                       help="what runs the network: openvino (CPUs), keras (GPUs; any backend) "
+                       "or auto (default: OpenVINO on a CPU under TensorFlow, else Keras)")
+    group.add_argument("--precision", choices=PRECISIONS, **({"default": "float32"} | unset),
+                       help="float32 (default) or mixed_bfloat16 (bfloat16 inference: about 2x "
+                       "on CPUs that have it, other numbers); mixed_float16 for GPUs")
     group.add_argument("--retry-failed", action="store_true",
                        help="try again the files an earlier run could not read (by default "
                        "they are reported from the cache)")

@@ -205,3 +205,21 @@ def test_several_cuts_in_one_pass_equal_one_cut_at_a_time(images, engine, tmp_pa
         assert single.report_.n_hits == len(images)  # each cut sits in its own cache group
     with pytest.raises(ValueError, match="differ in more than layer and pooling"):
         get_network([configs[0], resolve_backbone(tiny_dense, input_size=16)], (16, 16, 3))
+
+
+def test_command_line_engine_and_precision(image_folder, tmp_path, capsys):
+    from featx.cli import main
+
+    model = tmp_path / "tiny.keras"
+    tiny_convnet((16, 16, 3)).save(model)
+    base = ["embed", str(image_folder), "--backbone", str(model), "--input-size", "16",
+            "--cache", str(tmp_path / "c.h5")]
+    counts = []
+    for extra in (["--engine", "keras"], ["--engine", "openvino"],
+                  ["--engine", "openvino", "--precision", "mixed_bfloat16"]):
+        assert main([*base, *extra]) == 0
+        out = capsys.readouterr().out
+        counts.append(out[out.index("embedded"):].split(",")[:2])
+    # float32 is one group for both engines; bfloat16 is another.
+    assert counts == [["embedded 8", " already cached 0"], ["embedded 0", " already cached 8"],
+                      ["embedded 8", " already cached 0"]]
