@@ -644,12 +644,24 @@ def _drive(
     probes: dict[Any, int] = {}  # a restarted actor's first call -> the actor
     restarting: set[int] = set()  # actors Ray is replacing: nothing is sent to them
 
+    # Shards a dying worker held: each runs alone on a worker (nothing queued behind it), so
+    # that a worker dying on it tells which shard killed it.
+    suspects: deque[_Shard] = deque()
+
+    def send(a: int, s: _Shard) -> None:
+        ref = handles[a].embed.remote(s.positions, [items[p] for p in s.positions])
+        inflight[ref] = (a, s)
+        queues[a].append(ref)
+
     def submit(a: int) -> None:
-        while a not in restarting and len(queues[a]) < DEPTH and todo:
-            s = todo.popleft()
-            ref = handles[a].embed.remote(s.positions, [items[p] for p in s.positions])
-            inflight[ref] = (a, s)
-            queues[a].append(ref)
+        if a in restarting:
+            return
+        if suspects:
+            if not queues[a]:
+                send(a, suspects.popleft())
+            return  # a busy worker finishes first, then takes a suspect alone
+        while len(queues[a]) < DEPTH and todo:
+            send(a, todo.popleft())
 
     def take(result: _ShardResult, s: _Shard) -> None:
         report.n_hits += result.n_hits
@@ -660,39 +672,39 @@ def _drive(
         progress(len(s.positions))
 
     def lost(a: int, exc: BaseException) -> None:
-        """Actor ``a`` died: its oldest unfinished shard is the suspect, the rest go back."""
+        """Actor ``a`` died. The oldest shard it held was running: it is halved (or, one item
+        that killed a worker alone twice, reported). Each shard it held runs alone next."""
         nonlocal last_loss
         report.worker_deaths += 1
         last_loss = _first_line(exc)
         refs, queues[a] = queues[a], []
         ray.wait(refs, num_returns=len(refs), timeout=60)
-        suspect_found = False
+        held: list[_Shard] = []
         for ref in refs:
             _, s = inflight.pop(ref)
             try:
-                take(ray.get(ref, timeout=0), s)
-                continue
+                take(ray.get(ref, timeout=0), s)  # it finished before the worker died
             except Exception as err:  # noqa: BLE001 - sorted out below
                 if not _is_worker_loss(err) and not isinstance(err, ray.exceptions.GetTimeoutError):
                     raise
-            if suspect_found:
-                todo.appendleft(s)
-                continue
-            suspect_found = True
+                held.append(s)
+        back: list[_Shard] = []
+        for i, s in enumerate(held):
             s.attempts += 1
-            if len(s.positions) > 1:
+            if i == 0 and len(s.positions) > 1:
                 half = (len(s.positions) + 1) // 2
-                todo.appendleft(_Shard(s.positions[half:], s.attempts))
-                todo.appendleft(_Shard(s.positions[:half], s.attempts))
+                back += [_Shard(s.positions[:half], s.attempts),
+                         _Shard(s.positions[half:], s.attempts)]
                 report.n_shards += 1
-            elif s.attempts >= 2:
+            elif i == 0 and len(refs) == 1 and s.attempts >= 2:
                 p = s.positions[0]
                 failures.append(ImageLoadError(
                     items[p].name, f"the Ray worker embedding it died ({last_loss}); out of "
                     "memory? It was tried alone and killed the worker again", p))
                 progress(1)
             else:
-                todo.appendleft(s)
+                back.append(s)
+        suspects.extendleft(reversed(back))
         if report.worker_deaths > max_deaths:
             raise ClusterError(
                 f"Ray workers died {report.worker_deaths} times (last: {last_loss}); stopped. "
@@ -715,7 +727,7 @@ def _drive(
 
     last_progress = time.monotonic()
     try:
-        while todo or inflight:
+        while todo or suspects or inflight:
             for a in range(len(handles)):
                 submit(a)
             ready, _ = ray.wait([*inflight, *probes], num_returns=1, timeout=5.0)
@@ -827,6 +839,9 @@ def ray_joblib(address: str | None = None) -> Iterator[Callable[[Any], np.ndarra
         from ray.util.joblib import register_ray
 
         register_ray()
+        # joblib always passes a multiprocessing context, which Ray's pool ignores and warns
+        # about once per process; nothing is wrong.
+        logging.getLogger("ray.util.multiprocessing.pool").setLevel(logging.ERROR)
         with joblib.parallel_backend("ray", n_jobs=-1):
             yield object_store_array
 
