@@ -1,0 +1,279 @@
+"""featx on a real local Ray cluster: two nodes (``ray.cluster_utils.Cluster``) shared by the
+module, and ``featx embed --ray`` / ``featx heads --ray`` starting their own (``ray.init``).
+
+Worker deaths are real: a worker SIGKILLs itself at a named item (``FEATX_RAY_FAULT``), which
+is what Ray's out-of-memory killer does to a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from PIL import Image
+from ray.cluster_utils import Cluster
+
+from featx import ImageEmbedder, tune_heads
+from featx.cache import EmbeddingCache
+from featx.distributed import (
+    FAULT_ENV,
+    ClusterError,
+    _check_reachable,
+    _import_ray,
+    embed_on_ray,
+    object_store_array,
+)
+from featx.exceptions import FeatxError
+from tests.conftest import tiny_convnet
+
+FEATX = str(Path(sys.executable).with_name("featx"))
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two nodes of one CPU each, joined by this process for the whole module."""
+    c = Cluster(initialize_head=True,
+                head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    ray.init(address=c.address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A tiny saved backbone and two classes of small PNGs (plus a corrupt one and a copy)."""
+    base = tmp_path_factory.mktemp("ray")
+    tiny_convnet((SIZE, SIZE, 3)).save(base / "tiny.keras")
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(["a", "b"]):
+        (base / "images" / cls).mkdir(parents=True)
+        for i in range(12):
+            arr = rng.integers(0, 256, (18 + i % 3, 20, 3), dtype=np.uint8)
+            arr[..., c] = 200
+            Image.fromarray(arr).save(base / "images" / cls / f"img{c}{i:02d}.png")
+    return base
+
+
+def _paths(ws: Path) -> list[str]:
+    return sorted(str(p) for p in (ws / "images").rglob("*.png"))
+
+
+def _embedder(ws: Path, cache: Path, **kw) -> ImageEmbedder:
+    return ImageEmbedder(str(ws / "tiny.keras"), cache=str(cache), batch_size=4, **kw)
+
+
+def _rows(cache: Path) -> dict[str, np.ndarray]:
+    (group,) = EmbeddingCache(cache).groups()
+    keys, vectors, _ = EmbeddingCache(cache).read_group(group.fingerprint)
+    return dict(zip(keys, vectors, strict=True))
+
+
+def test_two_nodes_embed_into_one_cache_like_one_process(cluster, workspace, tmp_path):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    shutil.copy(_paths(workspace)[0], extra / "copy.png")
+    paths = _paths(workspace) + [str(extra / "corrupt.png"), str(extra / "missing.png"),
+                                 str(extra / "copy.png")]
+    cache = tmp_path / "emb.h5"
+    report = embed_on_ray(paths, _embedder(workspace, cache), shard_size=4)
+    assert (report.n_items, report.n_workers, report.n_nodes) == (27, 2, 2)
+    assert report.n_embedded == 24 and report.n_hits == 0 and report.n_failed == 2
+    assert [(p, Path(s).name) for p, s, _ in report.failures] == [
+        (24, "corrupt.png"), (25, "missing.png")]
+    assert "file not found" in report.failures[1][2]
+    assert report.n_committed == 24 and "2 Ray workers" in report.summary()
+    # Every row is the one a single process computes, stored once per content.
+    rows = _rows(cache)
+    assert len(rows) == 24
+    single = ImageEmbedder(str(workspace / "tiny.keras"), on_error="nan").transform(paths)
+    via_cache = _embedder(workspace, cache, on_error="nan")
+    np.testing.assert_allclose(via_cache.transform(paths), single, rtol=1e-5, equal_nan=True)
+    assert via_cache.report_.n_embedded == 0 and via_cache.report_.n_hits == 25
+    # A rerun embeds nothing: hits, and the corrupt file remembered from the first run.
+    again = embed_on_ray(paths, _embedder(workspace, cache))
+    assert (again.n_hits, again.n_embedded, again.n_failed) == (25, 0, 2)
+    assert "remembered from an earlier run" in again.failures[0][2]
+
+
+def test_dying_workers_lose_nothing_and_the_killer_item_is_reported(cluster, workspace,
+                                                                     tmp_path):
+    poison = tmp_path / "poison.png"
+    Image.fromarray(np.full((20, 20, 3), 7, np.uint8)).save(poison)
+    paths = _paths(workspace)
+    paths.insert(9, str(poison))
+    cache = tmp_path / "emb.h5"
+    # One worker dies once at img005 (then never again); every worker that reaches the poison
+    # item dies, as an out-of-memory kill would.
+    fault = f"kill-once:img005:{tmp_path / 'died-once'},kill:poison"
+    report = embed_on_ray(paths, _embedder(workspace, cache), shard_size=4,
+                          runtime_env={"env_vars": {FAULT_ENV: fault}})
+    assert (tmp_path / "died-once").exists()
+    # The poison item's shard of 4 halves twice, then it kills a worker alone: 3 deaths, and
+    # 1 at img005. (Under load Ray may also lose touch with a live worker for a moment, which
+    # counts as one more: its shards are redone, nothing is lost.)
+    assert 4 <= report.worker_deaths <= 8
+    assert [(p, Path(s).name) for p, s, _ in report.failures] == [(9, "poison.png")]
+    assert "died" in report.failures[0][2] and "out of memory" in report.failures[0][2]
+    assert report.n_embedded == 24 and report.n_failed == 1
+    rows = _rows(cache)
+    assert len(rows) == 24  # nothing lost, nothing twice
+    good = [p for p in paths if p != str(poison)]
+    expected = ImageEmbedder(str(workspace / "tiny.keras")).transform(good)
+    np.testing.assert_allclose(_embedder(workspace, cache).transform(good), expected, rtol=1e-5)
+
+
+def test_empty_source_and_no_cache(cluster, workspace, tmp_path):
+    report = embed_on_ray([], _embedder(workspace, tmp_path / "emb.h5"))
+    assert (report.n_items, report.n_embedded, report.n_failed) == (0, 0, 0)
+    assert not (tmp_path / "emb.h5").exists()
+    with pytest.raises(FeatxError, match="writes the embeddings to a cache, and none was given"):
+        embed_on_ray(_paths(workspace), ImageEmbedder(str(workspace / "tiny.keras")))
+
+
+def test_unreachable_address_is_named():
+    with pytest.raises(ClusterError, match=r"cannot reach the Ray cluster at '127\.0\.0\.1:9'"):
+        _check_reachable("127.0.0.1:9", timeout=2)
+    with pytest.raises(ClusterError, match="'nohost.invalid:6379'"):
+        _check_reachable("nohost.invalid:6379", timeout=2)
+    with pytest.raises(ClusterError, match="not of the form host:port"):
+        _check_reachable("just-a-name")
+
+
+def test_missing_ray_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the package
+    with pytest.raises(FeatxError, match=r"pip install 'featx\[ray\]'"):
+        _import_ray()
+
+
+def test_heads_tune_on_the_cluster_like_locally(cluster):
+    rng = np.random.default_rng(0)
+    y = np.repeat(["cat", "dog"], 30)
+    X = rng.normal(size=(60, 6)).astype(np.float32) + (y == "dog")[:, None]
+    kw = dict(heads=["logreg"], cv=3, test_size=0.25)
+    here = tune_heads(X, y, **kw)
+    there = tune_heads(X, y, backend="ray", **kw)
+    assert [(r.head, r.cv_mean, r.best_params) for r in there] == [
+        (r.head, r.cv_mean, r.best_params) for r in here]
+    # The embeddings travel as one reference into the object store, not as a copy per fit.
+    big = object_store_array(np.ones((2000, 256), np.float32))
+    assert len(pickle.dumps(big)) < 1000 < big.nbytes
+    assert len(pickle.dumps(big[:10])) > 10 * 256 * 4  # a slice is a plain array
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(big)), np.ones((2000, 256)))
+    with pytest.raises(FeatxError, match="backend='spark' is not valid"):
+        tune_heads(X, y, backend="spark", **kw)
+
+
+def _ray_processes(marker: str) -> list[str]:
+    """Command lines of live processes that mention ``marker`` (a Ray temp dir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().split(") ", 1)[1][0]
+        except OSError:
+            continue
+        if marker in cmd and state != "Z":
+            found.append(cmd[:120])
+    return found
+
+
+def _wait_gone(marker: str, seconds: float = 60) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while (left := _ray_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def _cli_env(ray_tmp: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT))
+    return env
+
+
+def test_cli_killed_driver_leaves_no_ray_process_and_a_rerun_embeds_the_rest(
+    cluster, workspace, tmp_path
+):
+    images = tmp_path / "photos"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(60):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+            images / f"p{i:02d}.png")
+    ray_tmp = tempfile.mkdtemp(prefix="fxr")  # short: Ray's socket paths must fit
+    cache = tmp_path / "emb.h5"
+    cmd = [FEATX, "embed", str(images), "--backbone", str(workspace / "tiny.keras"), "--cache",
+           str(cache), "--batch-size", "2", "--ray"]
+    # The driver is SIGKILLed right after its first commit (of 4 shards of 16 images), as
+    # kill -9 would: no finally block runs, ray.shutdown() included.
+    env = _cli_env(ray_tmp) | {"FEATX_FAULT_INJECT": "cache.segment_committed:1"}
+    try:
+        killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert list(Path(ray_tmp).glob("ray/session_*")), "featx started no local Ray cluster"
+        assert _wait_gone(ray_tmp) == []
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    done = len(_rows(cache))
+    assert 0 < done < 60
+    # The rerun joins the module's cluster, from a CSV that also lists two missing files.
+    lines = ["path", *sorted(p.name for p in images.iterdir()), "gone1.png", "gone2.png"]
+    (images / "list.csv").write_text("\n".join(lines) + "\n")
+    rerun = subprocess.run(
+        [*cmd[:2], str(images / "list.csv"), *cmd[3:], "--ray-address", cluster.address,
+         "--workers", "2"],
+        env=_cli_env(tempfile.gettempdir()), capture_output=True, text=True, timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"embedded {60 - done}, already cached {done}, failed 2 of 62" in rerun.stdout
+    assert "gone1.png: file not found" in rerun.stdout
+    assert len(_rows(cache)) == 60
+
+
+def test_cli_errors_are_one_line(workspace, tmp_path):
+    out = subprocess.run(
+        [FEATX, "embed", str(workspace / "images"), "--backbone", str(workspace / "tiny.keras"),
+         "--cache", str(tmp_path / "emb.h5"), "--ray", "--ray-address", "127.0.0.1:9"],
+        env=_cli_env(tempfile.gettempdir()), capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().count("\n") == 0
+    assert "featx: error: cannot reach the Ray cluster at '127.0.0.1:9'" in out.stderr
+
+
+def test_cli_heads_on_ray_starts_and_stops_its_own_cluster(workspace, tmp_path):
+    ray_tmp = tempfile.mkdtemp(prefix="fxr")
+    try:
+        out = subprocess.run(
+            [FEATX, "heads", str(workspace / "images"), "--backbone",
+             str(workspace / "tiny.keras"), "--cache", str(tmp_path / "emb.h5"), "--ray",
+             "--heads", "logreg", "--cv", "2", "--test-size", "0", "--out",
+             str(tmp_path / "out")],
+            env=_cli_env(ray_tmp), capture_output=True, text=True, timeout=400,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "on Ray: 24 embedded, 0 already cached, 0 failed" in out.stdout
+        assert "best head: logreg" in out.stdout and "featx: error" not in out.stderr
+        assert (tmp_path / "out" / "model.featx").is_file()
+        assert _wait_gone(ray_tmp, 30) == []
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
