@@ -29,7 +29,7 @@ import numpy as np
 
 from featx.exceptions import FeatxError
 
-__all__ = ["run_demo", "load_demo_data", "DEMO_INPUT_SIZE", "DEMO_HEADS"]
+__all__ = ["run_demo", "load_demo_data", "second_family", "DEMO_INPUT_SIZE", "DEMO_HEADS"]
 
 #: The input size the demo embeds at (see the module docstring for how it was chosen).
 DEMO_INPUT_SIZE = 160
@@ -75,6 +75,26 @@ def load_demo_data(
     return "digits", images[train], labels[train], images[test], labels[test], classes
 
 
+def second_family(backbone: Any, weights: Any) -> tuple[str, ...]:
+    """The other offline ImageNet family the demo compares with: EfficientNet-Lite0, when
+    the demo runs ImageNet MobileNet and ``featx weights install efficientnet_lite0`` was run.
+
+    Examples
+    --------
+    >>> from featx.demo import second_family
+    >>> second_family("resnet50", "imagenet")
+    ()
+    """
+    from featx.efficientnet_lite import weight_filename
+    from featx.weights import keras_models_dir
+
+    if backbone != "mobilenet" or weights != "imagenet":
+        return ()
+    lite = "efficientnet_lite0"
+    installed = (keras_models_dir() / weight_filename(lite, include_top=False)).is_file()
+    return (lite,) if installed else ()
+
+
 def run_demo(
     out_dir: str | os.PathLike[str],
     *,
@@ -89,6 +109,7 @@ def run_demo(
     random_state: int = 0,
     batch_size: int = 32,
     verbose: bool | None = None,
+    also: Sequence[str] | None = None,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Embed a real labelled image set from PNG files, tune heads on it, compare with pixels.
@@ -126,6 +147,10 @@ def run_demo(
         Seeds the folds and the heads.
     verbose : bool or None, default=None
         Show a progress bar while embedding; ``None``: when standard error is a terminal.
+    also : sequence of str or None, default=None
+        More registry backbones to embed (same weights, input size and cache) and tune the same
+        heads on, reported side by side. ``None``: :func:`second_family` (EfficientNet-Lite0
+        beside ImageNet MobileNet when its weights are installed).
     log : callable or None, default=print
         Called with each line of the report.
 
@@ -139,7 +164,9 @@ def run_demo(
         ``pixel_leaderboard`` (:class:`featx.Leaderboard`), ``n_embedded``, ``n_cached``,
         ``embed_seconds``, ``images_per_second`` (images through the network per second of
         embedding; ``None`` when all came from the cache), ``tune_seconds``, ``wall_seconds``,
-        ``cache``, ``image_dirs``, ``model``, ``plots``, ``tables``.
+        ``cache``, ``image_dirs``, ``model``, ``plots``, ``tables``, and ``families``: per
+        backbone (the main one first, then ``also``), its ``accuracy``, ``best_head``,
+        ``cv_score``, ``embed_seconds`` and ``leaderboard``.
 
     Raises
     ------
@@ -224,6 +251,24 @@ def run_demo(
         )
     tune_seconds = time.perf_counter() - tune_started
     emb_board, px_board = boards["embeddings"], boards["raw pixels"]
+    main_name = embedder.config_.name if embedder.config_.kind == "registry" else "backbone"
+    families = {main_name: _family(emb_board, embed_seconds)}
+    for other in second_family(backbone, weights) if also is None else also:
+        other_embedder = ImageEmbedder(
+            other, weights=weights, input_size=input_size, batch_size=batch_size, cache=cache,
+            verbose=verbose,
+        )
+        other_started = time.perf_counter()
+        X = {s: other_embedder.fit_transform(splits[s]["paths"]) for s in ("train", "test")}
+        other_seconds = time.perf_counter() - other_started
+        say(f"embedded the same images with {other_embedder.config_.label} in "
+            f"{other_seconds:.1f} s; tuning {len(heads)} heads on its {X['train'].shape[1]} "
+            "features:")
+        boards[f"{other} features"] = board = tune_heads(
+            X["train"], splits["train"]["y"], test=(X["test"], splits["test"]["y"]),
+            heads=heads, cv=folds, random_state=random_state, n_jobs=n_jobs, log=say,
+        )
+        families[other] = _family(board, other_seconds)
     for name, board in boards.items():
         say("")
         say(f"leaderboard on {name} (ranked by cross-validation; test = {len(y_test)} held-out "
@@ -233,10 +278,11 @@ def run_demo(
 
     best, px_best = emb_board.best, px_board.best
     assert best.test_score is not None and px_best.test_score is not None
-    backbone_name = embedder.config_.name if embedder.config_.kind == "registry" else "backbone"
+    backbone_name = main_name
+    others = {name: board for name, board in boards.items() if name.endswith(" features")}
     plots = [
         plot_leaderboard(
-            {f"{backbone_name} features": emb_board, "raw pixels": px_board},
+            {f"{backbone_name} features": emb_board, **others, "raw pixels": px_board},
             out / "leaderboard.png",
             title=f"{dataset}: heads on {backbone_name} features vs raw pixels "
             f"({len(y_train)} training images)",
@@ -259,6 +305,9 @@ def run_demo(
     say("")
     say(f"best head on {backbone_name} features: {best.head}, test accuracy "
         f"{best.test_score:.1%}")
+    for name, family in list(families.items())[1:]:
+        say(f"best head on {name} features: {family['best_head']}, test accuracy "
+            f"{family['accuracy']:.1%} (same images, heads and folds)")
     say(f"best head on raw pixels: {px_best.head}, test accuracy {px_best.test_score:.1%}")
     say(f"plots: {plots[0]}, {plots[1]}")
     say(f"leaderboards: {tables[0]}, {tables[1]}")
@@ -290,4 +339,11 @@ def run_demo(
         "model": str(model_path),
         "plots": [str(p) for p in plots],
         "tables": [str(t) for t in tables],
+        "families": families,
     }
+
+
+def _family(board: Any, embed_seconds: float) -> dict[str, Any]:
+    best = board.best
+    return {"accuracy": float(best.test_score), "best_head": best.head,
+            "cv_score": float(best.cv_mean), "embed_seconds": embed_seconds, "leaderboard": board}

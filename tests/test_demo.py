@@ -67,3 +67,34 @@ def test_demo_digits_sizes_are_capped(tmp_path, monkeypatch):
     assert len(x_test) == 599
     assert np.bincount(y_test).min() > 50  # stratified
 
+
+
+def test_demo_reports_a_second_family_side_by_side(tmp_path):
+    lines: list[str] = []
+    result = run_demo(tmp_path, n_train=40, n_test=20, weights=None, input_size=32,
+                      heads=("logreg",), cv=2, also=("efficientnet_lite0",), log=lines.append)
+    assert list(result["families"]) == ["mobilenet", "efficientnet_lite0"]
+    lite = result["families"]["efficientnet_lite0"]
+    assert lite["leaderboard"].best.head == lite["best_head"] == "logreg"
+    assert lite["accuracy"] == lite["leaderboard"].best.test_score
+    assert lite["embed_seconds"] > 0
+    assert result["families"]["mobilenet"]["accuracy"] == result["accuracy"]
+    best_line = "best head on efficientnet_lite0 features: logreg"
+    assert any(line.startswith(best_line) for line in lines)
+    assert any("leaderboard on efficientnet_lite0 features" in line for line in lines)
+    # Both families' rows went into the one cache, a group each.
+    from featx import EmbeddingCache
+
+    assert len(EmbeddingCache(result["cache"]).groups()) == 2
+
+
+def test_second_family_only_beside_imagenet_mobilenet_when_installed(
+    tmp_path, monkeypatch, lite0_weights
+):
+    from featx.demo import second_family
+
+    assert second_family("mobilenet", "imagenet") == ("efficientnet_lite0",)
+    assert second_family("mobilenet", None) == ()
+    assert second_family("resnet50", "imagenet") == ()
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # nothing installed there
+    assert second_family("mobilenet", "imagenet") == ()
