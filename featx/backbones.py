@@ -481,6 +481,7 @@ def _resolve_source(
                 f"model file {str(path)!r} does not exist. Expected a registry name "
                 f"({', '.join(list_backbones()[:6])}, ...) or the path of a .keras/.h5 model."
             )
+        layer, prep = _tuned_file_defaults(path, layer, prep)
         return BackboneConfig(
             kind="file", name=str(path), weights=None, weights_id="in-file", layer=layer,
             pooling=pooling_s, input_size=size, resize=resize_s,
@@ -506,6 +507,29 @@ def _resolve_source(
         f"backbone={backbone!r} is not understood. Expected a registry name such as 'mobilenet', "
         "the path of a .keras/.h5 model, a keras.Model, or a function input_shape -> keras.Model."
     )
+
+
+def _tuned_file_defaults(
+    path: Path, layer: str | int | None, prep: str
+) -> tuple[str | int | None, str]:
+    """A file written by :func:`featx.fine_tune` says how it was trained: by default it is cut
+    at the layer that feeds its classifier and preprocessed as in training."""
+    from featx.tuned_file import read_tuned_metadata
+
+    meta = read_tuned_metadata(path)
+    if meta is None:
+        return layer, prep
+    if layer is None:
+        layer = str(meta["features_layer"])
+    if prep == "auto":
+        prep = str(meta["preprocess"])
+        if prep.startswith("callable:"):
+            raise FeatxError(
+                f"{str(path)!r} was fine-tuned with the preprocessing function "
+                f"{prep.split(':', 1)[1]}, which a file cannot hold; pass that function as "
+                "preprocess= (or a preprocess mode)."
+            )
+    return layer, prep
 
 
 def _looks_like_path(text: str) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,14 +34,18 @@ from typing import Any
 import numpy as np
 
 from featx.backbones import BackboneConfig, resolve_backbone
-from featx.exceptions import FeatxError, ImageLoadError
-from featx.images import Item, as_items, load_pixels
+from featx.exceptions import FeatxError
+from featx.finetune_data import (
+    array_batches,
+    frozen_activations,
+    image_batches,
+    numpy_preprocess,
+)
+from featx.images import as_items
 from featx.tuned_file import METADATA_FORMAT, save_tuned_model
 
 __all__ = ["fine_tune"]
 
-#: Images larger than this many pixels are refused (decompression-bomb guard), as when embedding.
-MAX_PIXELS = 89_478_485
 #: Share of the backbone's layers unfrozen when neither ``top_layers`` nor ``from_layer`` is given.
 DEFAULT_TOP_FRACTION = 0.15
 
@@ -61,7 +66,7 @@ def fine_tune(
     from_layer: str | None = None,
     epochs: int = 5,
     learning_rate: float = 1e-5,
-    head_epochs: int = 20,
+    head_epochs: int = 100,
     head_learning_rate: float = 1e-3,
     validation_split: float = 0.1,
     batch_size: int = 32,
@@ -107,8 +112,9 @@ def fine_tune(
         Most epochs of fine-tuning (early stopping may end sooner).
     learning_rate : float, default=1e-5
         Adam's learning rate while the top layers train (low: the pretrained weights move little).
-    head_epochs : int, default=20
-        Most epochs of training the new classifier on the frozen features.
+    head_epochs : int, default=100
+        Most epochs of training the new classifier on the frozen features (cheap: the features
+        are computed once; early stopping after 5 epochs without a lower validation loss).
     head_learning_rate : float, default=1e-3
         Adam's learning rate for the new classifier.
     validation_split : float, default=0.1
@@ -173,47 +179,64 @@ def fine_tune(
         model, names = _with_classifier(base, config.pooling, dropout, len(classes))
         size = (int(base.input_shape[1]), int(base.input_shape[2]))
         channels = int(base.input_shape[3])
-        prep = _numpy_preprocess(config)
+        prep = numpy_preprocess(config)
         workers = n_workers or min(8, os.cpu_count() or 1)
 
         def batches(idx: np.ndarray, *, train: bool) -> Any:
-            return _batches(items, labels, idx, size=size, channels=channels,
+            return image_batches(items, labels, idx, size=size, channels=channels,
                             resize=config.resize, preprocess=prep, batch_size=batch_size,
                             shuffle=train, augment=augment and train,
                             seed=random_state, workers=workers)
 
-        # Phase 1: the new classifier on the frozen network's features, computed once.
-        _freeze_all(base)
         say(f"{config.label}: {len(train_idx)} training and {len(val_idx)} validation images, "
             f"{len(classes)} classes, {size[0]}x{size[1]} px")
-        features = keras.Model(model.inputs, model.get_layer(names["features"]).output)
-        x_train = _features(features, batches(train_idx, train=False))
-        x_val = _features(features, batches(val_idx, train=False)) if len(val_idx) else None
-        head_epochs_run, head_val = _train_head(
-            model.get_layer(names["classifier"]), x_train, labels[train_idx], x_val,
-            labels[val_idx], dropout=dropout, epochs=head_epochs, lr=head_learning_rate,
-            seed=random_state,
-        )
-        say(f"new classifier on frozen features: {head_epochs_run} epochs"
-            + (f", validation accuracy {head_val:.3f}" if head_val is not None else "")
-            + f" ({time.perf_counter() - started:.0f} s)")
+        _freeze_all(base)
+        # Without augmentation the frozen layers below the unfrozen ones compute the same
+        # activations in every epoch: they are computed once, kept on disk (bounded memory),
+        # and only the top of the network runs while it trains.
+        bottom, trainee, features = _split_below(model, base, None if augment else start, names)
+        with tempfile.TemporaryDirectory(prefix="featx-finetune-") as tmp:
+            if bottom is not None:
+                acts = {k: frozen_activations(bottom, batches(idx, train=False),
+                                              Path(tmp) / f"{k}.npy")
+                        for k, idx in (("train", train_idx), ("val", val_idx)) if len(idx)}
 
-        # Phase 2: unfreeze the top layers (BatchNormalization stays frozen), low learning rate.
-        unfrozen = _unfreeze(base, start)
-        say(f"fine-tuning the top {depth - start} of {depth} layers (from {unfrozen[0]!r}), "
-            f"learning rate {learning_rate:g}, up to {epochs} epochs")
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        calls: list[Any] = [_EpochLog(say, epochs)]
-        if len(val_idx):
-            calls.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=patience, restore_best_weights=True
-            ))
-        history = model.fit(
-            batches(train_idx, train=True), epochs=epochs, verbose=0,
-            validation_data=batches(val_idx, train=False) if len(val_idx) else None,
-            callbacks=[*calls, *callbacks],
-        )
+                def data(k: str, idx: np.ndarray, *, train: bool) -> Any:
+                    return array_batches(acts[k], labels[idx], batch_size=batch_size,
+                                          shuffle=train, seed=random_state)
+            else:
+
+                def data(k: str, idx: np.ndarray, *, train: bool) -> Any:
+                    return batches(idx, train=train)
+
+            # Phase 1: the new classifier on the frozen network's features, computed once.
+            x_train = _features(features, data("train", train_idx, train=False))
+            x_val = _features(features, data("val", val_idx, train=False)) if len(val_idx) else None
+            head_epochs_run, head_val = _train_head(
+                model.get_layer(names["classifier"]), x_train, labels[train_idx], x_val,
+                labels[val_idx], dropout=dropout, epochs=head_epochs, lr=head_learning_rate,
+                seed=random_state,
+            )
+            say(f"new classifier on frozen features: {head_epochs_run} epochs"
+                + (f", validation accuracy {head_val:.3f}" if head_val is not None else "")
+                + f" ({time.perf_counter() - started:.0f} s)")
+
+            # Phase 2: unfreeze the top layers (BatchNormalization stays frozen), low rate.
+            unfrozen = _unfreeze(base, start)
+            say(f"fine-tuning the top {depth - start} of {depth} layers (from {unfrozen[0]!r}), "
+                f"learning rate {learning_rate:g}, up to {epochs} epochs")
+            trainee.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            calls: list[Any] = [_EpochLog(say, epochs)]
+            if len(val_idx):
+                calls.append(keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=patience, restore_best_weights=True
+                ))
+            history = trainee.fit(
+                data("train", train_idx, train=True), epochs=epochs, verbose=0,
+                validation_data=data("val", val_idx, train=False) if len(val_idx) else None,
+                callbacks=[*calls, *callbacks],
+            )
     val_acc = history.history.get("val_accuracy", [])
     metadata = {
         "format": METADATA_FORMAT,
@@ -465,6 +488,34 @@ def _with_classifier(base: Any, pooling: str, dropout: float,
     return keras.Model(base.inputs, out, name=f"{base.name}_tuned"), names
 
 
+def _split_below(model: Any, base: Any, start: int | None,
+                 names: dict[str, str]) -> tuple[Any, Any, Any]:
+    """``(bottom, top, features)``: the frozen network up to the lowest unfrozen layer's input,
+    the model from there up, and from there to the features layer. ``bottom`` is None (and
+    ``top`` the whole model) where the graph cannot be cut there (an input that skips past the
+    cut, a shared layer), nothing is frozen, or ``start`` is None."""
+    import keras
+
+    features_out = model.get_layer(names["features"]).output
+    whole = (None, model, keras.Model(model.inputs, features_out))
+    layers = _layers(base)
+    if not start:
+        return whole
+    try:
+        boundary = layers[start].input
+        if isinstance(boundary, (list, tuple, dict)):
+            return whole
+        top = keras.Model(boundary, model.output)
+        features = keras.Model(boundary, features_out)
+        bottom = keras.Model(model.inputs, boundary)
+    except Exception:  # Keras refuses a disconnected graph; train the whole model instead
+        return whole
+    allowed = {lay.name for lay in layers[start:]} | set(names.values())
+    if any(lay.name not in allowed for lay in _layers(top)):
+        return whole
+    return bottom, top, features
+
+
 def _features(model: Any, data: Any) -> np.ndarray:
     x = np.asarray(model.predict(data, verbose=0), np.float32)
     data.raise_failures()
@@ -485,7 +536,7 @@ def _train_head(classifier: Any, x_train: np.ndarray, y_train: np.ndarray,
                  metrics=["accuracy"])
     calls = []
     if x_val is not None:
-        calls.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=3,
+        calls.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=5,
                                                    restore_best_weights=True))
     history = head.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0,
                        validation_data=(x_val, y_val) if x_val is not None else None,
@@ -493,114 +544,6 @@ def _train_head(classifier: Any, x_train: np.ndarray, y_train: np.ndarray,
     classifier.set_weights(dense.get_weights())
     val = history.history.get("val_accuracy")
     return len(history.history["loss"]), (float(max(val)) if val else None)
-
-
-def _numpy_preprocess(config: BackboneConfig) -> Callable[[np.ndarray], np.ndarray]:
-    """The backbone's preprocessing as a function of a float32 NumPy batch (0-255 scale)."""
-    if config.preprocess_fn is not None:
-        fn = config.preprocess_fn
-    else:
-        from featx.network import _graph_preprocess
-
-        fn = _graph_preprocess(config.preprocess)
-    return lambda x: np.asarray(fn(x), np.float32)
-
-
-# ---- streaming the images -----------------------------------------------------------------------
-
-
-def _batches(*args: Any, **kwargs: Any) -> Any:
-    """A :func:`_dataset_class` instance (the class is made when Keras is first needed)."""
-    return _dataset_class()(*args, **kwargs)
-
-
-_DATASET: type | None = None
-
-
-def _dataset_class() -> type:
-    """A ``keras.utils.PyDataset`` of decoded, preprocessed image batches, built on first use."""
-    global _DATASET
-    if _DATASET is not None:
-        return _DATASET
-
-    import keras
-
-    class Batches(keras.utils.PyDataset):
-        """Batches of ``(pixels, labels)``: decoded, resized and preprocessed as featx embeds.
-
-        Only a few batches exist at a time (Keras's queue); training batches are reshuffled
-        every epoch and optionally augmented (flips, shifts) before preprocessing.
-        """
-
-        def __init__(self, items: list[Item], labels: np.ndarray, idx: np.ndarray, *,
-                     size: tuple[int, int], channels: int, resize: str,
-                     preprocess: Callable[[np.ndarray], np.ndarray], batch_size: int,
-                     shuffle: bool, augment: bool, seed: int, workers: int):
-            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4)
-            self.items, self.labels, self.idx = items, labels, np.asarray(idx)
-            self.size, self.channels, self.resize = size, channels, resize
-            self.preprocess, self.batch_size = preprocess, batch_size
-            self.shuffle, self.augment = shuffle, augment
-            self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(self.idx) if shuffle else self.idx
-            self.epoch = 0
-            self.seed = seed
-            self.failures: dict[int, ImageLoadError] = {}
-
-        def __len__(self) -> int:
-            return math.ceil(len(self.idx) / self.batch_size)
-
-        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-            chosen = self.order[i * self.batch_size:(i + 1) * self.batch_size]
-            pixels = np.zeros((len(chosen), *self.size, self.channels), np.float32)
-            for row, p in enumerate(chosen):
-                try:
-                    pixels[row] = load_pixels(self.items[p], self.size, channels=self.channels,
-                                              resize=self.resize, max_pixels=MAX_PIXELS)
-                except ImageLoadError as exc:
-                    exc.index = int(p)
-                    self.failures[int(p)] = exc
-            if self.augment:
-                rng = np.random.default_rng((self.seed, self.epoch, i))
-                pixels = _augment(pixels, rng)
-            return self.preprocess(pixels), self.labels[chosen]
-
-        def on_epoch_end(self) -> None:
-            self.epoch += 1
-            if self.shuffle:
-                self.order = self.rng.permutation(self.idx)
-
-        def raise_failures(self) -> None:
-            if not self.failures:
-                return
-            bad = [self.failures[k] for k in sorted(self.failures)]
-            lines = "; ".join(str(e) for e in bad[:10])
-            more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
-            raise ImageLoadError(
-                f"{len(bad)} of {len(self.idx)} images",
-                f"could not be loaded: {lines}{more}. Nothing was trained; remove them (or fix "
-                "them) and run fine_tune again.",
-            )
-
-    _DATASET = Batches
-    return Batches
-
-
-def _augment(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random horizontal flips and shifts of up to 10% (edges repeated), image by image."""
-    out = pixels.copy()
-    h, w = pixels.shape[1:3]
-    for k in range(len(out)):
-        img = out[k]
-        if rng.random() < 0.5:
-            img = img[:, ::-1]
-        dy = int(rng.integers(-(h // 10), h // 10 + 1))
-        dx = int(rng.integers(-(w // 10), w // 10 + 1))
-        if dy or dx:
-            padded = np.pad(img, ((abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)), mode="edge")
-            img = padded[abs(dy) + dy:abs(dy) + dy + h, abs(dx) + dx:abs(dx) + dx + w]
-        out[k] = img
-    return out
 
 
 # ---- training helpers ---------------------------------------------------------------------------
