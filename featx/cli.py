@@ -269,7 +269,7 @@ def _embed_on_ray(args: argparse.Namespace, paths: list[str], embedder: Any) -> 
     report = embed_on_ray(paths, embedder, address=args.ray_address, workers=args.workers,
                           gpus_per_worker=args.gpus_per_worker)
     if args.verbosity > 0:
-        print(f"Ray: {report.n_workers} workers on {report.n_nodes} nodes, ready in "
+        print(f"Ray: {report.n_workers} worker(s) on {report.n_nodes} node(s), ready in "
               f"{report.startup_seconds:.1f} s, {report.worker_deaths} worker deaths")
     return report
 

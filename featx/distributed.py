@@ -284,7 +284,6 @@ class _Worker:
         embedder: Any,
         kind: str,
         sample_shape: tuple[int, ...] | None,
-        known: list[Any],
         batch_size: int,
         threads: int | None,
         retry_failed: bool,
@@ -295,9 +294,7 @@ class _Worker:
         self.group = _group(self.config, sample_shape)
         self.kind = kind
         self.sample_shape = sample_shape
-        # A reference (in a list, so that Ray does not resolve it as an argument): read from
-        # the object store in place, and again by a restarted actor.
-        self.known: _Known = ray.get(known[0])
+        self.known: _Known | None = None  # from hello(), the first call of every incarnation
         self.batch_size = batch_size
         self.retry_failed = retry_failed
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
@@ -305,9 +302,14 @@ class _Worker:
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="featx-decode")
         self.network: Any = None
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self, known: list[Any]) -> dict[str, Any]:
+        """Read the cache's known keys (a reference, in a list so that Ray passes it as is:
+        read in place from the object store, by every incarnation of the actor); say who this
+        worker is."""
         import ray
 
+        if self.known is None:
+            self.known = ray.get(known[0])
         return {"group": self.group, "pid": os.getpid(), "threads": self.threads,
                 "node": ray.get_runtime_context().get_node_id()}
 
@@ -338,6 +340,7 @@ class _Worker:
             if isinstance(k, ImageLoadError):
                 k.index = j
                 failed.append(k)
+        assert self.known is not None, "hello() first"
         hit = self.known.contains([str(keys[j]) for j in readable])
         todo: list[int] = []
         for j, is_hit in zip(readable, hit, strict=True):
@@ -555,16 +558,17 @@ def embed_on_ray(
         )
         known_ref = ray.put(known)
         handles = [
-            actor.remote(embedder, kind, sample_shape, [known_ref], batch_size,
+            actor.remote(embedder, kind, sample_shape, batch_size,
                          getattr(embedder, "n_workers", None), retry)
             for _ in range(n)
         ]
         try:
-            nodes = _wait_ready(ray, handles, group, config, ready_timeout, cpus, gpus, warm_up)
+            nodes = _wait_ready(ray, handles, [known_ref], group, config, ready_timeout, cpus,
+                                gpus, warm_up)
             report.n_nodes = len(set(nodes))
             report.startup_seconds = time.perf_counter() - started
             t0 = time.perf_counter()
-            _drive(ray, handles, items, shard, store, group, config, report,
+            _drive(ray, handles, [known_ref], items, shard, store, group, config, report,
                    max_worker_deaths or max(16, 4 * n), ready_timeout, show)
             report.embed_seconds = time.perf_counter() - t0
         finally:
@@ -575,13 +579,14 @@ def embed_on_ray(
     return report
 
 
-def _wait_ready(ray: Any, handles: list[Any], group: str, config: BackboneConfig,
+def _wait_ready(ray: Any, handles: list[Any], known: list[Any], group: str,
+                config: BackboneConfig,
                 timeout: float, cpus: float, gpus: float, warm_up: bool) -> list[str]:
     """Every actor placed (its network built and warm, with ``warm_up``); its fingerprint is
     the driver's."""
     from ray import exceptions as rex
 
-    hellos = [h.hello.remote() for h in handles]
+    hellos = [h.hello.remote(known) for h in handles]
     warm = [h.warm_up.remote() for h in handles] if warm_up else []
     ready, pending = ray.wait(hellos + warm, num_returns=len(hellos) + len(warm),
                               timeout=timeout)
@@ -620,6 +625,7 @@ def _cause_line(exc: BaseException) -> str:
 def _drive(
     ray: Any,
     handles: list[Any],
+    known: list[Any],
     items: list[Item],
     shard_size: int,
     store: EmbeddingCache,
@@ -711,7 +717,7 @@ def _drive(
                 "Every shard committed so far is in the cache: a rerun embeds only the rest."
             )
         restarting.add(a)
-        probes[handles[a].hello.remote()] = a
+        probes[handles[a].hello.remote(known)] = a
 
     def probed(ref: Any) -> None:
         """A restarting actor answered: back to work, or not yet (ask again)."""
@@ -723,7 +729,7 @@ def _drive(
             if exc.actor_init_failed:
                 raise FeatxError(f"a Ray worker could not restart: {_cause_line(exc)}") from None
             time.sleep(0.2)
-            probes[handles[a].hello.remote()] = a
+            probes[handles[a].hello.remote(known)] = a
 
     last_progress = time.monotonic()
     try:
