@@ -166,12 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         for n in [int(w) for w in args.workers.split(",")]:
             emb = ImageEmbedder(sleepy_network, input_size=16, engine="keras", batch_size=32,
                                 cache=str(tmp / f"sleep{n}.h5"))
-            rep = _on_ray(tiny, emb, workers=n, cpus_per_worker=1.0, shard_size=32)
+            rep = _on_ray(tiny, emb, workers=n, cpus_per_worker=1.0)
             scaling.append((n, rep))
         t1 = scaling[0][1].embed_seconds * scaling[0][0]
         ideal = args.batches * args.sleep
         out(f"#### Scaling: {n_items} tiny PNGs, a network that sleeps {args.sleep:g} s per "
-            f"batch of 32 ({args.batches} batches, {ideal:g} s of sleep), one task per batch")
+            f"batch of 32 ({args.batches} batches, {ideal:g} s of sleep), 8 batches per task")
         out()
         out("| workers | seconds | images/s | efficiency T1/(N x TN) | actor start-up (s) | "
             "overhead per batch (ms) | driver commit rate (rows/s) |")
