@@ -483,7 +483,8 @@ def embed_on_ray(
         so they must be readable there (the same path on every node: a shared or copied folder).
     embedder : ImageEmbedder
         Its backbone settings, ``batch_size``, ``cache``, ``retry_failed``, ``n_workers``
-        (decode threads per worker; default one per CPU of the worker) and ``verbose`` apply.
+        (decode threads per worker; default one per CPU of the worker) and ``verbose`` apply;
+        ``on_error`` does not (no rows are returned: every failure is in the report).
     cache : path, optional
         Instead of ``embedder.cache``; one of them is needed.
     address : str, optional
