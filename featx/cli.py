@@ -214,7 +214,19 @@ def _backbone_from_cache(args: argparse.Namespace) -> dict[str, Any] | None:
         ) from None
 
 
+def _ray_options_need_ray(args: argparse.Namespace) -> None:
+    given = [f"--{name.replace('_', '-')}" for name in ("ray_address", "workers",
+                                                        "gpus_per_worker")
+             if getattr(args, name) is not None]
+    if given and not args.ray:
+        raise FeatxError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for a Ray cluster, but "
+            "--ray was not given; add --ray to run there, or leave them out to run here."
+        )
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
+    _ray_options_need_ray(args)
     say = _say(args)
     paths = _list_source(args.src, args.path_column)
     embedder = _embedder(args, args.on_error)
@@ -352,6 +364,7 @@ def _labelled_source(src: str, path_column: str, label_column: str) -> tuple[lis
 
 
 def _cmd_heads(args: argparse.Namespace) -> int:
+    _ray_options_need_ray(args)
     if not args.ray:
         return _heads(args)
     from featx.distributed import ray_session

@@ -258,6 +258,13 @@ def test_cli_errors_are_one_line(workspace, tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip().count("\n") == 0
     assert "featx: error: cannot reach the Ray cluster at '127.0.0.1:9'" in out.stderr
+    alone = subprocess.run(
+        [FEATX, "heads", str(workspace / "images"), "--cache", str(tmp_path / "emb.h5"),
+         "--workers", "2"], env=_cli_env(tempfile.gettempdir()), capture_output=True, text=True,
+        timeout=120,
+    )
+    assert alone.returncode == 1
+    assert "featx: error: --workers is for a Ray cluster, but --ray was not given" in alone.stderr
 
 
 def test_cli_heads_on_ray_starts_and_stops_its_own_cluster(workspace, tmp_path):
