@@ -21,7 +21,7 @@ def test_readme_has_python_examples():
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(code, tmp_path, imagenet_weights):
+def test_readme_example_runs(code, tmp_path, imagenet_weights, lite0_weights):
     rng = np.random.default_rng(0)
     for label, cls in enumerate(["NORMAL", "PNEUMONIA"]):
         folder = tmp_path / "chest_xray" / "train" / cls
