@@ -148,6 +148,24 @@ def test_empty_source_and_no_cache(cluster, workspace, tmp_path):
         embed_on_ray(_paths(workspace), ImageEmbedder(str(workspace / "tiny.keras")))
 
 
+def test_known_keys_come_from_the_index_and_are_searched_in_place(tmp_path):
+    from featx.distributed import _Known
+
+    cache = EmbeddingCache(tmp_path / "emb.h5")
+    a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+    cache.append("g", [b, a], np.ones((2, 3), np.float32), ["b.png", "a.png"],
+                 failed=[(c, "c.png", "truncated")])
+    cache.append("g", [d], np.ones((1, 3), np.float32), ["d.png"])  # a second segment
+    cache.append("g", [c], np.ones((1, 3), np.float32), ["c.png"])  # c decoded after all
+    cache.append("g", [], np.zeros((0, 3), np.float32), [], failed=[("e" * 64, "e.png", "bad")])
+    keys, failed = cache.known_keys("g")
+    assert keys == [a, b, c, d] and failed == {"e" * 64: "bad"}
+    assert EmbeddingCache(tmp_path / "none.h5").known_keys("g") == ([], {})
+    known = _Known(np.array(keys, dtype="S64"), failed)
+    assert known.contains([d, "f" * 64, a, "0" * 64]).tolist() == [True, False, True, False]
+    assert _Known(np.array([], dtype="S64"), {}).contains([a]).tolist() == [False]
+
+
 def test_unreachable_address_is_named():
     with pytest.raises(ClusterError, match=r"cannot reach the Ray cluster at '127\.0\.0\.1:9'"):
         _check_reachable("127.0.0.1:9", timeout=2)
