@@ -227,7 +227,7 @@ def fine_tune(
                 f"learning rate {learning_rate:g}, up to {epochs} epochs")
             trainee.compile(optimizer=keras.optimizers.Adam(learning_rate),
                             loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-            calls: list[Any] = [_EpochLog(say, epochs)]
+            calls: list[Any] = [_epoch_logger()(say, epochs)]
             if len(val_idx):
                 calls.append(keras.callbacks.EarlyStopping(
                     monitor="val_loss", patience=patience, restore_best_weights=True
@@ -590,10 +590,6 @@ def _epoch_logger() -> type:
                      f"({time.perf_counter() - self.started:.0f} s)")
 
     return EpochLog
-
-
-def _EpochLog(say: Callable[[str], None], epochs: int) -> Any:  # noqa: N802 - a class factory
-    return _epoch_logger()(say, epochs)
 
 
 def _jsonable(classes: np.ndarray) -> list[Any]:
