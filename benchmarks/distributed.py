@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sleep", type=float, default=0.5, help="seconds per batch (scaling)")
     parser.add_argument("--batches", type=int, default=64, help="batches of 32 (scaling)")
     parser.add_argument("--workers", default="1,2,4,8", help="worker counts (scaling)")
+    parser.add_argument("--parts", default="overhead,scaling,writer",
+                        help="which measurements to run")
     args = parser.parse_args(argv)
     os.environ[SLEEP_ENV] = str(args.sleep)
 
@@ -128,31 +130,34 @@ def main(argv: list[str] | None = None) -> int:
         photos = make_photo_folder(Path(tempfile.gettempdir()) / "featx-bench-photos",
                                    args.images)
         # ---- 1. overhead ------------------------------------------------------------------
-        single = _single(photos, tmp / "single.h5")
+        parts = args.parts.split(",")
+        single = _single(photos, tmp / "single.h5") if "overhead" in parts else 1.0
         t0 = time.perf_counter()
         ray.init(num_cpus=8, include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False)
         cluster_start = time.perf_counter() - t0
         rows = []
-        for n, cpus in ((1, 2.0), (2, 1.0)):
+        for n, cpus in ((1, 2.0), (2, 1.0)) if "overhead" in parts else ():
             emb = ImageEmbedder("mobilenet", cache=str(tmp / f"ray{n}.h5"))
             rep = _on_ray(photos, emb, workers=n, cpus_per_worker=cpus)
             rows.append((n, cpus, rep))
-        out(f"#### Overhead: {args.images} JPEG photos, mobilenet 224 px, this machine "
-            f"({os.cpu_count()} cores)")
-        out()
-        out("| method | images/s | vs single process | actor start-up (s) | "
-            "with start-up: vs single process |")
-        out("|---|---:|---:|---:|---:|")
-        out(f"| single-process featx | {args.images / single:.1f} | 1.00x | | |")
-        for n, cpus, rep in rows:
-            out(f"| Ray, {n} worker{'s' if n > 1 else ''} x {cpus:g} CPU | "
-                f"{args.images / rep.embed_seconds:.1f} | **{single / rep.embed_seconds:.2f}x** | "
-                f"{rep.startup_seconds:.1f} | "
-                f"{single / (rep.embed_seconds + rep.startup_seconds):.2f}x |")
-        out()
-        out(f"Starting the local cluster (ray.init, once per session): {cluster_start:.1f} s.")
-        out()
+        if "overhead" in parts:
+            out(f"#### Overhead: {args.images} JPEG photos, mobilenet 224 px, this machine "
+                f"({os.cpu_count()} cores)")
+            out()
+            out("| method | images/s | vs single process | actor start-up (s) | "
+                "with start-up: vs single process |")
+            out("|---|---:|---:|---:|---:|")
+            out(f"| single-process featx | {args.images / single:.1f} | 1.00x | | |")
+            for n, cpus, rep in rows:
+                out(f"| Ray, {n} worker{'s' if n > 1 else ''} x {cpus:g} CPU | "
+                    f"{args.images / rep.embed_seconds:.1f} | "
+                    f"**{single / rep.embed_seconds:.2f}x** | "
+                    f"{rep.startup_seconds:.1f} | "
+                    f"{single / (rep.embed_seconds + rep.startup_seconds):.2f}x |")
+            out()
+            out(f"Starting the local cluster (ray.init, once per session): {cluster_start:.1f} s.")
+            out()
         # ---- 2. scaling -------------------------------------------------------------------
         folder = tmp / "tiny"
         folder.mkdir()
@@ -163,41 +168,44 @@ def main(argv: list[str] | None = None) -> int:
                 folder / f"t{i:05d}.png")
         tiny = sorted(str(p) for p in folder.iterdir())
         scaling = []
-        for n in [int(w) for w in args.workers.split(",")]:
+        for n in [int(w) for w in args.workers.split(",")] if "scaling" in parts else []:
             emb = ImageEmbedder(sleepy_network, input_size=16, engine="keras", batch_size=32,
                                 cache=str(tmp / f"sleep{n}.h5"))
             rep = _on_ray(tiny, emb, workers=n, cpus_per_worker=1.0)
             scaling.append((n, rep))
-        t1 = scaling[0][1].embed_seconds * scaling[0][0]
-        ideal = args.batches * args.sleep
-        out(f"#### Scaling: {n_items} tiny PNGs, a network that sleeps {args.sleep:g} s per "
-            f"batch of 32 ({args.batches} batches, {ideal:g} s of sleep), 8 batches per task")
-        out()
-        out("| workers | seconds | images/s | efficiency T1/(N x TN) | actor start-up (s) | "
-            "overhead per batch (ms) | driver commit rate (rows/s) |")
-        out("|---:|---:|---:|---:|---:|---:|---:|")
-        for n, rep in scaling:
-            eff = t1 / (n * rep.embed_seconds)
-            per_batch = (n * rep.embed_seconds - ideal) / args.batches * 1000
-            rate = rep.n_committed / rep.commit_seconds if rep.commit_seconds else float("nan")
-            out(f"| {n} | {rep.embed_seconds:.2f} | {n_items / rep.embed_seconds:.0f} | "
-                f"**{eff:.2f}** | {rep.startup_seconds:.1f} | {per_batch:.0f} | {rate:,.0f} |")
-        out()
-        out("T1 is the 1-worker run; the driver commit rate is rows committed over the seconds "
-            "its cache writer spent committing (off the driver's loop).")
-        out()
+        if scaling:
+            t1 = scaling[0][1].embed_seconds * scaling[0][0] if scaling else 1.0
+            ideal = args.batches * args.sleep
+            out(f"#### Scaling: {n_items} tiny PNGs, a network that sleeps {args.sleep:g} s per "
+                f"batch of 32 ({args.batches} batches, {ideal:g} s of sleep), 8 batches per task")
+            out()
+            out("| workers | seconds | images/s | efficiency T1/(N x TN) | actor start-up (s) | "
+                "overhead per batch (ms) | driver commit rate (rows/s) |")
+            out("|---:|---:|---:|---:|---:|---:|---:|")
+            for n, rep in scaling:
+                eff = t1 / (n * rep.embed_seconds)
+                per_batch = (n * rep.embed_seconds - ideal) / args.batches * 1000
+                rate = rep.n_committed / rep.commit_seconds if rep.commit_seconds else float("nan")
+                out(f"| {n} | {rep.embed_seconds:.2f} | {n_items / rep.embed_seconds:.0f} | "
+                    f"**{eff:.2f}** | {rep.startup_seconds:.1f} | {per_batch:.0f} | {rate:,.0f} |")
+            out()
+            out("T1 is the 1-worker run; the driver commit rate is rows committed over the seconds "
+                "its cache writer spent committing (off the driver's loop).")
+            out()
         ray.shutdown()
         # ---- 3. the driver's writer alone -------------------------------------------------
-        rate = _writer_rate(tmp)
-        out("#### The driver's cache writer alone")
-        out()
-        out(f"40,000 rows of 1,024 float32 arriving in shards of 256: **{rate:,.0f} rows/s** "
-            "committed (a segment file per commit; shards that queue up during a commit are "
-            "committed together).")
-        out()
+        rate = _writer_rate(tmp) if "writer" in parts else float("nan")
+        if "writer" in parts:
+            out("#### The driver's cache writer alone")
+            out()
+            out(f"40,000 rows of 1,024 float32 arriving in shards of 256: **{rate:,.0f} rows/s** "
+                "committed (a segment file per commit; shards that queue up during a commit are "
+                "committed together).")
+            out()
         total = time.perf_counter() - started
         out(f"Total: {total:.0f} s. Command: `.venv/bin/python -m benchmarks.distributed "
-            f"--images {args.images} --sleep {args.sleep:g} --batches {args.batches}`")
+            f"--images {args.images} --sleep {args.sleep:g} --batches {args.batches} "
+            f"--parts {args.parts}`")
     finally:
         if ray.is_initialized():
             ray.shutdown()

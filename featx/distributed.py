@@ -660,14 +660,14 @@ def _drive(
         inflight[ref] = (a, s)
         queues[a].append(ref)
 
-    def submit(a: int) -> None:
+    def submit(a: int, depth: int) -> None:
         if a in restarting:
             return
         if suspects:
             if not queues[a]:
                 send(a, suspects.popleft())
             return  # a busy worker finishes first, then takes a suspect alone
-        while len(queues[a]) < DEPTH and todo:
+        while len(queues[a]) < depth and todo:
             send(a, todo.popleft())
 
     def take(result: _ShardResult, s: _Shard) -> None:
@@ -735,8 +735,10 @@ def _drive(
     last_progress = time.monotonic()
     try:
         while todo or suspects or inflight:
-            for a in range(len(handles)):
-                submit(a)
+            # Every worker gets a shard before any gets a second (few shards, many workers).
+            for depth in range(1, DEPTH + 1):
+                for a in range(len(handles)):
+                    submit(a, depth)
             ready, _ = ray.wait([*inflight, *probes], num_returns=1, timeout=5.0)
             if not ready and time.monotonic() - last_progress > timeout:
                 raise ClusterError(
