@@ -369,3 +369,72 @@ def test_tune_heads_target_errors(rng):
         tune_heads(Xs, y, heads=["logreg"], cv=3, target=Xt, adapt="tca")
     with pytest.raises(FeatxError, match="target has 1 row; adapting needs at least 2"):
         tune_heads(Xs, y, heads=["logreg"], cv=3, target=Xt[:1])
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+
+def test_cli_heads_target_saves_an_adapted_model_that_predicts_the_target(tmp_path):
+    import csv
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from featx import load_model
+    from tests.conftest import tiny_convnet
+
+    tiny_convnet((16, 16, 3)).save(tmp_path / "tiny.keras")
+    rng = np.random.default_rng(2)
+    for c, cls in enumerate(["dark", "light"]):
+        for domain, offset in (("source", 0), ("target", 60)):
+            folder = tmp_path / domain / cls
+            folder.mkdir(parents=True)
+            for i in range(8):
+                arr = rng.integers(0, 120, size=(16, 16, 3)) + 100 * c + offset
+                Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    flat = tmp_path / "unlabelled"
+    flat.mkdir()
+    for p in sorted((tmp_path / "target").rglob("*.png")):
+        (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+
+    featx = Path(sys.executable).parent / "featx"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    common = ["--backbone", tmp_path / "tiny.keras", "--input-size", "16", "--cache",
+              tmp_path / "emb.h5", "--heads", "logreg,knn", "--cv", "2", "--n-jobs", "1"]
+
+    def run(*args):
+        return subprocess.run([str(featx), *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    # An unlabelled folder: ranked by reverse validation, no target metrics, a model saved.
+    done = run("heads", tmp_path / "source", *common, "--target", flat, "--out", tmp_path / "u")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "16 target images from" in done.stdout and "unlabelled" in done.stdout
+    assert "no target label is used" in done.stdout
+    assert "cv reverse_validation" in done.stdout and "coral (16 rows)" in done.stdout
+    assert {p.name for p in (tmp_path / "u").iterdir()} == {
+        "leaderboard.csv", "leaderboard.png", "model.featx"}
+    model = load_model(tmp_path / "u" / "model.featx")  # through skops' trusted types
+    assert isinstance(model.head, CORAL) and model.head.n_target_ == 16
+    assert model.manifest["info"]["target"] == str(flat)
+    predicted = run("predict", tmp_path / "u" / "model.featx", flat, "--out", tmp_path / "p.csv")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and {r["prediction"] for r in rows} <= {"dark", "light"}
+    assert all(r["error"] == "" for r in rows)
+    expected = model.predict(sorted(str(p) for p in flat.iterdir()))
+    assert [r["prediction"] for r in rows] == list(expected)
+
+    # A labelled target folder: its labels report the test columns and a confusion matrix.
+    done = run("heads", tmp_path / "source", *common, "--target", tmp_path / "target",
+               "--adapt", "subspace", "--out", tmp_path / "l")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "their labels only report the test columns, never choose" in done.stdout
+    assert (tmp_path / "l" / "confusion_matrix.png").is_file()
+    board = list(csv.DictReader(open(tmp_path / "l" / "leaderboard.csv", newline="")))
+    assert all(0 <= float(r["test_score"]) <= 1 for r in board)
+    assert isinstance(load_model(tmp_path / "l" / "model.featx").head, SubspaceAlignment)
