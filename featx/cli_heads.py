@@ -1,0 +1,244 @@
+"""``featx heads``: tune classifier heads on labelled images' embeddings, from the command line.
+
+A thin layer over :func:`featx.tune_heads`: it lists the labelled images, embeds them through the
+cache (the backbone options default to the cache's own group), tunes the heads (on Ray with
+``--ray``; adapted to an unlabelled target domain with ``--target``), prints the leaderboard and
+writes to ``--out`` the leaderboard (CSV and PNG), the confusion matrix, ``model.featx`` and
+``report.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+from typing import Any
+
+from featx.cli import (
+    _backbone_from_cache,
+    _embed_on_ray,
+    _embedder,
+    _embedder_flags,
+    _folds,
+    _fraction,
+    _heads_list,
+    _labelled_source,
+    _list_source,
+    _n_jobs,
+    _ray_flags,
+    _ray_options_need_ray,
+    _reason,
+    _say,
+)
+
+
+def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
+    """Add ``featx heads`` to the ``featx`` sub-commands."""
+    from featx.heads import DEFAULT_HEADS
+
+    heads = commands.add_parser(
+        "heads", parents=[flags, _embedder_flags(backbone_required=False), _ray_flags()],
+        help="tune classifier heads on labelled images' embeddings; plots and a saved model",
+        description="Tune classifier heads (grid search, stratified cross-validation) on the "
+        "embeddings of labelled images and rank them. The embeddings come through the cache: "
+        "after `featx embed SRC` none is computed again, and without --backbone the backbone "
+        "options are the ones the cache's embeddings were made with. "
+        "Prints the leaderboard and writes to --out the leaderboard (CSV and PNG), the best "
+        "head's confusion matrix (PNG), the best head with the embedder's configuration "
+        "as model.featx (for featx predict), and report.html: one self-contained page with "
+        "the leaderboard, the plots, per-class precision and recall, a t-SNE map of the "
+        "embeddings and the images the best head got wrong.",
+    )
+    heads.add_argument("src", metavar="SRC",
+                       help="labelled images: a folder with one sub-folder per class, or a CSV "
+                       "file with path and label columns")
+    heads.add_argument("--heads", type=_heads_list, default=list(DEFAULT_HEADS), metavar="H,H",
+                       help="comma-separated heads to tune, or 'all' (default "
+                       f"{','.join(DEFAULT_HEADS)}; also hist_gb)")
+    heads.add_argument("--cv", type=_folds, default=5, metavar="K",
+                       help="cross-validation folds (default 5)")
+    heads.add_argument("--test-size", type=_fraction, default=0.2, metavar="F",
+                       help="fraction held out, stratified, to test the tuned heads (default "
+                       "0.2; 0: none, the metrics are then cross-validated)")
+    heads.add_argument("--out", default="featx-heads", metavar="DIR",
+                       help="where the plots, the CSV, model.featx and report.html go (default "
+                       "featx-heads)")
+    heads.add_argument("--search", choices=("grid", "halving"), default="grid",
+                       help="exhaustive grid search (default) or successive halving")
+    heads.add_argument("--scoring", default="accuracy", metavar="NAME",
+                       help="the scikit-learn score to maximise (default accuracy)")
+    heads.add_argument("--n-jobs", type=_n_jobs, default=-1, metavar="N",
+                       help="parallel fits (default -1: all cores)")
+    heads.add_argument("--random-state", type=int, default=0, metavar="N",
+                       help="seed of the split, the folds and the heads (default 0)")
+    heads.add_argument("--label-column", default="label", metavar="NAME",
+                       help="the CSV column holding labels (default 'label')")
+    heads.add_argument("--target", metavar="DIR",
+                       help="adapt the heads to these images' domain (a folder or CSV; "
+                       "unlabelled, or one sub-folder per class to report on, never to choose): "
+                       "heads are ranked by reverse validation on the target, and --test-size "
+                       "and --scoring do not apply")
+    heads.add_argument("--adapt", choices=("coral", "subspace"), default="coral",
+                       help="with --target: CORAL or subspace alignment (default coral)")
+    heads.set_defaults(func=_cmd_heads)
+
+
+def _cmd_heads(args: argparse.Namespace) -> int:
+    _ray_options_need_ray(args)
+    if not args.ray:
+        return _heads(args)
+    from featx.distributed import ray_session
+
+    with ray_session(args.ray_address):  # one cluster for the embedding and the tuning
+        return _heads(args)
+
+
+def _heads(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from featx.heads import tune_heads
+    from featx.plots import plot_confusion_matrix, plot_leaderboard
+    from featx.report import write_report
+    from featx.saved import FeatxModel
+
+    say = _say(args)
+    paths, y = _labelled_source(args.src, args.path_column, args.label_column)
+    from_cache = _backbone_from_cache(args)
+    embedder = _embedder(args, "skip", from_cache)
+    embedder.fit(paths)  # checks the parameters before any work
+    if from_cache is not None:
+        say(f"backbone from the cache: {embedder.config_.label}")
+    if args.ray:  # the misses are embedded on the cluster; the transform below reads the cache
+        on_ray = _embed_on_ray(args, paths, embedder)
+        say(f"on Ray: {on_ray.n_embedded} embedded, {on_ray.n_hits} already cached, "
+            f"{on_ray.n_failed} failed")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
+        X = embedder.transform(paths)
+    report = embedder.report_
+    y = np.delete(y, report.dropped)
+    say(f"{len(paths)} images in {len(np.unique(y))} classes from {args.src}: "
+        f"{report.n_hits} embeddings from the cache {args.cache}, {report.n_embedded} embedded, "
+        f"{report.n_failed} failed (left out)")
+    for e in report.errors:
+        print(f"  {e.source}: {_reason(e)}")
+    if args.target is not None:
+        return _heads_on_target(args, embedder, X, y)
+    kept = np.delete(np.asarray(paths, dtype=object), report.dropped)
+    test_size = args.test_size or None
+    say(f"tuning {len(args.heads)} heads, {args.cv}-fold stratified cross-validation"
+        + (f", {test_size:.0%} held out for testing" if test_size else "") + ":")
+    tuning = dict(heads=args.heads, cv=args.cv, search=args.search, scoring=args.scoring,
+                  random_state=args.random_state, n_jobs=args.n_jobs, log=say,
+                  **({"backend": "ray"} if args.ray else {}))
+    evaluated = np.arange(len(y))  # the rows behind board.y_true, for the report's thumbnails
+    if test_size:
+        from sklearn.model_selection import train_test_split
+
+        # The split tune_heads(test_size=...) makes, made here to know which images it held out.
+        fit_rows, evaluated = train_test_split(evaluated, test_size=test_size, stratify=y,
+                                               random_state=args.random_state)
+        board = tune_heads(X[fit_rows], y[fit_rows], test=(X[evaluated], y[evaluated]),
+                           **tuning)
+    else:
+        board = tune_heads(X, y, **tuning)
+    print(board.to_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    best = board.best
+    where = (f"{board.n_test} test images" if board.n_test
+             else f"{board.n_train} images, out-of-fold predictions")
+    written = [
+        board.to_csv(out / "leaderboard.csv"),
+        plot_leaderboard(board, out / "leaderboard.png",
+                         title=f"Heads on {embedder.config_.name} features ({board.n_train} "
+                         "training images)"),
+        plot_confusion_matrix(board.y_true, board.y_pred, out / "confusion_matrix.png",
+                              title=f"{best.head}: {where}, accuracy "
+                              f"{np.mean(board.y_true == board.y_pred):.1%}"),
+    ]
+    model = FeatxModel(
+        embedder.set_params(cache=None, verbose=False, on_error="raise"), best.estimator,
+        info={"source": str(args.src), "head": best.head, "cv_score": best.cv_mean,
+              "test_score": best.test_score, "scoring": board.scoring,
+              "n_train": board.n_train, "n_test": board.n_test},
+    )
+    written.append(model.save(out / "model.featx"))
+    say(f"writing {out / 'report.html'} (with a t-SNE map of the embeddings)")
+    written.append(write_report(
+        out / "report.html", board, embeddings=X, labels=y,
+        eval_sources=[str(p) for p in kept[evaluated]], plots=written[1:3],
+        title=f"featx heads: {args.src}", random_state=args.random_state,
+        notes=[f"Backbone: {embedder.config_.label}.",
+               f"Images: {args.src} ({len(paths)} listed, {report.n_failed} unreadable)."],
+    ))
+    say(f"best head: {best.head} ({', '.join(f'{k}={v!r}' for k, v in best.best_params.items())})")
+    say("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _heads_on_target(args: argparse.Namespace, embedder: Any, X: Any, y: Any) -> int:
+    """``featx heads SRC --target DIR``: heads adapted to the target folder's images.
+
+    A target folder with one sub-folder per class gives labels that only report the test
+    columns (they never choose); a flat folder is unlabelled.
+    """
+    import numpy as np
+
+    from featx.plots import plot_confusion_matrix, plot_leaderboard
+    from featx.saved import FeatxModel
+    from featx.tuning import tune_heads
+
+    say = _say(args)
+    folder = Path(args.target)
+    labelled = folder.is_dir() and any(p.is_dir() and not p.name.startswith(".")
+                                       for p in folder.iterdir())
+    if labelled:
+        target_paths, target_y = _labelled_source(args.target, args.path_column,
+                                                  args.label_column)
+    else:
+        target_paths, target_y = _list_source(args.target, args.path_column), None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
+        X_target = embedder.transform(target_paths)
+    report = embedder.report_
+    if target_y is not None:
+        target_y = np.delete(target_y, report.dropped)
+    say(f"{len(target_paths)} target images from {args.target}: {report.n_hits} from the cache, "
+        f"{report.n_embedded} embedded, {report.n_failed} failed (left out); "
+        + ("their labels only report the test columns, never choose" if labelled
+           else "unlabelled"))
+    for e in report.errors:
+        print(f"  {e.source}: {_reason(e)}")
+    board = tune_heads(
+        X, y, heads=args.heads, cv=args.cv, search=args.search, random_state=args.random_state,
+        n_jobs=args.n_jobs, log=say, target=X_target, adapt=args.adapt,
+        test=None if target_y is None else (X_target, target_y),
+    )
+    print(board.to_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    best = board.best
+    written = [
+        board.to_csv(out / "leaderboard.csv"),
+        plot_leaderboard(board, out / "leaderboard.png",
+                         title=f"Heads adapted to {folder.name} ({args.adapt}), "
+                         f"{embedder.config_.name} features"),
+    ]
+    if board.n_test:
+        written.append(plot_confusion_matrix(
+            board.y_true, board.y_pred, out / "confusion_matrix.png",
+            title=f"{best.head} + {args.adapt} on {board.n_test} target images, accuracy "
+            f"{np.mean(board.y_true == board.y_pred):.1%}"))
+    model = FeatxModel(
+        embedder.set_params(cache=None, verbose=False, on_error="raise"), best.estimator,
+        info={"source": str(args.src), "target": str(args.target), "adapt": args.adapt,
+              "head": best.head, "cv_score": best.cv_mean, "test_score": best.test_score,
+              "scoring": board.scoring, "n_train": board.n_train, "n_target": len(X_target)},
+    )
+    written.append(model.save(out / "model.featx"))
+    say(f"best head: {best.head} + {args.adapt} "
+        f"({', '.join(f'{k}={v!r}' for k, v in best.best_params.items())}); predict the "
+        f"target with: featx predict {out / 'model.featx'} {args.target}")
+    say("wrote " + ", ".join(str(p) for p in written))
+    return 0
