@@ -36,7 +36,7 @@ def _layers(text: str) -> Any:
 
 def add_probe_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     """Add ``featx probe`` to the ``featx`` sub-commands."""
-    from featx.backbones import POOLINGS
+    from featx.backbones import ENGINES, POOLINGS, PRECISIONS
     from featx.cli import (
         _folds,
         _fraction,
@@ -87,6 +87,11 @@ def add_probe_command(commands: Any, flags: argparse.ArgumentParser) -> None:
                        f"flatten is refused above {MAX_FLATTEN_WIDTH:,} features)")
     probe.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
                        help="images per network call (default 32)")
+    probe.add_argument("--engine", choices=ENGINES, default="auto",
+                       help="what runs the network (default auto: OpenVINO on a CPU under "
+                       "TensorFlow, else Keras)")
+    probe.add_argument("--precision", choices=PRECISIONS, default="float32",
+                       help="float32 (default) or mixed_bfloat16 (bfloat16 inference)")
     probe.add_argument("--n-workers", type=_positive_int, metavar="N",
                        help="threads decoding images (default: one per core, up to 16)")
     probe.add_argument("--search", choices=("grid", "halving"), default="grid",
@@ -129,7 +134,8 @@ def run_probe(args: argparse.Namespace) -> int:
             paths, y, backbone=args.backbone, layers=args.layers, heads=args.heads,
             cache=args.cache, cv=args.cv, test_size=test_size, pooling=args.pooling,
             weights=args.weights, input_size=args.input_size, batch_size=args.batch_size,
-            n_workers=args.n_workers, scoring=args.scoring, search=args.search,
+            engine=args.engine, precision=args.precision, n_workers=args.n_workers,
+            scoring=args.scoring, search=args.search,
             random_state=args.random_state, n_jobs=args.n_jobs, on_error="skip",
             verbose=_progress(args), log=say,
         )
