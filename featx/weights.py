@@ -247,26 +247,35 @@ def install_weights(
     graph_def = _read_graph_def(source)
     top, no_top, max_abs_diff = _convert_mobilenet(graph_def, say)
 
+    _write_and_record(models_dir, manifest, backbone, recorded, top, no_top, to_write,
+                      _NUDITY, max_abs_diff, say)
+    say(f"installed {backbone} weights in {time.perf_counter() - started:.1f} s")
+    return targets
+
+
+def _write_and_record(
+    models_dir: Path, manifest: dict[str, Any], backbone: str, recorded: dict[str, str],
+    top: Any, no_top: Any, to_write: list[Path], source: _Source, max_diff: float,
+    say: Callable[[str], None],
+) -> None:
+    """Write the converted weight files and record them, with their source, in the manifest."""
+    import keras
+
     models_dir.mkdir(parents=True, exist_ok=True)
     written = _write_weight_files(top, no_top, to_write)
     for path in written:
         say(f"wrote {path}")
-
-    import keras
-
     entry = manifest["backbones"].setdefault(backbone, {})
     entry["files"] = {**recorded, **{path.name: _sha256(path) for path in written}}
     entry["source"] = {
-        "requirement": _NUDITY.requirement,
-        "archive_sha256": _NUDITY.sha256,
-        "member": _NUDITY.member,
+        "requirement": source.requirement,
+        "archive_sha256": source.sha256,
+        "member": source.member,
     }
-    entry["max_abs_diff"] = max_abs_diff
+    entry["max_abs_diff"] = max_diff
     entry["keras_version"] = keras.__version__
     entry["installed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _write_manifest(models_dir, manifest)
-    say(f"installed {backbone} weights in {time.perf_counter() - started:.1f} s")
-    return targets
 
 
 def installed_weights(keras_home: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
