@@ -85,10 +85,10 @@ def _writer_rate(tmp: Path, rows: int = 40_000, shard: int = 256, width: int = 1
     """Rows/s the engine's cache writer commits when shards arrive as fast as it takes them."""
     from featx.backbones import resolve_backbone
     from featx.cache import EmbeddingCache
-    from featx.engine import _CacheWriter
+    from featx.cache_writer import CacheWriter
 
     config = resolve_backbone("mobilenet")
-    writer = _CacheWriter(EmbeddingCache(tmp / "writer.h5"), config.fingerprint, config)
+    writer = CacheWriter(EmbeddingCache(tmp / "writer.h5"), config.fingerprint, config)
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(shard, width)).astype(np.float32)
     t0 = time.perf_counter()

@@ -4,8 +4,10 @@
 one backbone at once (one forward pass, each cut cached in its own group): content keys, cache
 lookups (remembered failures included), each distinct content embedded once, decode threads one
 batch ahead of the network, one batch in flight on the network, a writer thread committing every
-batch to the cache, and an :class:`EmbeddingReport`. :func:`run_network` is its streaming core
-(decode, prefetch, dispatch) for callers that keep their own books, such as the Ray workers.
+batch to the cache (:class:`featx.cache_writer.CacheWriter`), and an :class:`EmbeddingReport`.
+:func:`run_network` is its streaming core (decode, prefetch, dispatch) for callers that keep
+their own books, such as the Ray workers; :func:`cache_group`, :func:`safe_key` and
+:func:`progress_bar` are theirs too.
 
 The engine knows nothing about scikit-learn: :class:`featx.ImageEmbedder` is its face there.
 """
@@ -13,9 +15,7 @@ The engine knows nothing about scikit-learn: :class:`featx.ImageEmbedder` is its
 from __future__ import annotations
 
 import os
-import queue
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +26,7 @@ import numpy as np
 
 from featx.backbones import BackboneConfig
 from featx.cache import EmbeddingCache, open_cache
+from featx.cache_writer import CacheWriter
 from featx.exceptions import FeatxError, ImageLoadError
 from featx.images import Item, batched, load_pixels
 from featx.network import Network, get_network
@@ -137,7 +138,7 @@ def embed_items(
         store = cache
     else:
         store = open_cache(cache)
-    groups = [_group(c, sample_shape) for c in configs]
+    groups = [cache_group(c, sample_shape) for c in configs]
     run = _Run(configs, groups, kind, sample_shape, store, batch_size, n_workers, retry_failed,
                verbose)
     report = EmbeddingReport(n_items=len(items))
@@ -168,7 +169,7 @@ def embed_items(
     return EngineResult(outputs, failed, report)
 
 
-def _group(config: BackboneConfig, sample_shape: tuple[int, ...] | None) -> str:
+def cache_group(config: BackboneConfig, sample_shape: tuple[int, ...] | None) -> str:
     """The cache group: the fingerprint, with the sample shape for a backbone function."""
     if config.kind == "builder":
         return f"{config.fingerprint}-{'x'.join(map(str, sample_shape or ()))}"
@@ -245,12 +246,12 @@ class _Run:
         cache = self.cache
         failed: list[ImageLoadError] = []
         pool = ThreadPoolExecutor(self.n_workers)
-        writers: list[_CacheWriter | None] = [None] * k
+        writers: list[CacheWriter | None] = [None] * k
         try:
             # 1. Content keys (only needed with a cache: they read every file once).
             keys: list[str | None] = [None] * n
             if cache is not None:
-                for i, result in enumerate(pool.map(_safe_key, items)):
+                for i, result in enumerate(pool.map(safe_key, items)):
                     if isinstance(result, ImageLoadError):
                         result.index = i
                         failed.append(result)
@@ -301,7 +302,7 @@ class _Run:
                     print(f"featx: {network.note}", file=sys.stderr)
                 widths = network.widths
                 if cache is not None:
-                    writers = [_CacheWriter(cache, g, c) for c, g in
+                    writers = [CacheWriter(cache, g, c) for c, g in
                                zip(network.configs, self.groups, strict=True)]
                 self._embed(network, items, unique, pool, failed, keys, found, rows, writers)
                 report.n_embedded += len(rows[0])
@@ -339,7 +340,7 @@ class _Run:
         keys: list[str | None],
         found: list[np.ndarray],
         rows: list[dict[int, np.ndarray]],
-        writers: list[_CacheWriter | None],
+        writers: list[CacheWriter | None],
     ) -> None:
         n_failed_before = len(failed)
 
@@ -357,7 +358,7 @@ class _Run:
                 writer.put([str(keys[positions[j]]) for j in new], outputs[c][new],
                            [items[positions[j]].name for j in new], bad)
 
-        progress = _progress(len(unique), self.verbose)
+        progress = progress_bar(len(unique), self.verbose)
         try:
             for positions, outputs in run_network(
                 network, items, unique, pool=pool, failed=failed, batch_size=self.batch_size,
@@ -471,64 +472,6 @@ def _loader(network: Network, resize: str) -> Callable[[Item], np.ndarray]:
     return load_image
 
 
-class _CacheWriter:
-    """Commits batches to the cache on a thread of its own, off the network's critical path.
-
-    The queue is bounded, so a slow disk slows the run down rather than filling memory. Batches
-    that queue up while a commit runs are committed together.
-    """
-
-    def __init__(self, cache: EmbeddingCache, group: str, config: BackboneConfig):
-        self._cache = cache
-        self._group = group
-        self._fields = config.fingerprint_fields
-        self._label = config.label
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=8)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="featx-cache-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, keys: list[str], vectors: np.ndarray, sources: list[str],
-            failed: list[tuple[str, str, str]]) -> None:
-        if self._error is not None:
-            raise self._error
-        if keys or failed:
-            self._queue.put((keys, vectors, sources, failed))
-
-    def _run(self) -> None:
-        done = False
-        while not done:
-            batches = [self._queue.get()]
-            while True:
-                try:
-                    batches.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if batches[-1] is None:
-                batches.pop()
-                done = True
-            if not batches or self._error is not None:
-                continue
-            try:
-                self._cache.append(
-                    self._group,
-                    [k for b in batches for k in b[0]],
-                    np.concatenate([b[1] for b in batches]),
-                    [src for b in batches for src in b[2]],
-                    fields=self._fields, label=self._label,
-                    failed=[f for b in batches for f in b[3]],
-                )
-            except BaseException as exc:  # reported by close()
-                self._error = exc
-
-    def close(self) -> None:
-        """Wait until every queued batch is committed; raise the first commit error."""
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
 def default_workers() -> int:
     """One decoding thread per core the process may use, up to 16 (Pillow decodes and resizes
     without the GIL, so threads scale with cores)."""
@@ -539,20 +482,23 @@ def default_workers() -> int:
     return max(1, min(16, cores))
 
 
-def _safe_key(item: Item) -> str | ImageLoadError:
+def safe_key(item: Item) -> str | ImageLoadError:
+    """``item``'s content key, or the error reading it raised (for a thread pool's map)."""
     try:
         return item.key()
     except ImageLoadError as exc:
         return exc
 
 
-def _progress(total: int, verbose: bool) -> Callable[[int | None], None]:
-    """A progress callback: ``step(k)`` advances by k items, ``step(None)`` closes."""
+def progress_bar(
+    total: int, verbose: bool, desc: str = "embedding"
+) -> Callable[[int | None], None]:
+    """A progress callback on stderr: ``step(k)`` advances by k items, ``step(None)`` closes."""
     if not verbose or total == 0:
         return lambda k: None
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, unit="img", desc="embedding", leave=False)
+    bar = tqdm(total=total, unit="img", desc=desc, leave=False, file=sys.stderr)
 
     def step(k: int | None) -> None:
         if k is None:

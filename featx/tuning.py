@@ -412,7 +412,7 @@ def _parallel(backend: str | None) -> Iterator[Callable[[np.ndarray], np.ndarray
     if backend is None:
         yield lambda X: X
         return
-    from featx.distributed import ray_joblib
+    from featx.ray_cluster import ray_joblib
 
     with ray_joblib() as share:
         yield share

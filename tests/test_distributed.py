@@ -26,15 +26,10 @@ from ray.cluster_utils import Cluster
 
 from featx import ImageEmbedder, tune_heads
 from featx.cache import EmbeddingCache
-from featx.distributed import (
-    FAULT_ENV,
-    ClusterError,
-    _check_reachable,
-    _import_ray,
-    embed_on_ray,
-    object_store_array,
-)
+from featx.distributed import ClusterError, embed_on_ray, object_store_array
 from featx.exceptions import FeatxError
+from featx.ray_cluster import check_reachable, import_ray
+from featx.ray_worker import FAULT_ENV, KnownKeys
 from tests.conftest import tiny_convnet
 
 FEATX = str(Path(sys.executable).with_name("featx"))
@@ -149,8 +144,6 @@ def test_empty_source_and_no_cache(cluster, workspace, tmp_path):
 
 
 def test_known_keys_come_from_the_index_and_are_searched_in_place(tmp_path):
-    from featx.distributed import _Known
-
     cache = EmbeddingCache(tmp_path / "emb.h5")
     a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
     cache.append("g", [b, a], np.ones((2, 3), np.float32), ["b.png", "a.png"],
@@ -161,24 +154,33 @@ def test_known_keys_come_from_the_index_and_are_searched_in_place(tmp_path):
     keys, failed = cache.known_keys("g")
     assert keys == [a, b, c, d] and failed == {"e" * 64: "bad"}
     assert EmbeddingCache(tmp_path / "none.h5").known_keys("g") == ([], {})
-    known = _Known(np.array(keys, dtype="S64"), failed)
+    known = KnownKeys(np.array(keys, dtype="S64"), failed)
     assert known.contains([d, "f" * 64, a, "0" * 64]).tolist() == [True, False, True, False]
-    assert _Known(np.array([], dtype="S64"), {}).contains([a]).tolist() == [False]
+    assert KnownKeys(np.array([], dtype="S64"), {}).contains([a]).tolist() == [False]
 
 
 def test_unreachable_address_is_named():
     with pytest.raises(ClusterError, match=r"cannot reach the Ray cluster at '127\.0\.0\.1:9'"):
-        _check_reachable("127.0.0.1:9", timeout=2)
+        check_reachable("127.0.0.1:9", timeout=2)
     with pytest.raises(ClusterError, match="'nohost.invalid:6379'"):
-        _check_reachable("nohost.invalid:6379", timeout=2)
+        check_reachable("nohost.invalid:6379", timeout=2)
     with pytest.raises(ClusterError, match="not of the form host:port"):
-        _check_reachable("just-a-name")
+        check_reachable("just-a-name")
 
 
 def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the package
     with pytest.raises(FeatxError, match=r"pip install 'featx\[ray\]'"):
-        _import_ray()
+        import_ray()
+
+
+def test_the_cluster_names_are_still_importable_from_distributed():
+    import featx.distributed as distributed
+    import featx.ray_cluster as ray_cluster
+
+    for name in ("ClusterError", "ray_session", "ray_joblib", "object_store_array"):
+        assert getattr(distributed, name) is getattr(ray_cluster, name)
+        assert name in distributed.__all__
 
 
 def test_heads_tune_on_the_cluster_like_locally(cluster):
