@@ -1,55 +1,28 @@
 """The HDF5 embedding cache: content-addressed rows, one group per backbone fingerprint.
 
-Layout (documented in ``docs/cache-format.md``, readable with h5py alone)::
-
-    emb.h5                         the main file
-    emb.h5.segments/*.h5           batches committed since the last compaction (same layout)
-    emb.h5.lock                    an empty file, for flock
-
-    /                              attrs: featx_cache_format, file_id
-    /embeddings/<fingerprint>/     attrs: fingerprint (JSON), label, width, count
-        keys      (n,)        |S64     sha256 of the item's content, hex
-        vectors   (n, width)  float32  chunked
-        sources   (n,)        str      the item's name when it was stored (a path, ...)
-        failed_keys, failed_reasons, failed_sources   items that could not be decoded
-
-No HDF5 file is ever modified once it has its final name. A batch is written to a temporary file
-that is renamed into ``emb.h5.segments/`` when complete (the commit); compaction copies the main
-file, folds the segments in, and renames the copy over the main file. A process killed at any
-moment therefore leaves every committed batch intact and every file readable; it loses at most
-the batch it was writing. Readers and segment writers hold a shared ``flock`` on the lock file,
-compaction an exclusive one, so several processes can share one cache. ``docs/robustness.md``
-says why (and what the alternatives lose); ``featx._faults`` names the points the crash tests
-kill a process at.
+:class:`EmbeddingCache` looks keys up and appends batches. A key is served from the first file
+that holds it (the main file, then the segments oldest first); a group whose stored settings are
+not the ones its fingerprint stands for is refused. The files themselves (the layout of
+``docs/cache-format.md``, the per-file key index, locks, segment commits and compaction) are
+:mod:`featx.cache_files`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import threading
-import time
-import uuid
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
-from featx._faults import fault_point
+from featx.cache_files import CACHE_FORMAT_VERSION, CacheFiles, FileIndex, GroupIndex, file_size
 from featx.exceptions import CacheError
 
 __all__ = ["EmbeddingCache", "GroupInfo", "CACHE_FORMAT_VERSION", "open_cache"]
-
-CACHE_FORMAT_VERSION = 1
-_KEY_DTYPE = "S64"
-_CHUNK_ROWS = 256
-_STR = h5py.string_dtype("utf-8")
 
 
 @dataclass(frozen=True)
@@ -62,143 +35,6 @@ class GroupInfo:
     width: int
     rows: int
     failures: int = 0
-
-
-try:  # POSIX advisory locks; on other systems a process-local lock is the best we have.
-    import fcntl
-
-    def _lock_fd(fd: int, exclusive: bool) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-
-    def _unlock_fd(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-except ImportError:  # pragma: no cover
-
-    def _lock_fd(fd: int, exclusive: bool) -> None:
-        pass
-
-    def _unlock_fd(fd: int) -> None:
-        pass
-
-
-@dataclass
-class _GroupIndex:
-    width: int
-    fields: dict[str, Any]
-    label: str
-    rows: dict[str, int]
-    failed: dict[str, str]
-
-
-class _UnreadableFile(CacheError):
-    """A file that is not (or no longer) a readable HDF5 cache file: truncated or damaged."""
-
-    def __init__(self, message: str, reason: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-class _FileIndex:
-    """The keys of one immutable HDF5 file, per group; valid while the file is unchanged."""
-
-    def __init__(self, path: Path, stamp: tuple[int, int, int]):
-        self.path = path
-        self.stamp = stamp
-        self.groups: dict[str, _GroupIndex] = {}
-        with _open_h5(path, "r") as f, _reading(path):
-            for fp, grp in f.get("embeddings", {}).items():
-                n = int(grp.attrs["count"])
-                rows: dict[str, int] = {}
-                for i, k in enumerate(grp["keys"][:n]):
-                    rows.setdefault(k.decode("ascii"), i)
-                failed: dict[str, str] = {}
-                if "failed_keys" in grp:
-                    for k, r in zip(grp["failed_keys"][:], grp["failed_reasons"][:], strict=True):
-                        failed.setdefault(k.decode("ascii"), _text(r))
-                self.groups[fp] = _GroupIndex(
-                    width=int(grp.attrs["width"]),
-                    fields=json.loads(grp.attrs.get("fingerprint", "{}")),
-                    label=str(grp.attrs.get("label", "")),
-                    rows=rows,
-                    failed=failed,
-                )
-
-
-@contextlib.contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    """Turn the errors h5py raises on a damaged file's contents into one clear CacheError."""
-    try:
-        yield
-    except CacheError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        raise _UnreadableFile(
-            f"cache file {str(path)!r} is damaged ({reason}). Move it aside (its rows will be "
-            "embedded again) or pass another cache= path.",
-            reason,
-        ) from None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _open_h5(path: Path, mode: str) -> h5py.File:
-    try:
-        f = h5py.File(path, mode)
-    except OSError as exc:
-        raise _UnreadableFile(
-            f"cache file {str(path)!r} cannot be opened as HDF5 ({exc}). It may be truncated or "
-            "not a featx cache; move it aside or pass another cache= path.",
-            str(exc),
-        ) from None
-    version = f.attrs.get("featx_cache_format")
-    if version is None:
-        if len(f.keys()) == 0:
-            return f  # an empty HDF5 file reads as an empty cache
-        f.close()
-        raise CacheError(
-            f"{str(path)!r} is an HDF5 file but not a featx cache (no 'featx_cache_format' "
-            "attribute). Pass another cache= path."
-        )
-    if int(version) > CACHE_FORMAT_VERSION:
-        f.close()
-        raise CacheError(
-            f"cache file {str(path)!r} has format {int(version)}, written by a newer featx; this "
-            f"featx reads format {CACHE_FORMAT_VERSION}. Upgrade featx."
-        )
-    return f
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":  # pragma: no cover - os.kill(pid, 0) would end the process on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class EmbeddingCache:
@@ -226,81 +62,13 @@ class EmbeddingCache:
     compact_segments = 64
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
-        self.segment_dir = self.path.with_name(self.path.name + ".segments")
-        self._lock_path = self.path.with_name(self.path.name + ".lock")
-        self._mutex = threading.RLock()
-        self._indexes: dict[Path, _FileIndex] = {}
-        self._damaged: set[tuple[Path, tuple[int, int, int]]] = set()
-
-    # ---- locking and the file list ------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[None]:
-        with self._mutex:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise CacheError(
-                    f"cannot create the cache's lock file {str(self._lock_path)!r}: "
-                    f"{exc.strerror or exc}. featx needs to write in the cache's folder; pass a "
-                    "cache= path in a folder you can write to."
-                ) from None
-            try:
-                _lock_fd(fd, exclusive)
-                yield
-            finally:
-                _unlock_fd(fd)
-                os.close(fd)
-
-    def _segments(self) -> list[Path]:
-        if not self.segment_dir.is_dir():
-            return []
-        return sorted(p for p in self.segment_dir.glob("*.h5") if not p.name.startswith("."))
-
-    def _files(self) -> list[_FileIndex]:
-        """Indexes of the main file and every committed segment, oldest first (lock held)."""
-        out = []
-        live = set()
-        for path in [self.path, *self._segments()]:
-            stamp = _stamp(path)
-            if stamp is None:
-                continue
-            live.add(path)
-            index = self._indexes.get(path)
-            if index is None or index.stamp != stamp:
-                try:
-                    index = _FileIndex(path, stamp)
-                except _UnreadableFile as exc:
-                    if path == self.path:
-                        raise
-                    self._skip_damaged(path, stamp, exc)
-                    continue
-                self._indexes[path] = index
-            out.append(index)
-        for stale in set(self._indexes) - live:
-            del self._indexes[stale]
-        return out
-
-    def _skip_damaged(self, path: Path, stamp: tuple[int, int, int], exc: _UnreadableFile) -> None:
-        """A committed segment that cannot be read (disk damage, not a crash): warn, go on.
-
-        Only that segment's rows are missing; they are embedded again. Compaction moves the
-        file aside (``<segment>.damaged``) so that it is looked at by a person, not deleted.
-        """
-        if (path, stamp) not in self._damaged:
-            self._damaged.add((path, stamp))
-            warnings.warn(
-                f"featx cache: ignoring the damaged segment {str(path)!r} ({exc.reason}); its "
-                "rows will be embedded again.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+        self._files = CacheFiles(Path(path))
+        self.path = self._files.path
+        self.segment_dir = self._files.segment_dir
 
     def exists(self) -> bool:
         """True when the main file or any committed segment exists."""
-        return self.path.exists() or bool(self._segments())
+        return self._files.exists()
 
     # ---- reading ------------------------------------------------------------
 
@@ -322,8 +90,8 @@ class EmbeddingCache:
         found = np.zeros(len(keys), dtype=bool)
         if not keys or not self.exists():
             return found, np.zeros((0, 0), np.float32)
-        with self._locked(exclusive=False):
-            files = self._files()
+        with self._files.locked(exclusive=False):
+            files = self._files.indexes()
             if fields is not None:
                 _check_fields(files, fingerprint, fields)
             where: list[tuple[int, int]] = []  # (file number, row) per found key
@@ -343,17 +111,16 @@ class EmbeddingCache:
                 by_file.setdefault(n, []).append(j)
             for n, positions in by_file.items():
                 rows = np.array([where[j][1] for j in positions], dtype=np.int64)
-                with _open_h5(files[n].path, "r") as f, _reading(files[n].path):
-                    out[positions] = _read_rows(f[f"embeddings/{fingerprint}/vectors"], rows)
+                out[positions] = files[n].read(fingerprint, rows)[0]
             return found, out
 
     def failures(self, fingerprint: str, keys: Sequence[str]) -> dict[str, str]:
         """Reasons recorded for the ``keys`` that failed to decode before: key -> reason."""
         if not keys or not self.exists():
             return {}
-        with self._locked(exclusive=False):
+        with self._files.locked(exclusive=False):
             failed: dict[str, str] = {}
-            for index in self._files():
+            for index in self._files.indexes():
                 grp = index.groups.get(fingerprint)
                 if grp is not None:
                     for k, reason in grp.failed.items():
@@ -371,8 +138,8 @@ class EmbeddingCache:
         """
         if not self.exists():
             return [], {}
-        with self._locked(exclusive=False):
-            files = self._files()
+        with self._files.locked(exclusive=False):
+            files = self._files.indexes()
             if fields is not None:
                 _check_fields(files, fingerprint, fields)
             keys: set[str] = set()
@@ -389,9 +156,9 @@ class EmbeddingCache:
         """Describe every group; rows are counted once across the main file and segments."""
         if not self.exists():
             return []
-        with self._locked(exclusive=False):
-            merged: dict[str, tuple[_GroupIndex, set[str], set[str]]] = {}
-            for index in self._files():
+        with self._files.locked(exclusive=False):
+            merged: dict[str, tuple[GroupIndex, set[str], set[str]]] = {}
+            for index in self._files.indexes():
                 for fp, grp in index.groups.items():
                     first, keys, failed = merged.setdefault(fp, (grp, set(), set()))
                     keys.update(grp.rows)
@@ -404,10 +171,11 @@ class EmbeddingCache:
 
     def read_group(self, fingerprint: str) -> tuple[list[str], np.ndarray, list[str]]:
         """Return every stored ``keys``, ``vectors`` and ``sources`` of one group, each key once."""
-        with self._locked(exclusive=False):
-            files = [i for i in self._files() if fingerprint in i.groups]
+        with self._files.locked(exclusive=False):
+            every = self._files.indexes()
+            files = [i for i in every if fingerprint in i.groups]
             if not files:
-                known = sorted({fp for i in self._files() for fp in i.groups})
+                known = sorted({fp for i in every for fp in i.groups})
                 raise CacheError(
                     f"cache {str(self.path)!r} has no group {fingerprint!r}; it has {known}."
                 )
@@ -416,20 +184,15 @@ class EmbeddingCache:
             sources: list[str] = []
             seen: set[str] = set()
             for index in files:
-                with _open_h5(index.path, "r") as f, _reading(index.path):
-                    grp = f[f"embeddings/{fingerprint}"]
-                    n = int(grp.attrs["count"])
-                    file_keys = [k.decode("ascii") for k in grp["keys"][:n]]
-                    take = []
-                    for i, k in enumerate(file_keys):
-                        if k not in seen:
-                            seen.add(k)
-                            take.append(i)
-                    if take:
-                        keys += [file_keys[i] for i in take]
-                        parts.append(grp["vectors"][:n][take])
-                        src = grp["sources"][:n]
-                        sources += [_text(src[i]) for i in take]
+                # The index holds each key's first row, in the order of the rows.
+                take = {k: i for k, i in index.groups[fingerprint].rows.items() if k not in seen}
+                if take:
+                    seen.update(take)
+                    keys += list(take)
+                    rows = np.fromiter(take.values(), dtype=np.int64, count=len(take))
+                    vectors, names = index.read(fingerprint, rows, sources=True)
+                    parts.append(vectors)
+                    sources += names
             width = files[0].groups[fingerprint].width
             vectors = np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
             return keys, vectors.astype(np.float32, copy=False), sources
@@ -459,11 +222,11 @@ class EmbeddingCache:
                 f"append needs as many keys ({len(keys)}), sources ({len(sources)}) and vector "
                 f"rows ({vectors.shape}) as each other"
             )
-        with self._locked(exclusive=False):
+        with self._files.locked(exclusive=False):
             known: set[str] = set()
             known_failed: set[str] = set()
             width = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] > 0 else None
-            files = self._files()
+            files = self._files.indexes()
             if fields:
                 _check_fields(files, fingerprint, fields)
             for index in files:
@@ -488,7 +251,7 @@ class EmbeddingCache:
                 return 0
             if width is None:
                 raise ValueError("append of failures alone needs vectors of shape (0, width)")
-            self._write_segment(
+            self._files.write_segment(
                 fingerprint,
                 [keys[i] for i in keep],
                 vectors[keep] if keep else np.zeros((0, width), np.float32),
@@ -499,62 +262,16 @@ class EmbeddingCache:
             )
             return len(keep)
 
-    def _write_segment(
-        self,
-        fingerprint: str,
-        keys: list[str],
-        vectors: np.ndarray,
-        sources: list[str],
-        fields: dict[str, Any],
-        label: str,
-        failed: Sequence[tuple[str, str, str]],
-    ) -> None:
-        self.segment_dir.mkdir(parents=True, exist_ok=True)
-        token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        tmp = self.segment_dir / f".tmp-{token}.h5"
-        try:
-            with h5py.File(tmp, "w") as f:
-                _init_file(f)
-                grp = _create_group(f, fingerprint, vectors.shape[1], fields, label, len(keys))
-                fault_point("cache.segment_partial")
-                if keys:
-                    grp["keys"][:] = np.array(keys, dtype=_KEY_DTYPE)
-                    grp["vectors"][:] = vectors
-                    grp["sources"][:] = np.array(sources, dtype=object)
-                grp.attrs["count"] = len(keys)
-                if failed:
-                    _write_failures(grp, failed)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            fault_point("cache.segment_written")
-            target = self.segment_dir / f"{time.time_ns():020d}-{token}.h5"
-            if not self.path.exists() and not self._segments():
-                # The very first batch becomes the main file; link() fails if another writer
-                # got there first (or the file system has no hard links), and the batch then
-                # becomes a segment like any other.
-                try:
-                    os.link(tmp, self.path)
-                    target = self.path
-                except OSError:
-                    pass
-            if target != self.path:
-                os.replace(tmp, target)
-            fault_point("cache.segment_committed")
-            _fsync_dir(target.parent)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-
     def needs_compaction(self) -> bool:
         """True when the segments are numerous or large enough to be worth folding in."""
-        segments = self._segments()
+        segments = self._files.segments()
         if not segments:
             return False
         if len(segments) >= self.compact_segments:
             return True
-        main = _stamp(self.path)
-        seg_bytes = sum(st[1] for st in map(_stamp, segments) if st is not None)
-        return main is None or seg_bytes >= self.compact_fraction * main[1]
+        main = file_size(self.path)
+        seg_bytes = sum(size for size in map(file_size, segments) if size is not None)
+        return main is None or seg_bytes >= self.compact_fraction * main
 
     def compact(self) -> int:
         """Fold every committed segment into the main file, keeping each key once.
@@ -563,67 +280,7 @@ class EmbeddingCache:
         the main file atomically; a crash at any point loses nothing. Returns the number of
         segments folded in.
         """
-        with self._locked(exclusive=True):
-            self._remove_orphans()
-            segments = self._segments()
-            if not segments:
-                return 0
-            tmp = self.path.with_name(f".{self.path.name}.compact-{os.getpid()}.tmp")
-            try:
-                mode = "w"
-                if self.path.exists():
-                    with _open_h5(self.path, "r") as main:  # refuses a damaged main file
-                        is_cache = "featx_cache_format" in main.attrs
-                    if is_cache:
-                        shutil.copyfile(self.path, tmp)
-                        mode = "a"
-                damaged = []
-                with h5py.File(tmp, mode) as out:
-                    if mode == "w":
-                        _init_file(out)
-                    out.attrs["file_id"] = uuid.uuid4().hex
-                    for seg in segments:
-                        try:
-                            with _open_h5(seg, "r") as f, _reading(seg):
-                                for fp, grp in f.get("embeddings", {}).items():
-                                    _merge_group(out, fp, grp)
-                        except _UnreadableFile as exc:
-                            stamp = _stamp(seg)
-                            if stamp is not None:
-                                self._skip_damaged(seg, stamp, exc)
-                            damaged.append(seg)
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                fault_point("cache.compact_copied")
-                os.replace(tmp, self.path)
-                fault_point("cache.compact_replaced")
-                _fsync_dir(self.path.parent)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-            for seg in segments:
-                with contextlib.suppress(FileNotFoundError):
-                    if seg in damaged:
-                        seg.rename(seg.with_name(seg.name + ".damaged"))
-                    else:
-                        seg.unlink()
-            self._indexes.clear()
-            return len(segments)
-
-    def _remove_orphans(self) -> None:
-        """Delete temporary files left by writers that died (exclusive lock held)."""
-        candidates = list(self.path.parent.glob(f".{self.path.name}.compact-*.tmp"))
-        if self.segment_dir.is_dir():
-            candidates += list(self.segment_dir.glob(".tmp-*.h5"))
-        for tmp in candidates:
-            try:
-                pid = int(tmp.name.split("-")[1 if tmp.name.startswith(".tmp-") else -1]
-                          .split(".")[0])
-            except (IndexError, ValueError):
-                continue
-            if pid == os.getpid() or not _pid_alive(pid):
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+        return self._files.compact()
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r})"
@@ -633,7 +290,7 @@ def _normal(fields: dict[str, Any]) -> str:
     return json.dumps(fields, sort_keys=True)
 
 
-def _check_fields(files: list[_FileIndex], fingerprint: str, fields: dict[str, Any]) -> None:
+def _check_fields(files: list[FileIndex], fingerprint: str, fields: dict[str, Any]) -> None:
     """Refuse a group whose stored settings are not the ones its name stands for."""
     want = _normal(fields)
     for index in files:
@@ -644,93 +301,6 @@ def _check_fields(files: list[_FileIndex], fingerprint: str, fields: dict[str, A
                 f"{_normal(grp.fields)}, not with {want}. The file was edited or written by "
                 "another program; move it aside or pass another cache= path."
             )
-
-
-def _init_file(f: h5py.File) -> None:
-    f.attrs["featx_cache_format"] = CACHE_FORMAT_VERSION
-    f.attrs["file_id"] = uuid.uuid4().hex
-
-
-def _create_group(
-    f: h5py.File, fingerprint: str, width: int, fields: dict[str, Any], label: str, n: int = 0
-) -> h5py.Group:
-    grp = f.require_group("embeddings").create_group(fingerprint)
-    grp.attrs["fingerprint"] = json.dumps(fields, sort_keys=True)
-    grp.attrs["label"] = label
-    grp.attrs["width"] = width
-    grp.attrs["count"] = 0
-    rows = max(1, min(_CHUNK_ROWS, n))
-    grp.create_dataset("keys", shape=(n,), maxshape=(None,), dtype=_KEY_DTYPE,
-                       chunks=(max(rows, _CHUNK_ROWS),))
-    grp.create_dataset("vectors", shape=(n, width), maxshape=(None, width), dtype="float32",
-                       chunks=(rows, max(1, width)))
-    grp.create_dataset("sources", shape=(n,), maxshape=(None,), dtype=_STR,
-                       chunks=(max(rows, _CHUNK_ROWS),))
-    return grp
-
-
-def _write_failures(grp: h5py.Group, failed: Sequence[tuple[str, str, str]]) -> None:
-    existing = len(grp["failed_keys"]) if "failed_keys" in grp else 0
-    if not existing:
-        for name, dtype in (("failed_keys", _KEY_DTYPE), ("failed_sources", _STR),
-                            ("failed_reasons", _STR)):
-            grp.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(256,))
-    stop = existing + len(failed)
-    for name, column in (("failed_keys", 0), ("failed_sources", 1), ("failed_reasons", 2)):
-        grp[name].resize(stop, axis=0)
-        values = [f[column] for f in failed]
-        grp[name][existing:stop] = (
-            np.array(values, dtype=_KEY_DTYPE) if column == 0 else np.array(values, dtype=object)
-        )
-
-
-def _merge_group(out: h5py.File, fingerprint: str, src: h5py.Group) -> None:
-    """Append the rows (and failures) of ``src`` whose keys ``out`` does not hold yet."""
-    dst = out.get(f"embeddings/{fingerprint}")
-    width = int(src.attrs["width"])
-    if dst is None:
-        fields = json.loads(src.attrs.get("fingerprint", "{}"))
-        dst = _create_group(out, fingerprint, width, fields, str(src.attrs.get("label", "")))
-    count = int(dst.attrs["count"])
-    have = {k.decode("ascii") for k in dst["keys"][:count]}
-    n = int(src.attrs["count"])
-    keys = [k.decode("ascii") for k in src["keys"][:n]]
-    take = []
-    for i, k in enumerate(keys):
-        if k not in have:
-            have.add(k)
-            take.append(i)
-    if take:
-        stop = count + len(take)
-        for name in ("keys", "vectors", "sources"):
-            dst[name].resize(stop, axis=0)
-        dst["keys"][count:stop] = np.array([keys[i] for i in take], dtype=_KEY_DTYPE)
-        dst["vectors"][count:stop] = src["vectors"][:n][take]
-        sources = src["sources"][:n]
-        dst["sources"][count:stop] = np.array([_text(sources[i]) for i in take], dtype=object)
-        dst.attrs["count"] = stop
-    if "failed_keys" in src:
-        old = {k.decode("ascii") for k in dst["failed_keys"][:]} if "failed_keys" in dst else set()
-        new = [
-            (k.decode("ascii"), _text(s), _text(r))
-            for k, s, r in zip(src["failed_keys"][:], src["failed_sources"][:],
-                               src["failed_reasons"][:], strict=True)
-            if k.decode("ascii") not in old and k.decode("ascii") not in have
-        ]
-        if new:
-            _write_failures(dst, new)
-
-
-def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """Read ``dataset[rows]`` for any order of ``rows`` (h5py wants increasing, unique indices)."""
-    unique, inverse = np.unique(rows, return_inverse=True)
-    lo, hi = int(unique[0]), int(unique[-1]) + 1
-    if len(unique) * 4 >= hi - lo:  # dense enough: one contiguous read is faster
-        block = dataset[lo:hi]
-        data = block[unique - lo]
-    else:
-        data = dataset[unique]
-    return np.asarray(data[inverse], dtype=np.float32)
 
 
 _CACHES: dict[str, EmbeddingCache] = {}

@@ -402,7 +402,7 @@ def test_damaged_segment_is_skipped_with_a_warning_and_moved_aside(tmp_path, ima
     monkeypatch.setattr(EmbeddingCache, "compact_fraction", 1e9)  # keep the segments
     embedder(cache=cache).fit_transform(images[:1])  # the main file
     embedder(cache=cache).fit_transform(images[1:3])  # a segment
-    (segment,) = EmbeddingCache(cache)._segments()
+    (segment,) = EmbeddingCache(cache)._files.segments()
     segment.write_bytes(segment.read_bytes()[:100])  # disk damage (a crash cannot do this)
     emb = embedder(cache=cache)
     with pytest.warns(RuntimeWarning, match=r"ignoring the damaged segment .*embedded again"):
