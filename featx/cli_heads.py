@@ -14,30 +14,31 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from featx.cli import (
-    _backbone_from_cache,
-    _embed_on_ray,
-    _embedder,
-    _embedder_flags,
-    _folds,
-    _fraction,
-    _heads_list,
-    _labelled_source,
-    _list_source,
-    _n_jobs,
-    _ray_flags,
-    _ray_options_need_ray,
-    _reason,
-    _say,
+from featx.cli_args import (
+    add_command,
+    add_label_column,
+    add_labelled_source,
+    add_search_flags,
+    embedder_flags,
+    folds,
+    fraction,
+    heads_list,
+    ray_flags,
+    reason,
+    say_for,
 )
+from featx.cli_embed import embed_on_ray, make_embedder, ray_options_need_ray
+from featx.cli_sources import labelled_source, list_source
+from featx.exceptions import FeatxError
 
 
 def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     """Add ``featx heads`` to the ``featx`` sub-commands."""
     from featx.heads import DEFAULT_HEADS
 
-    heads = commands.add_parser(
-        "heads", parents=[flags, _embedder_flags(backbone_required=False), _ray_flags()],
+    heads = add_command(
+        commands, "heads", cmd_heads,
+        [flags, embedder_flags(backbone_required=False), ray_flags()],
         help="tune classifier heads on labelled images' embeddings; plots and a saved model",
         description="Tune classifier heads (grid search, stratified cross-validation) on the "
         "embeddings of labelled images and rank them. The embeddings come through the cache: "
@@ -49,30 +50,20 @@ def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
         "the leaderboard, the plots, per-class precision and recall, a t-SNE map of the "
         "embeddings and the images the best head got wrong.",
     )
-    heads.add_argument("src", metavar="SRC",
-                       help="labelled images: a folder with one sub-folder per class, or a CSV "
-                       "file with path and label columns")
-    heads.add_argument("--heads", type=_heads_list, default=list(DEFAULT_HEADS), metavar="H,H",
+    add_labelled_source(heads)
+    heads.add_argument("--heads", type=heads_list, default=list(DEFAULT_HEADS), metavar="H,H",
                        help="comma-separated heads to tune, or 'all' (default "
                        f"{','.join(DEFAULT_HEADS)}; also hist_gb)")
-    heads.add_argument("--cv", type=_folds, default=5, metavar="K",
+    heads.add_argument("--cv", type=folds, default=5, metavar="K",
                        help="cross-validation folds (default 5)")
-    heads.add_argument("--test-size", type=_fraction, default=0.2, metavar="F",
+    heads.add_argument("--test-size", type=fraction, default=0.2, metavar="F",
                        help="fraction held out, stratified, to test the tuned heads (default "
                        "0.2; 0: none, the metrics are then cross-validated)")
     heads.add_argument("--out", default="featx-heads", metavar="DIR",
                        help="where the plots, the CSV, model.featx and report.html go (default "
                        "featx-heads)")
-    heads.add_argument("--search", choices=("grid", "halving"), default="grid",
-                       help="exhaustive grid search (default) or successive halving")
-    heads.add_argument("--scoring", default="accuracy", metavar="NAME",
-                       help="the scikit-learn score to maximise (default accuracy)")
-    heads.add_argument("--n-jobs", type=_n_jobs, default=-1, metavar="N",
-                       help="parallel fits (default -1: all cores)")
-    heads.add_argument("--random-state", type=int, default=0, metavar="N",
-                       help="seed of the split, the folds and the heads (default 0)")
-    heads.add_argument("--label-column", default="label", metavar="NAME",
-                       help="the CSV column holding labels (default 'label')")
+    add_search_flags(heads)
+    add_label_column(heads)
     heads.add_argument("--target", metavar="DIR",
                        help="adapt the heads to these images' domain (a folder or CSV; "
                        "unlabelled, or one sub-folder per class to report on, never to choose): "
@@ -80,11 +71,10 @@ def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
                        "and --scoring do not apply")
     heads.add_argument("--adapt", choices=("coral", "subspace"), default="coral",
                        help="with --target: CORAL or subspace alignment (default coral)")
-    heads.set_defaults(func=_cmd_heads)
 
 
-def _cmd_heads(args: argparse.Namespace) -> int:
-    _ray_options_need_ray(args)
+def cmd_heads(args: argparse.Namespace) -> int:
+    ray_options_need_ray(args)
     if not args.ray:
         return _heads(args)
     from featx.distributed import ray_session
@@ -101,15 +91,15 @@ def _heads(args: argparse.Namespace) -> int:
     from featx.report import write_report
     from featx.saved import FeatxModel
 
-    say = _say(args)
-    paths, y = _labelled_source(args.src, args.path_column, args.label_column)
-    from_cache = _backbone_from_cache(args)
-    embedder = _embedder(args, "skip", from_cache)
+    say = say_for(args)
+    paths, y = labelled_source(args.src, args.path_column, args.label_column)
+    from_cache = backbone_from_cache(args)
+    embedder = make_embedder(args, "skip", from_cache)
     embedder.fit(paths)  # checks the parameters before any work
     if from_cache is not None:
         say(f"backbone from the cache: {embedder.config_.label}")
     if args.ray:  # the misses are embedded on the cluster; the transform below reads the cache
-        on_ray = _embed_on_ray(args, paths, embedder)
+        on_ray = embed_on_ray(args, paths, embedder)
         say(f"on Ray: {on_ray.n_embedded} embedded, {on_ray.n_hits} already cached, "
             f"{on_ray.n_failed} failed")
     with warnings.catch_warnings():
@@ -121,7 +111,7 @@ def _heads(args: argparse.Namespace) -> int:
         f"{report.n_hits} embeddings from the cache {args.cache}, {report.n_embedded} embedded, "
         f"{report.n_failed} failed (left out)")
     for e in report.errors:
-        print(f"  {e.source}: {_reason(e)}")
+        print(f"  {e.source}: {reason(e)}")
     if args.target is not None:
         return _heads_on_target(args, embedder, X, y)
     kept = np.delete(np.asarray(paths, dtype=object), report.dropped)
@@ -131,13 +121,9 @@ def _heads(args: argparse.Namespace) -> int:
     tuning = dict(heads=args.heads, cv=args.cv, search=args.search, scoring=args.scoring,
                   random_state=args.random_state, n_jobs=args.n_jobs, log=say,
                   **({"backend": "ray"} if args.ray else {}))
-    evaluated = np.arange(len(y))  # the rows behind board.y_true, for the report's thumbnails
+    # Made here, passed as test=, so that the report knows the images behind board.y_true.
+    fit_rows, evaluated = held_out(y, test_size, args.random_state)
     if test_size:
-        from sklearn.model_selection import train_test_split
-
-        # The split tune_heads(test_size=...) makes, made here to know which images it held out.
-        fit_rows, evaluated = train_test_split(evaluated, test_size=test_size, stratify=y,
-                                               random_state=args.random_state)
         board = tune_heads(X[fit_rows], y[fit_rows], test=(X[evaluated], y[evaluated]),
                            **tuning)
     else:
@@ -177,6 +163,76 @@ def _heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def held_out(y: Any, test_size: float | None, random_state: int) -> tuple[Any, Any]:
+    """The rows to tune on and the rows to test on: the stratified split
+    ``tune_heads(test_size=...)`` makes (every row twice when ``test_size`` is ``None``)."""
+    import numpy as np
+
+    rows = np.arange(len(y))
+    if not test_size:
+        return rows, rows
+    from sklearn.model_selection import train_test_split
+
+    fit_rows, test_rows = train_test_split(rows, test_size=test_size, stratify=y,
+                                           random_state=random_state)
+    return fit_rows, test_rows
+
+
+#: The options that describe a backbone, with their defaults (``featx heads`` may omit them all).
+_BACKBONE_OPTIONS = {"weights": "imagenet", "layer": None, "pooling": "avg", "input_size": None,
+                    "precision": "float32"}
+
+
+def backbone_from_cache(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Backbone settings from the cache when no ``--backbone`` is given (``None`` when it is).
+
+    With ``--backbone`` the options' defaults apply and ``--group`` is refused; without it the
+    cache's one group (or the one ``--group`` names) gives every setting, and options that
+    describe a backbone are refused (they would be ignored).
+    """
+    from featx.cache_groups import describe_group, embedder_params_from_cache
+    from featx.exceptions import CacheGroupError
+
+    given = [name for name in _BACKBONE_OPTIONS if hasattr(args, name)]
+    if args.backbone is not None:
+        if args.group is not None:
+            raise FeatxError(
+                "--group and --backbone both choose the embeddings; pass one of them."
+            )
+        for name, default in _BACKBONE_OPTIONS.items():
+            if not hasattr(args, name):
+                setattr(args, name, default)
+        return None
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise FeatxError(
+            f"{flags} describe{'s' if len(given) == 1 else ''} a backbone, but no --backbone was "
+            "given. Pass --backbone NAME with them, or leave them out to use the backbone the "
+            f"cache {args.cache} was made with."
+        )
+    try:
+        return embedder_params_from_cache(args.cache, group=args.group)
+    except CacheGroupError as exc:
+        listing = "; ".join(describe_group(g) for g in exc.groups)
+        if not exc.groups:
+            raise FeatxError(
+                f"{exc} Run featx embed SRC --backbone NAME --cache {args.cache} first, or pass "
+                "--backbone NAME (and its options) here."
+            ) from None
+        if exc.prefix is not None:
+            n = sum(g.fingerprint.startswith(exc.prefix.strip()) for g in exc.groups)
+            raise FeatxError(
+                f"--group {exc.prefix!r} matches {n} of the {len(exc.groups)} groups of "
+                f"{args.cache}; expected exactly one. Its groups: {listing}."
+            ) from None
+        raise FeatxError(
+            f"cache {args.cache} holds {len(exc.groups)} groups (one per backbone "
+            "configuration); choose one with --group PREFIX (the start of its fingerprint, as "
+            "featx info shows it) or with the backbone options (--backbone NAME ...). "
+            f"Groups: {listing}."
+        ) from None
+
+
 def _heads_on_target(args: argparse.Namespace, embedder: Any, X: Any, y: Any) -> int:
     """``featx heads SRC --target DIR``: heads adapted to the target folder's images.
 
@@ -189,15 +245,15 @@ def _heads_on_target(args: argparse.Namespace, embedder: Any, X: Any, y: Any) ->
     from featx.saved import FeatxModel
     from featx.tuning import tune_heads
 
-    say = _say(args)
+    say = say_for(args)
     folder = Path(args.target)
     labelled = folder.is_dir() and any(p.is_dir() and not p.name.startswith(".")
                                        for p in folder.iterdir())
     if labelled:
-        target_paths, target_y = _labelled_source(args.target, args.path_column,
+        target_paths, target_y = labelled_source(args.target, args.path_column,
                                                   args.label_column)
     else:
-        target_paths, target_y = _list_source(args.target, args.path_column), None
+        target_paths, target_y = list_source(args.target, args.path_column), None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
         X_target = embedder.transform(target_paths)
@@ -209,7 +265,7 @@ def _heads_on_target(args: argparse.Namespace, embedder: Any, X: Any, y: Any) ->
         + ("their labels only report the test columns, never choose" if labelled
            else "unlabelled"))
     for e in report.errors:
-        print(f"  {e.source}: {_reason(e)}")
+        print(f"  {e.source}: {reason(e)}")
     board = tune_heads(
         X, y, heads=args.heads, cv=args.cv, search=args.search, random_state=args.random_state,
         n_jobs=args.n_jobs, log=say, target=X_target, adapt=args.adapt,

@@ -1,0 +1,237 @@
+"""The options ``featx`` subcommands share: argument types, flag groups, what ``-q``/``-v`` mean.
+
+Each subcommand module (``cli_embed``, ``cli_heads``, ...) builds its parser from these, so an
+option that two commands take is spelt, typed and explained once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from featx.exceptions import ImageLoadError
+
+# ---- argument types -----------------------------------------------------------------------------
+
+
+def _number(text: str, kind: Callable[[str], Any], ok: Callable[[Any], bool],
+            expected: str) -> Any:
+    """``kind(text)`` when it is a number that passes ``ok``; a usage error naming
+    ``expected`` otherwise."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return int(_number(text, int, lambda v: v >= 1, "a positive integer"))
+
+
+def input_size(text: str) -> int | tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        sizes = [positive_int(p) for p in parts]
+    except argparse.ArgumentTypeError:
+        sizes = []
+    if len(sizes) == 1:
+        return sizes[0]
+    if len(sizes) == 2:
+        return sizes[0], sizes[1]
+    raise argparse.ArgumentTypeError(f"expected N or HxW (e.g. 224 or 160x224); got {text!r}")
+
+
+def weights(text: str) -> str | None:
+    return None if text.lower() in ("none", "random") else text
+
+
+def layer(text: str) -> str | int:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def heads_list(text: str) -> list[str]:
+    from featx.heads import HEADS, list_heads
+
+    names = [t.strip().lower().replace("-", "_") for t in text.split(",") if t.strip()]
+    if names == ["all"]:
+        return list_heads()
+    unknown = [n for n in names if n not in HEADS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown head {', '.join(unknown) or text!r}; known: {', '.join(list_heads())} "
+            "(or 'all'), comma-separated"
+        )
+    return names
+
+
+def fraction(text: str) -> float:
+    return float(_number(text, float, lambda v: 0 <= v < 1, "a fraction from 0 to below 1"))
+
+
+def folds(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 folds; got {text!r}")
+    return value
+
+
+def n_jobs(text: str) -> int:
+    return int(_number(text, int, lambda v: v == -1 or v >= 1, "a positive number of jobs or -1"))
+
+
+def learning_rate(text: str) -> float:
+    return float(_number(text, float, lambda v: 0 < v < 1,
+                         "a learning rate between 0 and 1 (e.g. 1e-5)"))
+
+
+# ---- subcommands and the options several of them take -------------------------------------------
+
+
+def add_command(commands: Any, name: str, func: Callable[[argparse.Namespace], int],
+                parents: list[argparse.ArgumentParser], help: str,
+                description: str) -> argparse.ArgumentParser:
+    """A subcommand's parser: ``featx NAME`` runs ``func(args)``."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, parents=parents, help=help, description=description)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def add_labelled_source(parser: argparse.ArgumentParser) -> None:
+    """``SRC``: labelled images (``heads``, ``probe``, ``finetune``)."""
+    parser.add_argument("src", metavar="SRC",
+                        help="labelled images: a folder with one sub-folder per class, or a CSV "
+                        "file with path and label columns")
+
+
+def add_label_column(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--label-column", default="label", metavar="NAME",
+                        help="the CSV column holding labels (default 'label')")
+
+
+def add_path_column(parser: Any) -> None:
+    """``--path-column``, on a parser or an argument group."""
+    parser.add_argument("--path-column", default="path", metavar="NAME",
+                        help="the CSV column holding image paths (default 'path')")
+
+
+def add_search_flags(parser: argparse.ArgumentParser) -> None:
+    """How the heads are searched: ``--search``, ``--scoring``, ``--n-jobs``, ``--random-state``
+    (``heads`` and ``probe``)."""
+    parser.add_argument("--search", choices=("grid", "halving"), default="grid",
+                        help="exhaustive grid search (default) or successive halving")
+    parser.add_argument("--scoring", default="accuracy", metavar="NAME",
+                        help="the scikit-learn score to maximise (default accuracy)")
+    parser.add_argument("--n-jobs", type=n_jobs, default=-1, metavar="N",
+                        help="parallel fits (default -1: all cores)")
+    parser.add_argument("--random-state", type=int, default=0, metavar="N",
+                        help="seed of the split, the folds and the heads (default 0)")
+
+
+def verbosity_flags(default: Any) -> argparse.ArgumentParser:
+    """``-q``/``-v``, accepted before and after the subcommand."""
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("output")
+    group.add_argument("-q", "--quiet", action="count", default=default,
+                       help="print less: no progress bar, only failures and errors")
+    group.add_argument("-v", "--verbose", action="count", default=default,
+                       help="print more: progress bar even when not on a terminal, details")
+    return flags
+
+
+def embedder_flags(backbone_required: bool = True) -> argparse.ArgumentParser:
+    """The backbone and cache options shared by ``embed`` and ``heads``.
+
+    With ``backbone_required=False`` (``heads``) ``--backbone`` may be left out, the options
+    describing a backbone have no default (absent from the namespace unless given: see
+    :func:`featx.cli_heads.backbone_from_cache`), and ``--group`` picks one of the cache's groups.
+    """
+    from featx.backbones import ENGINES, POOLINGS, PRECISIONS
+
+    unset: dict[str, Any] = {} if backbone_required else {"default": argparse.SUPPRESS}
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("backbone and cache")
+    group.add_argument("--backbone", required=backbone_required, metavar="NAME",
+                       help="a registry name (mobilenet, resnet50, ...) or a .keras/.h5 model file"
+                       + ("" if backbone_required else "; default: the one the cache's embeddings "
+                          "were made with (its only group, or the one --group names)"))
+    group.add_argument("--cache", required=True, metavar="FILE", help="the HDF5 cache file")
+    if not backbone_required:
+        group.add_argument("--group", metavar="PREFIX",
+                           help="without --backbone: the cache group to use, by the start of its "
+                           "fingerprint as featx info shows it (needed when the cache holds "
+                           "several)")
+    group.add_argument("--weights", type=weights, **({"default": "imagenet"} | unset),
+                       metavar="W",
+                       help="'imagenet' (default), 'none' for random weights, or a weights file")
+    group.add_argument("--input-size", type=input_size, metavar="N", **unset,
+                       help="resize images to N x N (or HxW) pixels; default: the backbone's")
+    group.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
+                       help="images per network call (default 32)")
+    group.add_argument("--engine", choices=ENGINES, default="auto",
+                       help="what runs the network: openvino (CPUs), keras (GPUs; any backend) "
+                       "or auto (default: OpenVINO on a CPU under TensorFlow, else Keras)")
+    group.add_argument("--precision", choices=PRECISIONS, **({"default": "float32"} | unset),
+                       help="float32 (default) or mixed_bfloat16 (bfloat16 inference: about 2x "
+                       "on CPUs that have it, other numbers); mixed_float16 for GPUs")
+    add_retry_failed(group)
+    group.add_argument("--layer", type=layer, metavar="L", **unset,
+                       help="cut the network at this layer name or index")
+    group.add_argument("--pooling", choices=POOLINGS, **({"default": "avg"} | unset),
+                       help="how a feature map becomes a vector (default avg)")
+    group.add_argument("--n-workers", type=positive_int, metavar="N",
+                       help="threads decoding images (default: one per core, up to 16)")
+    add_path_column(group)
+    group.add_argument("--unsafe-backbone", action="store_true",
+                       help="load a .keras/.h5 backbone file outside Keras's safe mode (runs "
+                       "the Python code it holds: only for files you trust)")
+    return flags
+
+
+def add_retry_failed(parser: Any, help: str | None = None) -> None:
+    """``--retry-failed``, the option :func:`reason` names for a remembered failure."""
+    parser.add_argument("--retry-failed", action="store_true",
+                        help=help or "try again the files an earlier run could not read (by "
+                        "default they are reported from the cache)")
+
+
+def ray_flags() -> argparse.ArgumentParser:
+    """``--ray`` and its options, shared by ``embed`` and ``heads``."""
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("Ray cluster (pip install 'featx[ray]')")
+    group.add_argument("--ray", action="store_true",
+                       help="embed (and, for heads, tune) on a Ray cluster: the one --ray-address "
+                       "or RAY_ADDRESS names, else a local one started for this command")
+    group.add_argument("--ray-address", metavar="ADDR",
+                       help="the cluster's head node, host:port (or ray://host:10001)")
+    group.add_argument("--workers", type=positive_int, metavar="N",
+                       help="Ray workers (default: one per GPU, or one per node without GPUs)")
+    group.add_argument("--gpus-per-worker", type=float, metavar="G",
+                       help="GPUs per Ray worker (default 1 on a cluster with GPUs, else 0)")
+    return flags
+
+
+# ---- what the flags mean at run time ------------------------------------------------------------
+
+
+def say_for(args: argparse.Namespace) -> Callable[[str], None]:
+    """``print`` unless ``-q``."""
+    return (lambda line: None) if args.verbosity < 0 else print
+
+
+def progress(args: argparse.Namespace) -> bool:
+    """Whether to show a progress bar: ``-v``, or on a terminal unless ``-q``."""
+    return args.verbosity > 0 or (args.verbosity == 0 and sys.stderr.isatty())
+
+
+def reason(error: ImageLoadError) -> str:
+    """Why an image failed, in command-line words (``--retry-failed``, not the parameter)."""
+    return error.describe(retry_option="--retry-failed")
