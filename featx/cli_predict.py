@@ -10,10 +10,13 @@ from typing import Any
 from featx.cli_args import (
     add_command,
     add_path_column,
+    add_retry_failed,
     positive_int,
     progress,
+    reason,
 )
 from featx.cli_sources import list_source
+from featx.exceptions import ImageLoadError
 
 _PROG = "featx"
 
@@ -35,6 +38,8 @@ def add_predict_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     predict.add_argument("--out", metavar="FILE", help="write the CSV here (default: stdout)")
     predict.add_argument("--cache", metavar="FILE",
                          help="an embedding cache to read and fill (default: none)")
+    add_retry_failed(predict, help="with --cache: try again the files an earlier run could not "
+                     "read (by default their error is reported from the cache)")
     predict.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                          help="images per network call (default 32)")
     add_path_column(predict)
@@ -48,6 +53,7 @@ def add_predict_command(commands: Any, flags: argparse.ArgumentParser) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import csv
+    from dataclasses import replace
 
     from featx.exceptions import ModelVersionWarning
     from featx.saved import load_model, predictions_csv_rows
@@ -60,8 +66,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for w in caught:
         if issubclass(w.category, ModelVersionWarning):
             print(f"{_PROG}: warning: {w.message}", file=sys.stderr)
-    model.embedder.set_params(batch_size=args.batch_size, verbose=progress(args))
-    predictions = model.predict_items(paths)
+    model.embedder.set_params(batch_size=args.batch_size, verbose=progress(args),
+                              retry_failed=args.retry_failed)
+    predictions = [p if p.error is None else replace(p, error=_in_cli_words(p.error))
+                   for p in model.predict_items(paths)]
     handle = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
         csv.writer(handle).writerows(predictions_csv_rows(model, predictions))
@@ -76,3 +84,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{len(predictions) - failed} predictions written to {args.out}")
     return 1 if failed == len(predictions) else 0
 
+
+def _in_cli_words(error: str) -> str:
+    """A prediction's error with the library's retry hint (``retry_failed=True``) as this
+    command's option (``--retry-failed``).
+
+    ``FeatxModel.predict_items`` gives the reason as text, phrased by
+    :meth:`ImageLoadError.describe`; its hint is found by phrasing it the same way.
+    """
+    hint = ImageLoadError("", "", retry_param="retry_failed").describe()
+    if not hint or not error.endswith(hint):
+        return error
+    remembered = ImageLoadError("", error[: -len(hint)], retry_param="retry_failed")
+    return reason(remembered)

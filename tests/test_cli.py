@@ -345,6 +345,32 @@ def test_predict_writes_csv_with_probabilities_and_errors(labelled, tuned, tmp_p
     assert result.returncode == 1 and result.stdout.startswith("path,prediction,")
 
 
+def test_predict_with_a_cache_names_and_takes_retry_failed(labelled, tuned, tmp_path):
+    """A failure remembered in the cache says --retry-failed in the CSV; predict takes it."""
+    assert tuned.returncode == 0, tuned.stderr
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a PNG")
+    args = ["predict", str(labelled / "out" / "model.featx"),
+            str(labelled / "train" / "NORMAL" / "0.png"), str(broken),
+            "--cache", str(tmp_path / "c.h5"), "--out", str(tmp_path / "p.csv"), "-q"]
+
+    def error_column() -> str:
+        with open(tmp_path / "p.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert rows[0]["prediction"] == "NORMAL" and rows[1]["prediction"] == ""
+        return rows[1]["error"]
+
+    assert main(args) == 0
+    assert "Pillow" in error_column() and "remembered" not in error_column()
+    assert main(args) == 0  # from the cache: the failure is remembered
+    error = error_column()
+    assert error.startswith("not an image file Pillow can read")
+    assert error.endswith("(remembered from an earlier run; pass --retry-failed to try again)")
+    assert "retry_failed" not in error
+    assert main([*args, "--retry-failed"]) == 0  # tried again: the reason, nothing remembered
+    assert "Pillow" in error_column() and "remembered" not in error_column()
+
+
 def test_info_describes_a_saved_model(labelled, tuned):
     assert tuned.returncode == 0, tuned.stderr
     lines = io.StringIO()
