@@ -75,3 +75,25 @@ def test_bad_layers_option_is_a_usage_error(labelled_folder, tmp_path, capsys):
                  str(tmp_path / "emb.h5"), "--layers", "a,,b"])
     assert code == 2
     assert "expected 'auto' or comma-separated layer names" in capsys.readouterr().err
+
+
+def test_the_reports_test_images_are_the_ones_probe_layers_held_out():
+    """probe_layers takes no test=: featx probe makes heads' split again (held_out) to find the
+    images behind probe.y_true; it must be the split probe_layers made."""
+    from featx.cli_heads import held_out
+    from featx.probe import probe_layers
+    from tests.conftest import tiny_convnet
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(list("abcd"), 8)
+    images = rng.integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+    probe = probe_layers(images, y, backbone=tiny_convnet, input_size=16,
+                         layers=["conv", "conv2"], heads=["knn"], cv=2, test_size=0.25,
+                         random_state=3)
+    fit_rows, test_rows = held_out(y, 0.25, random_state=3)
+    assert probe.n_test == len(test_rows) == 8 and probe.n_train == len(fit_rows) == 24
+    assert sorted(set(fit_rows) | set(test_rows)) == list(range(32))
+    assert list(probe.y_true) == list(y[test_rows])
+    # Another seed holds out other images, in another order: the comparison above can fail.
+    assert list(y[held_out(y, 0.25, random_state=4)[1]]) != list(probe.y_true)
+    assert [len(r) for r in held_out(y, None, random_state=3)] == [32, 32]
