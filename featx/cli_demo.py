@@ -27,11 +27,12 @@ def add_demo_command(commands: Any, flags: argparse.ArgumentParser) -> None:
         help="Fashion-MNIST end to end: PNG files -> embeddings -> tuned heads, vs pixels",
         description="Write Fashion-MNIST images as PNG files, embed them with ImageNet MobileNet "
         "features through a cache, tune several heads on the embeddings and on the raw "
-        "pixels, print both leaderboards, and write the plots and the best model to --out.",
+        "pixels, print both leaderboards, and write the plots, report.html and the best model "
+        "to --out.",
     )
     demo.add_argument("--out", type=Path, metavar="DIR",
-                      help="where the images, the cache, the plots and the model go (default "
-                      "$FEATX_HOME/demo)")
+                      help="where the images, the cache, the plots, report.html and the model "
+                      "go (default $FEATX_HOME/demo)")
     demo.add_argument("--n-train", type=positive_int, default=2000, metavar="N",
                       help="training images (default 2000)")
     demo.add_argument("--n-test", type=positive_int, default=1000, metavar="N",
@@ -67,6 +68,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(
             f"{result['dataset']}: test accuracy {result['accuracy']:.1%} on embeddings "
             f"({result['best_head']}), {result['pixel_accuracy']:.1%} on pixels "
-            f"({result['pixel_best_head']}); model {result['model']}"
+            f"({result['pixel_best_head']}); model {result['model']}; report {result['report']}"
         )
     return 0

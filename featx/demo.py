@@ -5,9 +5,11 @@ digits) as a folder of PNG files, embeds the files with :class:`featx.ImageEmbed
 HDF5 cache, and tunes the same heads (:func:`featx.tune_heads`: logistic regression, RBF SVM,
 k nearest neighbours and a small MLP by default) on the embeddings and on the raw pixels, with
 the same stratified folds. It prints both leaderboards, and writes a leaderboard plot, the best
-head's confusion matrix, the leaderboards as CSV and the best embedding head as a saved model
-(``model.featx``) into the output folder. A second run with the same sizes finds every
-embedding in the cache.
+head's confusion matrix, the leaderboards as CSV, the best embedding head as a saved model
+(``model.featx``) and ``report.html`` (:func:`featx.report.write_report`: the leaderboard, the
+plots, per-class precision and recall, a t-SNE map of at most 1,500 of the embeddings and the
+test images the best head got wrong) into the output folder. A second run with the same sizes
+finds every embedding in the cache.
 
 The input size (160 px) was chosen by 5-fold cross-validation on the 2,000 training images,
 never on the test images: with the offline MobileNet v1 ImageNet weights and a logistic
@@ -122,7 +124,8 @@ def run_demo(
     the embeddings and, as a baseline, on the raw pixels (scaled to [0, 1]); each is refitted
     with its best parameters and scored on the test images. The head with the best
     cross-validated score on the embeddings is saved with the embedder's configuration as
-    ``out_dir/model.featx``.
+    ``out_dir/model.featx``, and ``out_dir/report.html`` shows it
+    (:func:`featx.report.write_report`).
 
     With the defaults (Fashion-MNIST, ImageNet MobileNet v1 at 160 px, 2,000 + 1,000 images)
     the best head reaches about 88% test accuracy on the embeddings against about 85% on the
@@ -164,9 +167,9 @@ def run_demo(
         ``pixel_leaderboard`` (:class:`featx.Leaderboard`), ``n_embedded``, ``n_cached``,
         ``embed_seconds``, ``images_per_second`` (images through the network per second of
         embedding; ``None`` when all came from the cache), ``tune_seconds``, ``wall_seconds``,
-        ``cache``, ``image_dirs``, ``model``, ``plots``, ``tables``, and ``families``: per
-        backbone (the main one first, then ``also``), its ``accuracy``, ``best_head``,
-        ``cv_score``, ``embed_seconds`` and ``leaderboard``.
+        ``cache``, ``image_dirs``, ``model``, ``report``, ``plots``, ``tables``, and
+        ``families``: per backbone (the main one first, then ``also``), its ``accuracy``,
+        ``best_head``, ``cv_score``, ``embed_seconds`` and ``leaderboard``.
 
     Raises
     ------
@@ -182,12 +185,7 @@ def run_demo(
     >>> result["n_images"]  # doctest: +SKIP
     60
     """
-    from featx.datasets import write_image_folder
     from featx.embedder import ImageEmbedder
-    from featx.heads import tune_heads
-    from featx.images import load_image_folder
-    from featx.plots import plot_confusion_matrix, plot_leaderboard
-    from featx.saved import FeatxModel
 
     say = log or (lambda line: None)
     started = time.perf_counter()
@@ -197,36 +195,19 @@ def run_demo(
         verbose = sys.stderr.isatty()
 
     dataset, x_train, y_train, x_test, y_test, classes = load_demo_data(n_train, n_test, say)
-    splits: dict[str, dict[str, Any]] = {}
-    for split, images, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
-        # Sorted by label, the folder lists in array order: paths and pixels stay aligned.
-        order = np.argsort(labels, kind="stable")
-        images, labels = images[order], labels[order]
-        root = write_image_folder(images, labels, classes, out / f"{dataset}-{split}-{len(labels)}")
-        paths, folder_labels, _ = load_image_folder(root)
-        if not np.array_equal(folder_labels, labels):  # pragma: no cover - a bug, not bad input
-            raise FeatxError(f"the images read back from {str(root)!r} lost their order")
-        # The heads learn class names, so that the saved model predicts names.
-        names = np.asarray(classes)[labels]
-        splits[split] = {"root": root, "paths": paths, "y": names, "images": images}
+    splits = {split: _write_split(out / f"{dataset}-{split}-{len(labels)}", images, labels,
+                                  classes)
+              for split, images, labels in (("train", x_train, y_train), ("test", x_test, y_test))}
     say(
         f"{dataset}: {len(y_train)} training and {len(y_test)} test images, "
         f"{len(classes)} classes, written as PNG files under {out}"
     )
 
     cache = out / "embeddings.h5"
-    embedder = ImageEmbedder(
-        backbone, weights=weights, input_size=input_size, batch_size=batch_size, cache=cache,
-        verbose=verbose,
-    )
-    embed_started = time.perf_counter()
-    features: dict[str, np.ndarray] = {}
-    n_embedded = n_cached = 0
-    for split in ("train", "test"):
-        features[split] = embedder.fit_transform(splits[split]["paths"])
-        n_embedded += embedder.report_.n_embedded
-        n_cached += embedder.report_.n_hits
-    embed_seconds = time.perf_counter() - embed_started
+    embedding = dict(weights=weights, input_size=input_size, batch_size=batch_size, cache=cache,
+                     verbose=verbose)
+    embedder = ImageEmbedder(backbone, **embedding)
+    features, n_embedded, n_cached, embed_seconds = _embed(embedder, splits)
     label = embedder.config_.label
     rate = n_embedded / embed_seconds if n_embedded and embed_seconds > 0 else None
     say(
@@ -240,35 +221,24 @@ def run_demo(
         say(f"using {folds}-fold cross-validation: a class has only {smallest} training images")
     pixels = {s: splits[s]["images"].reshape(len(splits[s]["images"]), -1) / 255.0
               for s in ("train", "test")}
+    tune = dict(heads=heads, cv=folds, random_state=random_state, n_jobs=n_jobs, log=say)
     tune_started = time.perf_counter()
     boards = {}
     for name, X in (("embeddings", features), ("raw pixels", pixels)):
         say(f"tuning {len(heads)} heads on {name} ({X['train'].shape[1]} features), "
             f"{folds}-fold cross-validation:")
-        boards[name] = tune_heads(
-            X["train"], splits["train"]["y"], test=(X["test"], splits["test"]["y"]),
-            heads=heads, cv=folds, random_state=random_state, n_jobs=n_jobs, log=say,
-        )
+        boards[name] = _tune(X, splits, tune)
     tune_seconds = time.perf_counter() - tune_started
-    emb_board, px_board = boards["embeddings"], boards["raw pixels"]
     main_name = embedder.config_.name if embedder.config_.kind == "registry" else "backbone"
-    families = {main_name: _family(emb_board, embed_seconds)}
+    families = {main_name: _family(boards["embeddings"], embed_seconds)}
     for other in second_family(backbone, weights) if also is None else also:
-        other_embedder = ImageEmbedder(
-            other, weights=weights, input_size=input_size, batch_size=batch_size, cache=cache,
-            verbose=verbose,
-        )
-        other_started = time.perf_counter()
-        X = {s: other_embedder.fit_transform(splits[s]["paths"]) for s in ("train", "test")}
-        other_seconds = time.perf_counter() - other_started
+        other_embedder = ImageEmbedder(other, **embedding)
+        X, _, _, other_seconds = _embed(other_embedder, splits)
         say(f"embedded the same images with {other_embedder.config_.label} in "
             f"{other_seconds:.1f} s; tuning {len(heads)} heads on its {X['train'].shape[1]} "
             "features:")
-        boards[f"{other} features"] = board = tune_heads(
-            X["train"], splits["train"]["y"], test=(X["test"], splits["test"]["y"]),
-            heads=heads, cv=folds, random_state=random_state, n_jobs=n_jobs, log=say,
-        )
-        families[other] = _family(board, other_seconds)
+        boards[f"{other} features"] = _tune(X, splits, tune)
+        families[other] = _family(boards[f"{other} features"], other_seconds)
     for name, board in boards.items():
         say("")
         say(f"leaderboard on {name} (ranked by cross-validation; test = {len(y_test)} held-out "
@@ -276,44 +246,16 @@ def run_demo(
         for line in board.to_text().splitlines():
             say("  " + line)
 
+    written = _write_outputs(out, dataset, classes, main_name, boards, embedder, features,
+                             splits, random_state)
+    wall = time.perf_counter() - started
+    emb_board, px_board = boards["embeddings"], boards["raw pixels"]
     best, px_best = emb_board.best, px_board.best
     assert best.test_score is not None and px_best.test_score is not None
-    backbone_name = main_name
-    others = {name: board for name, board in boards.items() if name.endswith(" features")}
-    plots = [
-        plot_leaderboard(
-            {f"{backbone_name} features": emb_board, **others, "raw pixels": px_board},
-            out / "leaderboard.png",
-            title=f"{dataset}: heads on {backbone_name} features vs raw pixels "
-            f"({len(y_train)} training images)",
-        ),
-        plot_confusion_matrix(
-            emb_board.y_true, emb_board.y_pred, out / "confusion_matrix.png", labels=classes,
-            title=f"{best.head} on {backbone_name} features: {len(y_test)} {dataset} test "
-            f"images, accuracy {best.test_score:.1%}",
-        ),
-    ]
-    tables = [emb_board.to_csv(out / "leaderboard-embeddings.csv"),
-              px_board.to_csv(out / "leaderboard-pixels.csv")]
-    model = FeatxModel(
-        embedder.set_params(cache=None, verbose=False), best.estimator,
-        info={"dataset": dataset, "head": best.head, "test_accuracy": best.test_score,
-              "n_train": int(len(y_train)), "n_test": int(len(y_test))},
-    )
-    model_path = model.save(out / "model.featx")
-    wall = time.perf_counter() - started
-    say("")
-    say(f"best head on {backbone_name} features: {best.head}, test accuracy "
-        f"{best.test_score:.1%}")
-    for name, family in list(families.items())[1:]:
-        say(f"best head on {name} features: {family['best_head']}, test accuracy "
-            f"{family['accuracy']:.1%} (same images, heads and folds)")
-    say(f"best head on raw pixels: {px_best.head}, test accuracy {px_best.test_score:.1%}")
-    say(f"plots: {plots[0]}, {plots[1]}")
-    say(f"leaderboards: {tables[0]}, {tables[1]}")
-    say(f"model: {model_path}  (try: featx predict {model_path} {splits['test']['root']})")
+    _say_summary(say, families, px_board, written, splits["test"]["root"])
     say(f"wall time {wall:.1f} s (embedding {embed_seconds:.1f} s, tuning {tune_seconds:.1f} s); "
         f"cache {cache}")
+    plots, tables = written["plots"], written["tables"]
     return {
         "dataset": dataset,
         "n_train": int(len(y_train)),
@@ -336,12 +278,117 @@ def run_demo(
         "wall_seconds": wall,
         "cache": str(cache),
         "image_dirs": [str(splits[s]["root"]) for s in ("train", "test")],
-        "model": str(model_path),
+        "model": str(written["model"]),
+        "report": str(written["report"]),
         "plots": [str(p) for p in plots],
         "tables": [str(t) for t in tables],
         "families": families,
     }
 
+
+def _write_split(root: Path, images: np.ndarray, labels: np.ndarray,
+                 classes: Sequence[str]) -> dict[str, Any]:
+    """One split as PNG files under ``root``, one folder per class; its paths, class names
+    (the heads learn names, so that the saved model predicts names) and pixels, aligned."""
+    from featx.datasets import write_image_folder
+    from featx.images import load_image_folder
+
+    # Sorted by label, the folder lists in array order: paths and pixels stay aligned.
+    order = np.argsort(labels, kind="stable")
+    images, labels = images[order], labels[order]
+    root = write_image_folder(images, labels, classes, root)
+    paths, folder_labels, _ = load_image_folder(root)
+    if not np.array_equal(folder_labels, labels):  # pragma: no cover - a bug, not bad input
+        raise FeatxError(f"the images read back from {str(root)!r} lost their order")
+    return {"root": root, "paths": paths, "y": np.asarray(classes)[labels], "images": images}
+
+
+def _embed(embedder: Any, splits: dict[str, dict[str, Any]]
+           ) -> tuple[dict[str, np.ndarray], int, int, float]:
+    """Both splits' embeddings, the images embedded and found in the cache, and the seconds."""
+    started = time.perf_counter()
+    features: dict[str, np.ndarray] = {}
+    n_embedded = n_cached = 0
+    for split in ("train", "test"):
+        features[split] = embedder.fit_transform(splits[split]["paths"])
+        n_embedded += embedder.report_.n_embedded
+        n_cached += embedder.report_.n_hits
+    return features, n_embedded, n_cached, time.perf_counter() - started
+
+
+def _tune(X: dict[str, np.ndarray], splits: dict[str, dict[str, Any]],
+          tune: dict[str, Any]) -> Any:
+    """The heads tuned on the training rows and tested on the test rows."""
+    from featx.heads import tune_heads
+
+    return tune_heads(X["train"], splits["train"]["y"], test=(X["test"], splits["test"]["y"]),
+                      **tune)
+
+
+def _write_outputs(out: Path, dataset: str, classes: Sequence[str], backbone_name: str,
+                   boards: dict[str, Any], embedder: Any, features: dict[str, np.ndarray],
+                   splits: dict[str, dict[str, Any]], random_state: int) -> dict[str, Any]:
+    """The plots, the leaderboards as CSV, the best head as ``model.featx`` and
+    ``report.html`` (featx.report: t-SNE of at most 1,500 of the embeddings)."""
+    from featx.plots import plot_confusion_matrix, plot_leaderboard
+    from featx.report import write_report
+    from featx.saved import FeatxModel
+
+    emb_board, px_board = boards["embeddings"], boards["raw pixels"]
+    best = emb_board.best
+    n_train, n_test = len(splits["train"]["y"]), len(splits["test"]["y"])
+    others = {name: board for name, board in boards.items() if name.endswith(" features")}
+    plots = [
+        plot_leaderboard(
+            {f"{backbone_name} features": emb_board, **others, "raw pixels": px_board},
+            out / "leaderboard.png",
+            title=f"{dataset}: heads on {backbone_name} features vs raw pixels "
+            f"({n_train} training images)",
+        ),
+        plot_confusion_matrix(
+            emb_board.y_true, emb_board.y_pred, out / "confusion_matrix.png", labels=classes,
+            title=f"{best.head} on {backbone_name} features: {n_test} {dataset} test "
+            f"images, accuracy {best.test_score:.1%}",
+        ),
+    ]
+    tables = [emb_board.to_csv(out / "leaderboard-embeddings.csv"),
+              px_board.to_csv(out / "leaderboard-pixels.csv")]
+    model = FeatxModel(
+        embedder.set_params(cache=None, verbose=False), best.estimator,
+        info={"dataset": dataset, "head": best.head, "test_accuracy": best.test_score,
+              "n_train": int(n_train), "n_test": int(n_test)},
+    )
+    model_path = model.save(out / "model.featx")
+    px_best = px_board.best
+    report = write_report(
+        out / "report.html", emb_board,
+        embeddings=np.concatenate([features["train"], features["test"]]),
+        labels=np.concatenate([splits["train"]["y"], splits["test"]["y"]]),
+        eval_sources=splits["test"]["paths"], plots=plots,
+        title=f"featx demo: {dataset} on {backbone_name} features",
+        random_state=random_state,
+        notes=[f"Backbone: {embedder.config_.label}.",
+               f"Images: {n_train} training and {n_test} test {dataset} images, as PNG files "
+               f"under {out}.",
+               f"Raw pixels, the same heads and folds: best {px_best.head}, test accuracy "
+               f"{px_best.test_score:.1%}."],
+    )
+    return {"plots": plots, "tables": tables, "model": model_path, "report": report}
+
+def _say_summary(say: Callable[[str], None], families: dict[str, dict[str, Any]],
+                 px_board: Any, written: dict[str, Any], test_root: Path) -> None:
+    """The best head per family and on the pixels, and where everything was written."""
+    say("")
+    for i, (name, family) in enumerate(families.items()):
+        say(f"best head on {name} features: {family['best_head']}, test accuracy "
+            f"{family['accuracy']:.1%}" + (" (same images, heads and folds)" if i else ""))
+    say(f"best head on raw pixels: {px_board.best.head}, test accuracy "
+        f"{px_board.best.test_score:.1%}")
+    plots, tables, model = written["plots"], written["tables"], written["model"]
+    say(f"plots: {plots[0]}, {plots[1]}")
+    say(f"leaderboards: {tables[0]}, {tables[1]}")
+    say(f"report: {written['report']}  (open it in a browser)")
+    say(f"model: {model}  (try: featx predict {model} {test_root})")
 
 def _family(board: Any, embed_seconds: float) -> dict[str, Any]:
     best = board.best

@@ -272,7 +272,7 @@ def test_demo_command_small_tiny_network(workspace, tmp_path):
     assert "leaderboard on embeddings" in out and "leaderboard on raw pixels" in out
     assert "best head on raw pixels:" in out
     for name in ("embeddings.h5", "leaderboard.png", "confusion_matrix.png", "model.featx",
-                 "leaderboard-embeddings.csv", "leaderboard-pixels.csv"):
+                 "leaderboard-embeddings.csv", "leaderboard-pixels.csv", "report.html"):
         assert (tmp_path / name).is_file(), name
         assert str(tmp_path / name) in out  # the report says where everything went
 

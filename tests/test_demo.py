@@ -28,8 +28,15 @@ def test_demo_small_random_network_then_rerun_from_cache(tmp_path):
     assert result["cache"] == str(tmp_path / "embeddings.h5")
     assert any("raw pixels" in line for line in lines)
     assert any(line.strip().startswith("#  head") for line in lines)  # the leaderboards
-    for path in [*result["plots"], *result["tables"], result["model"]]:
+    for path in [*result["plots"], *result["tables"], result["model"], result["report"]]:
         assert Path(path).is_file() and str(path) in "\n".join(lines)
+    # report.html: the leaderboard, the demo's plots, the t-SNE map of the embeddings.
+    page = Path(result["report"]).read_text(encoding="utf-8")
+    assert result["report"] == str(tmp_path / "report.html")
+    assert "<h2>Leaderboard</h2>" in page and "fashion-mnist" in page
+    assert 'id="map"' in page and "No embeddings were given" not in page
+    assert page.count('src="data:image/png;base64,') >= 3  # two plots and the map
+    assert "Raw pixels, the same heads and folds: best " in page
 
     # The saved model predicts the test images' classes (by name) as the tuned head did.
     model = load_model(result["model"], cache=result["cache"])
