@@ -1,4 +1,4 @@
-"""Domain adaptation on embeddings: CORAL, subspace alignment, and label-free target scores.
+"""Domain adaptation on embeddings: the adapters, CORAL and subspace alignment.
 
 A head trained on one domain's embeddings (a scanner, a camera, a season) loses accuracy on
 another's. On frozen embeddings, aligning the two domains' feature statistics is cheap and often
@@ -10,26 +10,18 @@ recovers much of the loss. Both adapters here are scikit-learn meta-estimators t
   subspace and maps the source subspace onto the target's, then fits the head there.
 
 Both take the unlabelled target rows at fit time: ``fit(X_source, y_source, X_target=X_target)``,
-then ``predict``/``predict_proba``/``score`` on target rows.
+then ``predict``/``predict_proba``/``score`` on target rows. :func:`adapted_head` wraps a head
+and its grid in one of them by name (:data:`ADAPTERS`).
 
-Inside ``GridSearchCV``. With scikit-learn's metadata routing off (its default), a search slices
-every fit parameter whose length equals the number of training rows, along with the rows. An
-``X_target`` that happens to have as many rows as ``X`` would be cut into folds too. Wrap it in
-:class:`TargetData`, which a search passes on whole, whatever its length::
-
-    search.fit(X_source, y_source, X_target=TargetData(X_target))
-
-Choosing hyperparameters without target labels. :class:`ReverseValidationScorer` (Zhong et al.
-2010) labels the target with the candidate, trains the same candidate back from the target onto
-the source validation fold, and scores that reverse model's accuracy on the fold's true labels.
-:class:`PredictionEntropyScorer` scores the mean entropy of the target's predicted probabilities
-(lower is better, so the score is its negative). Both are ``scoring=`` callables for a search.
+Choosing among adapters without target labels (:class:`TargetData`, which a search passes whole,
+and the scorers :class:`ReverseValidationScorer` and :class:`PredictionEntropyScorer`) is
+:mod:`featx.adapt_select`'s; they are re-exported here.
 """
 
 from __future__ import annotations
 
 from numbers import Integral, Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, _fit_context, clone
@@ -37,7 +29,16 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from featx.adapt_select import (
+    PredictionEntropyScorer,
+    ReverseValidationScorer,
+    TargetData,
+    _refuse_nonfinite,
+)
 from featx.exceptions import AdaptationError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "TargetData",
@@ -49,34 +50,6 @@ __all__ = [
     "adapted_head",
     "ADAPTERS",
 ]
-
-
-class TargetData:
-    """Unlabelled target-domain rows, which a cross-validated search passes on whole.
-
-    scikit-learn's searches slice any fit parameter that is array-like and as long as ``X``. This
-    wrapper is not array-like (no ``len``, ``shape`` or ``__array__``), so ``X_target`` reaches
-    every fold's fit complete, whatever its length.
-
-    Parameters
-    ----------
-    X : array-like of shape (n_target, n_features)
-        The target rows (embeddings from the same backbone as the source's).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from featx.adapt import TargetData
-    >>> TargetData(np.zeros((3, 2)))
-    TargetData(3 rows)
-    """
-
-    def __init__(self, X: Any):
-        self.X = X
-
-    def __repr__(self) -> str:
-        rows = getattr(self.X, "shape", (None,))[0]
-        return f"TargetData({rows} rows)"
 
 
 def _default_head() -> Any:
@@ -95,18 +68,8 @@ def _estimator_has(attr: str) -> Any:
     return check
 
 
-def _refuse_nonfinite(X: np.ndarray, what: str) -> None:
-    finite = np.isfinite(X).all(axis=1)
-    if not finite.all():
-        raise AdaptationError(
-            f"{what} has {int((~finite).sum())} of {len(X)} rows with NaN or inf values (images "
-            "that failed to embed with on_error='nan'?); expected finite embeddings. Leave those "
-            "rows out first: X[np.isfinite(X).all(axis=1)]."
-        )
-
-
 class _Adapter(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
-    """What both adapters share: validation, the target, delegation to the fitted head."""
+    """What both adapters share: validation, the target, fitting the head, delegating to it."""
 
     _min_target = 2
     _method = "the adapter"
@@ -151,8 +114,44 @@ class _Adapter(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         _refuse_nonfinite(X, "X")
         return X
 
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X: Any, y: Any, X_target: Any = None) -> Self:
+        """Adapt the source ``X`` to ``X_target`` and fit the head on the adapted rows.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Source embeddings.
+        y : array-like of shape (n_samples,)
+            Source labels.
+        X_target : array-like of shape (n_target, n_features), TargetData or None
+            Unlabelled target embeddings (at least 2 rows). ``None``: nothing to adapt to
+            (``n_target_`` is 0; the class says what is fitted then).
+
+        Returns
+        -------
+        self
+        """
+        X, y = self._validate_source(X, y)
+        Xt = self._validate_target(X_target)
+        adapted = self._adapt_source(X, Xt)
+        self.n_target_ = 0 if Xt is None else len(Xt)
+        self.estimator_ = clone(_default_head() if self.estimator is None else self.estimator)
+        self.estimator_.fit(adapted, y)
+        return self
+
+    def _adapt_source(self, X: np.ndarray, Xt: np.ndarray | None) -> np.ndarray:
+        """The source rows the head is fitted on; sets what :meth:`_map_target` needs."""
+        raise NotImplementedError
+
     def _map_target(self, X: np.ndarray) -> np.ndarray:
+        """Rows to predict, as the head sees them."""
         return X
+
+    def _call_head(self, method: str, X: Any) -> np.ndarray:
+        """The fitted head's ``method`` on target rows ``X``, mapped as the head sees them."""
+        X = self._map_target(self._validate_predict(X))
+        return getattr(self.estimator_, method)(X)
 
     @property
     def classes_(self) -> np.ndarray:
@@ -170,26 +169,22 @@ class _Adapter(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         -------
         y : ndarray of shape (n_samples,)
         """
-        X = self._map_target(self._validate_predict(X))
-        return self.estimator_.predict(X)
+        return self._call_head("predict", X)
 
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities of target rows ``X``, columns in the order of ``classes_``."""
-        X = self._map_target(self._validate_predict(X))
-        return self.estimator_.predict_proba(X)
+        return self._call_head("predict_proba", X)
 
     @available_if(_estimator_has("predict_log_proba"))
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log class probabilities of target rows ``X``."""
-        X = self._map_target(self._validate_predict(X))
-        return self.estimator_.predict_log_proba(X)
+        return self._call_head("predict_log_proba", X)
 
     @available_if(_estimator_has("decision_function"))
     def decision_function(self, X: Any) -> np.ndarray:
         """The head's decision function on target rows ``X``."""
-        X = self._map_target(self._validate_predict(X))
-        return self.estimator_.decision_function(X)
+        return self._call_head("decision_function", X)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -332,35 +327,14 @@ class CORAL(_Adapter):
         self.shrinkage = shrinkage
         self.align_mean = align_mean
 
-    @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X: Any, y: Any, X_target: Any = None) -> CORAL:
-        """Recolour ``X`` to ``X_target``'s covariance and fit the head on it.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Source embeddings.
-        y : array-like of shape (n_samples,)
-            Source labels.
-        X_target : array-like of shape (n_target, n_features), TargetData or None
-            Unlabelled target embeddings (at least 2 rows). ``None``: no adaptation.
-
-        Returns
-        -------
-        self
-        """
-        X, y = self._validate_source(X, y)
-        Xt = self._validate_target(X_target)
-        if Xt is not None:
-            A = coral_matrix(X, Xt, reg=self.reg, shrinkage=self.shrinkage)
-            if self.align_mean:
-                X = (X - X.mean(axis=0)) @ A + Xt.mean(axis=0)
-            else:
-                X = X @ A
-        self.n_target_ = 0 if Xt is None else len(Xt)
-        self.estimator_ = clone(_default_head() if self.estimator is None else self.estimator)
-        self.estimator_.fit(X, y)
-        return self
+    def _adapt_source(self, X: np.ndarray, Xt: np.ndarray | None) -> np.ndarray:
+        """Recolour ``X`` to ``Xt``'s covariance (and mean); no target: ``X`` as it is."""
+        if Xt is None:
+            return X
+        A = coral_matrix(X, Xt, reg=self.reg, shrinkage=self.shrinkage)
+        if self.align_mean:
+            return (X - X.mean(axis=0)) @ A + Xt.mean(axis=0)
+        return X @ A
 
 
 # ---- subspace alignment -------------------------------------------------------------------------
@@ -430,26 +404,8 @@ class SubspaceAlignment(_Adapter):
         self.estimator = estimator
         self.n_components = n_components
 
-    @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X: Any, y: Any, X_target: Any = None) -> SubspaceAlignment:
-        """Align ``X``'s principal subspace with ``X_target``'s and fit the head there.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Source embeddings.
-        y : array-like of shape (n_samples,)
-            Source labels.
-        X_target : array-like of shape (n_target, n_features), TargetData or None
-            Unlabelled target embeddings (at least 2 rows). ``None``: the source's own subspace
-            serves as the target's.
-
-        Returns
-        -------
-        self
-        """
-        X, y = self._validate_source(X, y)
-        Xt = self._validate_target(X_target)
+    def _adapt_source(self, X: np.ndarray, Xt: np.ndarray | None) -> np.ndarray:
+        """Project ``X`` onto its subspace aligned with ``Xt``'s; keep the target's for predict."""
         k = min(self.n_components, X.shape[1], len(X), len(X) if Xt is None else len(Xt))
         mean_s, Ps = _subspace(X, k)
         if Xt is None:
@@ -457,130 +413,10 @@ class SubspaceAlignment(_Adapter):
         else:
             self.mean_, self.components_ = _subspace(Xt, k)
         self.n_components_ = k
-        self.n_target_ = 0 if Xt is None else len(Xt)
-        aligned = (X - mean_s) @ Ps.T @ (Ps @ self.components_.T)
-        self.estimator_ = clone(_default_head() if self.estimator is None else self.estimator)
-        self.estimator_.fit(aligned, y)
-        return self
+        return (X - mean_s) @ Ps.T @ (Ps @ self.components_.T)
 
     def _map_target(self, X: np.ndarray) -> np.ndarray:
         return (X - self.mean_) @ self.components_.T
-
-
-# ---- choosing hyperparameters without target labels ---------------------------------------------
-
-
-def _target_rows(X_target: Any) -> np.ndarray:
-    if isinstance(X_target, TargetData):
-        X_target = X_target.X
-    Xt = np.asarray(X_target)
-    if Xt.ndim != 2 or Xt.dtype.kind not in "fiu" or len(Xt) < 2:
-        raise AdaptationError(
-            f"X_target must be a 2-D numeric array of at least 2 target embeddings; got "
-            f"{Xt.dtype} of shape {Xt.shape}."
-        )
-    _refuse_nonfinite(Xt.astype(np.float64, copy=False), "X_target")
-    return Xt
-
-
-class ReverseValidationScorer:
-    """Reverse validation: how well the target, labelled by the candidate, teaches the source.
-
-    Called by a search as ``scorer(estimator, X_val, y_val)`` with a fitted candidate and a
-    source validation fold: the candidate labels the target rows; a clone of it is fitted on
-    the target with those labels (adapting to ``X_val`` as its target when it is an adapter);
-    the score is that reverse model's accuracy on ``X_val``'s true labels (Zhong et al., ECML
-    2010). It uses no target label, needs only ``predict``, and is an accuracy, so it compares
-    heads of any kind. Higher is better.
-
-    Parameters
-    ----------
-    X_target : array-like of shape (n_target, n_features) or TargetData
-        The unlabelled target embeddings.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn.model_selection import GridSearchCV
-    >>> from featx.adapt import CORAL, ReverseValidationScorer, TargetData
-    >>> rng = np.random.default_rng(0)
-    >>> y = np.repeat([0, 1], 60)
-    >>> Xs = rng.normal(size=(120, 3)) + 2 * y[:, None]
-    >>> Xt = (rng.normal(size=(120, 3)) + 2 * y[:, None]) * [0.5, 0.5, 2] + 3
-    >>> search = GridSearchCV(CORAL(), {"align_mean": [False, True]}, cv=3,
-    ...                       scoring=ReverseValidationScorer(Xt))
-    >>> search.fit(Xs, y, X_target=TargetData(Xt)).best_params_
-    {'align_mean': True}
-    >>> search.best_estimator_.score(Xt, y) > 0.9
-    True
-    """
-
-    def __init__(self, X_target: Any):
-        self.X_target = X_target
-
-    def __call__(self, estimator: Any, X: Any, y: Any = None) -> float:
-        if y is None:
-            raise AdaptationError(
-                "reverse validation scores a source validation fold against its labels; got "
-                "y=None. Use it as a search's scoring=, which passes the fold's labels."
-            )
-        Xt = _target_rows(self.X_target)
-        y = np.asarray(y)
-        pseudo = np.asarray(estimator.predict(Xt))
-        if len(np.unique(pseudo)) < 2:
-            # One class for the whole target: the reverse model can only say that class.
-            return float(np.mean(y == pseudo[0]))
-        reverse = clone(estimator)
-        if isinstance(reverse, _Adapter):
-            reverse.fit(Xt, pseudo, X_target=TargetData(np.asarray(X)))
-        else:
-            reverse.fit(Xt, pseudo)
-        return float(np.mean(np.asarray(reverse.predict(X)) == y))
-
-    def __repr__(self) -> str:
-        return "ReverseValidationScorer()"
-
-
-class PredictionEntropyScorer:
-    """Minus the mean entropy of the candidate's predicted probabilities on the target.
-
-    A confident head on the target (low entropy) scores high. It needs ``predict_proba`` and
-    favours over-confident candidates (little regularisation), so compare candidates of one head
-    with it; :class:`ReverseValidationScorer` compares heads of any kind. Higher is better.
-
-    Parameters
-    ----------
-    X_target : array-like of shape (n_target, n_features) or TargetData
-        The unlabelled target embeddings.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from featx.adapt import CORAL, PredictionEntropyScorer
-    >>> rng = np.random.default_rng(0)
-    >>> y = np.repeat([0, 1], 50)
-    >>> X = rng.normal(size=(100, 2)) + 3 * y[:, None]
-    >>> score = PredictionEntropyScorer(X)(CORAL().fit(X, y), X, y)
-    >>> -np.log(2) < score <= 0
-    True
-    """
-
-    def __init__(self, X_target: Any):
-        self.X_target = X_target
-
-    def __call__(self, estimator: Any, X: Any = None, y: Any = None) -> float:
-        if not hasattr(estimator, "predict_proba"):
-            raise AdaptationError(
-                f"prediction entropy needs class probabilities, but {type(estimator).__name__} "
-                "has no predict_proba; use ReverseValidationScorer, or a head with "
-                "probabilities (logreg, knn, mlp, hist_gb)."
-            )
-        proba = np.clip(np.asarray(estimator.predict_proba(_target_rows(self.X_target))),
-                        1e-12, 1.0)
-        return float(np.mean(np.sum(proba * np.log(proba), axis=1)))
-
-    def __repr__(self) -> str:
-        return "PredictionEntropyScorer()"
 
 
 # ---- adapting tuned heads -----------------------------------------------------------------------
