@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = make_photo_folder(Path(args.photos) if args.photos else work / "photos", args.n)
     layers = auto_layers(args.backbone)
     params = dict(backbone=args.backbone, input_size=args.input_size, engine=args.engine)
-    configs = [ImageEmbedder(**params, layer=lay)._config() for lay in layers]
+    configs = [ImageEmbedder(**params, layer=lay).backbone_config() for lay in layers]
     items, _ = as_items(paths)
     baseline = ImageEmbedder(**params)
     # Build both networks (and compile their forward passes) before the clock.

@@ -42,7 +42,7 @@ from featx.ray_cluster import (
     ray_joblib,
     ray_session,
 )
-from featx.ray_worker import KnownKeys, RayWorker, ShardResult, config_of
+from featx.ray_worker import KnownKeys, RayWorker, ShardResult
 
 __all__ = [
     "ClusterError",
@@ -252,7 +252,7 @@ def embed_on_ray(
             "(or an ImageEmbedder with cache='emb.h5')."
         )
     import_ray()
-    config = config_of(embedder)
+    config = embedder.backbone_config()
     items, kind = as_items(X)
     sample_shape = (int(np.asarray(X).shape[1]),) if kind == "vectors" else None
     report = RayEmbeddingReport(n_items=len(items))

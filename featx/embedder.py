@@ -221,7 +221,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         -------
         self : ImageEmbedder
         """
-        self.config_ = self._config()
+        self.config_ = self.backbone_config()
         X = _as_input(X)
         if _is_table(X):
             validate_data(self, X, dtype=np.float32, reset=True)
@@ -244,7 +244,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         embeddings : ndarray of float32, shape (n_items, width)
             With ``on_error="skip"`` the failed items' rows are left out (see ``report_.dropped``).
         """
-        config = self._config()
+        config = self.backbone_config()
         X = _as_input(X)
         if _is_table(X):
             X = validate_data(self, X, dtype=np.float32, reset=not hasattr(self, "n_features_in_"))
@@ -296,7 +296,20 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
     # ---- the embedding pipeline ---------------------------------------------------------------
 
-    def _config(self) -> BackboneConfig:
+    def backbone_config(self) -> BackboneConfig:
+        """Resolve the parameters into the backbone configuration they name, building nothing.
+
+        Returns
+        -------
+        BackboneConfig
+            What ``fit`` stores as ``config_``: the backbone, cut, pooling, input size,
+            preprocessing, precision and engine, and the fingerprint the cache files them under.
+
+        Raises
+        ------
+        UnknownBackboneError, ValueError
+            Whatever ``fit`` would raise for these parameters.
+        """
         return resolve_backbone(
             self.backbone, weights=self.weights, layer=self.layer, pooling=self.pooling,
             input_size=self.input_size, resize=self.resize, preprocess=self.preprocess,
@@ -307,4 +320,4 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     def _n_features_out(self) -> int:
         shape = (self.n_features_in_,) if hasattr(self, "n_features_in_") else None
         kind = "vectors" if shape is not None else "images"
-        return output_widths([self._config()], kind, shape)[0]
+        return output_widths([self.backbone_config()], kind, shape)[0]

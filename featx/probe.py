@@ -310,7 +310,7 @@ def probe_layers(
         resize=resize, preprocess=preprocess, precision=precision, engine=engine,
         batch_size=batch_size, n_workers=n_workers,
     )
-    configs = [ImageEmbedder(**params, layer=lay)._config() for lay in wanted]
+    configs = [ImageEmbedder(**params, layer=lay).backbone_config() for lay in wanted]
     items, kind = as_items(images)
     labels = np.asarray(y)
     if labels.shape != (len(items),):

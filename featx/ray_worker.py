@@ -19,28 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from featx.backbones import BackboneConfig, resolve_backbone
 from featx.engine import cache_group, network_for, run_network, safe_key
 from featx.exceptions import ImageLoadError
 from featx.images import Item
 
-__all__ = ["RayWorker", "KnownKeys", "ShardResult", "config_of", "FAULT_ENV"]
+__all__ = ["RayWorker", "KnownKeys", "ShardResult", "FAULT_ENV"]
 
 #: Test-only: ``FEATX_RAY_FAULT="kill:NAME"`` makes a worker SIGKILL itself whenever it reaches an
 #: item whose name contains NAME (as Ray's out-of-memory killer would); ``"kill-once:NAME:FILE"``
 #: does it once per cluster (the first worker to create FILE). Several, comma-separated. Unset
 #: in normal use.
 FAULT_ENV = "FEATX_RAY_FAULT"
-
-
-def config_of(embedder: Any) -> BackboneConfig:
-    """The backbone configuration an :class:`~featx.ImageEmbedder`'s parameters resolve to."""
-    p = embedder.get_params(deep=False)
-    return resolve_backbone(
-        p["backbone"], weights=p["weights"], layer=p["layer"], pooling=p["pooling"],
-        input_size=p["input_size"], resize=p["resize"], preprocess=p["preprocess"],
-        precision=p["precision"], safe_mode=p["safe_mode"], engine=p["engine"],
-    )
 
 
 @dataclass
@@ -107,7 +96,7 @@ class RayWorker:
     ):
         import ray
 
-        self.config = config_of(embedder)
+        self.config = embedder.backbone_config()
         self.group = cache_group(self.config, sample_shape)
         self.kind = kind
         self.sample_shape = sample_shape

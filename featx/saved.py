@@ -330,7 +330,7 @@ def save_model(
 
     model = _as_featx_model(model)
     params = _embedder_params(model.embedder)
-    config = model.embedder._config()
+    config = model.embedder.backbone_config()
     head_bytes = sio.dumps(model.head)
     extra = {**model.info, **(info or {})}
     try:
@@ -567,7 +567,7 @@ def _warn_versions(manifest: dict[str, Any], file: Path) -> None:
 def _check_backbone(embedder: Any, manifest: dict[str, Any], file: Path) -> None:
     """The rebuilt embedder must resolve to the embedding space the head was trained on."""
     try:
-        config = embedder._config()
+        config = embedder.backbone_config()
     except FeatxError as exc:
         raise type(exc)(
             f"the backbone of model {str(file)!r} cannot be resolved here: {exc}"

@@ -43,7 +43,7 @@ def test_registry_groups_come_back_as_the_same_fingerprint(backbone, params):
     assert rebuilt["backbone"] == backbone
     assert resolve_backbone(**rebuilt).fingerprint == group.fingerprint
     # ... and as embedder parameters (what featx heads builds).
-    assert ImageEmbedder(**rebuilt)._config().fingerprint == group.fingerprint
+    assert ImageEmbedder(**rebuilt).backbone_config().fingerprint == group.fingerprint
 
 
 def _embed(backbone: Path | str, cache: Path, images: np.ndarray, **params) -> str:

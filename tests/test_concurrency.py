@@ -88,7 +88,7 @@ def check_final(cache: Path, reference: dict[str, np.ndarray], fingerprint: str)
 
 def test_two_writers_and_a_reader_at_once(workspace, paths, reference, tmp_path):
     cache = tmp_path / "emb.h5"
-    fingerprint = embedder(workspace)._config().fingerprint
+    fingerprint = embedder(workspace).backbone_config().fingerprint
     sets = {"a": paths[:120], "b": paths[60:]}  # 60 images in common
     children = {}
     for name, subset in sets.items():
@@ -157,7 +157,7 @@ def test_two_featx_embed_commands_at_once(workspace, paths, reference, tmp_path)
         out, err = run.communicate(timeout=300)
         assert run.returncode == 0, err[-2000:]
         assert "failed 0 of 110 images" in out
-    check_final(cache, reference, embedder(workspace)._config().fingerprint)
+    check_final(cache, reference, embedder(workspace).backbone_config().fingerprint)
     again = embedder(workspace, cache=cache)
     again.fit_transform(paths)
     assert again.report_.n_hits == N_IMAGES and again.report_.n_embedded == 0

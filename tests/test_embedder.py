@@ -30,7 +30,7 @@ def make_embedder(**kwargs) -> ImageEmbedder:
 def network_of(embedder: ImageEmbedder, channels: int = 3):
     from featx.network import get_builder_network
 
-    cfg = embedder._config()
+    cfg = embedder.backbone_config()
     return get_builder_network(cfg, (*cfg.input_size, channels))
 
 

@@ -459,8 +459,8 @@ def test_safe_mode_changes_nothing_for_plain_models(tmp_path, rng):
     a = ImageEmbedder(str(path)).fit_transform(X)
     b = ImageEmbedder(str(path), safe_mode=False).fit_transform(X)
     np.testing.assert_array_equal(a, b)
-    assert ImageEmbedder(str(path))._config().fingerprint == ImageEmbedder(
-        str(path), safe_mode=False)._config().fingerprint
+    assert ImageEmbedder(str(path)).backbone_config().fingerprint == ImageEmbedder(
+        str(path), safe_mode=False).backbone_config().fingerprint
 
 
 def test_keras_global_unsafe_switch_also_opts_in(tmp_path, rng):

@@ -226,7 +226,7 @@ def test_tuning_from_a_cache_file_embeds_nothing(tmp_path, rng):
     cache = tmp_path / "emb.h5"
     embedder = ImageEmbedder(tiny_convnet, input_size=16, cache=cache)
     X = embedder.fit_transform(images)
-    net = get_builder_network(embedder._config(), (16, 16, 3))
+    net = get_builder_network(embedder.backbone_config(), (16, 16, 3))
     seen = net.n_seen
 
     read = cached_embeddings(cache, images[::-1])
@@ -247,7 +247,7 @@ def test_tuning_from_a_cache_file_embeds_nothing(tmp_path, rng):
     ImageEmbedder(tiny_convnet, input_size=12, cache=cache).fit_transform(images[:2])
     with pytest.raises(FeatxError, match="holds 2 groups; pass group="):
         cached_embeddings(cache, images)
-    fingerprint = embedder._config().fingerprint
+    fingerprint = embedder.backbone_config().fingerprint
     np.testing.assert_array_equal(cached_embeddings(cache, images, group=fingerprint[:8]), X)
     with pytest.raises(FeatxError, match="matches no groups"):
         cached_embeddings(cache, images, group="zzz")

@@ -55,10 +55,10 @@ def test_both_engines_agree_on_a_tiny_image_network(images, dtype):
     ov = ImageEmbedder(tiny_convnet, input_size=16, engine="openvino")
     ov_rows = ov.fit_transform(X)
     np.testing.assert_allclose(ov_rows, keras_rows, rtol=1e-5, atol=1e-6)
-    assert get_network(ov._config(), (16, 16, 3)).engine == "openvino"
+    assert get_network(ov.backbone_config(), (16, 16, 3)).engine == "openvino"
     # Float32 on either engine is one embedding space: one cache group.
-    assert ov._config().fingerprint == ImageEmbedder(
-        tiny_convnet, input_size=16, engine="keras")._config().fingerprint
+    assert ov.backbone_config().fingerprint == ImageEmbedder(
+        tiny_convnet, input_size=16, engine="keras").backbone_config().fingerprint
 
 
 def test_both_engines_agree_on_a_tabular_model_file(tmp_path, rng):
@@ -99,10 +99,10 @@ def test_engines_agree_within_1e_4_on_the_imagenet_mobilenet(imagenet_weights):
     assert 1e-4 * scale < np.abs(low - rows["keras"]).max() < 0.25 * scale
     for a, b in np.c_[low, rows["keras"]].reshape(3, 2, -1):
         assert np.corrcoef(a, b)[0, 1] > 0.99
-    fingerprints = {ImageEmbedder("mobilenet", engine="keras")._config().fingerprint,
-                    bf16._config().fingerprint,
+    fingerprints = {ImageEmbedder("mobilenet", engine="keras").backbone_config().fingerprint,
+                    bf16.backbone_config().fingerprint,
                     ImageEmbedder("mobilenet", engine="keras",
-                                  precision="mixed_bfloat16")._config().fingerprint}
+                                  precision="mixed_bfloat16").backbone_config().fingerprint}
     assert len(fingerprints) == 3
 
 

@@ -47,7 +47,7 @@ def test_prefetch_is_bounded(images, monkeypatch):
     emb = ImageEmbedder(tiny_convnet, input_size=16, batch_size=4)
     from featx.network import get_builder_network
 
-    net = get_builder_network(emb._config(), (16, 16, 3))
+    net = get_builder_network(emb.backbone_config(), (16, 16, 3))
     seen_at_embed = []
     real_dispatch = net.dispatch
 
@@ -121,7 +121,7 @@ def test_a_failing_batch_keeps_the_batches_before_it(step, images, tmp_path, mon
     from featx.network import get_builder_network
 
     emb = ImageEmbedder(tiny_convnet, input_size=16, batch_size=4, cache=tmp_path / "c.h5")
-    net = get_builder_network(emb._config(), (16, 16, 3))
+    net = get_builder_network(emb.backbone_config(), (16, 16, 3))
     real, calls = getattr(net, step), []
 
     def failing(x):

@@ -45,8 +45,10 @@ def test_one_pass_every_layer_cached_where_its_embedder_reads(tmp_path):
     probe = probe_layers(images, y, layers=["early", "middle", None], cache=cache, **KW)
     assert isinstance(probe, LayerProbe)
     # One forward pass for all three layers: each image went through the network once.
-    configs = [ImageEmbedder(three_convs, input_size=16, layer=lay, engine="keras")._config()
-               for lay in ["early", "middle", None]]
+    configs = [
+        ImageEmbedder(three_convs, input_size=16, layer=lay, engine="keras").backbone_config()
+        for lay in ["early", "middle", None]
+    ]
     assert get_network(configs, (16, 16, 3)).n_seen == len(images)
     assert probe.n_embedded == len(images) and probe.n_hits == 0
     assert [p.name for p in probe.layers] == ["early", "middle", "default"]
@@ -57,7 +59,7 @@ def test_one_pass_every_layer_cached_where_its_embedder_reads(tmp_path):
                             engine="keras")
         rows = emb.transform(images)
         assert emb.report_.n_hits == len(images) and emb.report_.n_embedded == 0
-        assert emb._config().fingerprint == p.fingerprint
+        assert emb.backbone_config().fingerprint == p.fingerprint
         fresh = ImageEmbedder(three_convs, input_size=16, layer=p.layer,
                               engine="keras").transform(images)
         np.testing.assert_allclose(rows, fresh, rtol=1e-5, atol=1e-6)
