@@ -123,14 +123,18 @@ def run_probe(args: argparse.Namespace) -> int:
     say(f"{len(paths)} images in {len(np.unique(y))} classes from {args.src}; probing "
         f"{n_layers} layers of {args.backbone} with {len(args.heads)} heads, {args.cv}-fold "
         "cross-validation" + (f", {test_size:.0%} held out" if test_size else ""))
+    # The test images are chosen here and passed as test=, so the report knows which they are.
+    listed = np.asarray(paths, dtype=object)
+    fit_rows, test_rows = held_out(y, test_size, args.random_state)
+    test = (list(listed[test_rows]), y[test_rows]) if test_size else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
         probe = probe_layers(
-            paths, y, backbone=args.backbone, layers=args.layers, heads=args.heads,
-            cache=args.cache, cv=args.cv, test_size=test_size, pooling=args.pooling,
-            weights=args.weights, input_size=args.input_size, batch_size=args.batch_size,
-            engine=args.engine, precision=args.precision, n_workers=args.n_workers,
-            scoring=args.scoring, search=args.search,
+            list(listed[fit_rows]), y[fit_rows], test=test, backbone=args.backbone,
+            layers=args.layers, heads=args.heads, cache=args.cache, cv=args.cv,
+            pooling=args.pooling, weights=args.weights, input_size=args.input_size,
+            batch_size=args.batch_size, engine=args.engine, precision=args.precision,
+            n_workers=args.n_workers, scoring=args.scoring, search=args.search,
             random_state=args.random_state, n_jobs=args.n_jobs, on_error="skip",
             verbose=progress(args), log=say,
         )
@@ -145,8 +149,13 @@ def run_probe(args: argparse.Namespace) -> int:
                    title=f"{args.backbone}: score by depth ({probe.n_train} training images)"),
     ]
     embedder = probe.embedder(cache=args.cache)
-    kept = np.delete(np.asarray(paths, dtype=object), probe.dropped)
-    y_kept = np.delete(y, probe.dropped)
+    kept = np.delete(listed[fit_rows], probe.dropped)
+    y_kept = np.delete(y[fit_rows], probe.dropped)
+    evaluated = kept
+    if test is not None:
+        evaluated = np.delete(listed[test_rows], probe.test_dropped)
+        kept = np.concatenate([kept, evaluated])
+        y_kept = np.concatenate([y_kept, np.delete(y[test_rows], probe.test_dropped)])
     rows = embedder.transform(list(kept))  # the best layer's rows: all from the probe's cache
     if embedder.report_.n_embedded:
         raise FeatxError(  # pragma: no cover - the probe cached every row it tuned on
@@ -159,12 +168,12 @@ def run_probe(args: argparse.Namespace) -> int:
               "scoring": probe.scoring, "n_train": probe.n_train, "n_test": probe.n_test},
     )
     written.append(model.save(out / "model.featx"))
-    written.append(_report(out, probe, rows, y_kept, kept, test_size, args, written[1]))
+    written.append(_report(out, probe, rows, y_kept, evaluated, args, written[1]))
     say("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
-def _report(out: Path, probe: Any, rows: Any, y: Any, kept: Any, test_size: float | None,
+def _report(out: Path, probe: Any, rows: Any, y: Any, evaluated: Any,
             args: argparse.Namespace, depth_png: Path) -> Path:
     """report.html (featx.report) for the best (layer, head), with the depth plot."""
     import numpy as np
@@ -172,13 +181,6 @@ def _report(out: Path, probe: Any, rows: Any, y: Any, kept: Any, test_size: floa
     from featx.plots import plot_confusion_matrix
     from featx.report import write_report
 
-    # probe_layers takes no test=: the split tune_heads(test_size=...) made for every layer,
-    # made again to know which images it held out, and checked against the labels it tested.
-    evaluated = held_out(y, test_size, args.random_state)[1]
-    if not np.array_equal(y[evaluated], probe.y_true):
-        raise FeatxError(  # pragma: no cover - featx.probe split differently from featx heads
-            "the report's test images are not those featx.probe_layers held out"
-        )
     best = probe.best
     confusion = plot_confusion_matrix(
         probe.y_true, probe.y_pred, out / "confusion_matrix.png",
@@ -186,7 +188,7 @@ def _report(out: Path, probe: Any, rows: Any, y: Any, kept: Any, test_size: floa
         f"{np.mean(probe.y_true == probe.y_pred):.1%}")
     return write_report(
         out / "report.html", probe, embeddings=rows, labels=y,
-        eval_sources=[str(p) for p in kept[evaluated]], plots=[depth_png, confusion],
+        eval_sources=[str(p) for p in evaluated], plots=[depth_png, confusion],
         title=f"featx probe: {args.src}", random_state=args.random_state,
         notes=[f"Backbone: {args.backbone}, layers probed: "
                f"{', '.join(p.name for p in probe.layers)}.", *probe.decision().splitlines()],

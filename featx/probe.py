@@ -80,6 +80,8 @@ class LayerProbe(Leaderboard):
         Images that went through the network, and those whose rows all came from the cache.
     dropped : list of int
         Positions of the images left out because they could not be read (``on_error="skip"``).
+    test_dropped : list of int
+        The same for the images of ``test=``, positions in that set.
     """
 
     layers: list[ProbedLayer] = field(default_factory=list)
@@ -88,6 +90,7 @@ class LayerProbe(Leaderboard):
     n_embedded: int = 0
     n_hits: int = 0
     dropped: list[int] = field(default_factory=list)
+    test_dropped: list[int] = field(default_factory=list)
 
     def layer_of(self, name: str) -> ProbedLayer:
         """The probed layer called ``name``."""
@@ -216,6 +219,7 @@ def probe_layers(
     cache: str | os.PathLike[str] | None = None,
     cv: int = 5,
     test_size: float | None = None,
+    test: tuple[Any, Any] | None = None,
     pooling: str = "avg",
     weights: Any = "imagenet",
     input_size: Any = None,
@@ -256,6 +260,10 @@ def probe_layers(
         layer, pooling=pooling, ...)`` reads, so the embedder chosen afterwards reads them all.
     cv, test_size, scoring, search, grids, random_state, n_jobs
         As in :func:`featx.tune_heads`: every layer is tuned on the same folds and test split.
+    test : (images, y), optional
+        Held-out labelled images, scored at every layer (``test_score``, ``y_true``/``y_pred``
+        of the best) and never tuned on; embedded in the same forward pass as ``images`` and
+        cached with them. Instead of ``test_size``.
     pooling, weights, input_size, resize, preprocess, precision, engine, batch_size, n_workers
         As in :class:`featx.ImageEmbedder`; the same for every layer.
     on_error : {"raise", "skip"}, default="raise"
@@ -317,6 +325,12 @@ def probe_layers(
         raise FeatxError(
             f"y must hold one label per image ({len(items)}); got shape {labels.shape}."
         )
+    n_train = len(items)
+    if test is not None:
+        if test_size:
+            raise FeatxError("pass test=(images, y) or test_size=, not both.")
+        test_items, test_labels = _test_set(test, kind)
+        items, labels = items + test_items, np.concatenate([labels, test_labels])
     names = [_label(backbone, lay) for lay in wanted]
     if pooling == "flatten":
         widths = output_widths(configs, kind, None)
@@ -348,11 +362,14 @@ def probe_layers(
                 "ones (and their labels) out.",
             )
         keep[[e.index for e in result.failed if e.index is not None]] = False
+    fit, held = keep.copy(), keep.copy()
+    fit[n_train:], held[:n_train] = False, False
     boards: dict[str, Leaderboard] = {}
     for name, rows in zip(names, result.outputs, strict=True):
         say(f"layer {name} ({rows.shape[1]} features):")
         boards[name] = tune_heads(
-            rows[keep], labels[keep], heads=heads, cv=cv, test_size=test_size, scoring=scoring,
+            rows[fit], labels[fit], heads=heads, cv=cv, test_size=test_size,
+            test=(rows[held], labels[held]) if test is not None else None, scoring=scoring,
             search=search, grids=grids, random_state=random_state, n_jobs=n_jobs, log=say,
         )
     probe = LayerProbe.combine(boards, column="layer")
@@ -367,6 +384,26 @@ def probe_layers(
     probe.embed_seconds = embed_seconds
     probe.n_embedded = report.n_embedded
     probe.n_hits = report.n_hits
-    probe.dropped = [int(i) for i in np.flatnonzero(~keep)]
+    probe.dropped = [int(i) for i in np.flatnonzero(~keep[:n_train])]
+    probe.test_dropped = [int(i) for i in np.flatnonzero(~keep[n_train:])]
     return probe
+
+
+def _test_set(test: Any, kind: str) -> tuple[list[Any], np.ndarray]:
+    """The items and labels of ``test=(images, y)``, checked like the training set."""
+    from featx.images import as_items
+
+    if not isinstance(test, (tuple, list)) or len(test) != 2:
+        raise FeatxError(
+            f"test= must be a pair (images, y); got {type(test).__name__}."
+        )
+    items, test_kind = as_items(test[0])
+    labels = np.asarray(test[1])
+    if test_kind != kind:
+        raise FeatxError(f"test= holds {test_kind} but the training set holds {kind}.")
+    if labels.shape != (len(items),):
+        raise FeatxError(
+            f"test= must hold one label per image ({len(items)}); got shape {labels.shape}."
+        )
+    return items, labels
 

@@ -77,23 +77,22 @@ def test_bad_layers_option_is_a_usage_error(labelled_folder, tmp_path, capsys):
     assert "expected 'auto' or comma-separated layer names" in capsys.readouterr().err
 
 
-def test_the_reports_test_images_are_the_ones_probe_layers_held_out():
-    """probe_layers takes no test=: featx probe makes heads' split again (held_out) to find the
-    images behind probe.y_true; it must be the split probe_layers made."""
+def test_the_reports_thumbnails_are_of_held_out_images(labelled_folder, tmp_path):
+    """featx probe splits the images itself and passes test= to probe_layers, so the report's
+    mistakes are test images: never one the heads were tuned on."""
     from featx.cli_heads import held_out
-    from featx.probe import probe_layers
-    from tests.conftest import tiny_convnet
 
-    rng = np.random.default_rng(0)
-    y = np.repeat(list("abcd"), 8)
-    images = rng.integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
-    probe = probe_layers(images, y, backbone=tiny_convnet, input_size=16,
-                         layers=["conv", "conv2"], heads=["knn"], cv=2, test_size=0.25,
-                         random_state=3)
-    fit_rows, test_rows = held_out(y, 0.25, random_state=3)
-    assert probe.n_test == len(test_rows) == 8 and probe.n_train == len(fit_rows) == 24
-    assert sorted(set(fit_rows) | set(test_rows)) == list(range(32))
-    assert list(probe.y_true) == list(y[test_rows])
-    # Another seed holds out other images, in another order: the comparison above can fail.
-    assert list(y[held_out(y, 0.25, random_state=4)[1]]) != list(probe.y_true)
-    assert [len(r) for r in held_out(y, None, random_state=3)] == [32, 32]
+    out = tmp_path / "out"
+    code = main(["probe", str(labelled_folder), "--backbone", "mobilenet", "--weights", "none",
+                 "--input-size", "32", "--cache", str(tmp_path / "emb.h5"), "--layers",
+                 "conv_pw_3_relu,default", "--heads", "knn", "--cv", "2", "--test-size", "0.5",
+                 "--n-jobs", "1", "--random-state", "3", "--out", str(out)])
+    assert code == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    paths = sorted(str(p) for p in labelled_folder.rglob("*.png"))
+    y = np.array([p.split("/")[-2] for p in paths])
+    fit_rows, test_rows = held_out(y, 0.5, random_state=3)
+    named = {p for p in paths if p.rsplit("/", 1)[1] in html}
+    assert named, "the report names no image (knn at 32 px makes mistakes on this data)"
+    assert named <= {paths[i] for i in test_rows}
+    assert not named & {paths[i] for i in fit_rows}

@@ -87,6 +87,54 @@ def test_rows_are_tune_heads_own_numbers_with_a_layer_column(tmp_path):
     assert lines[0].split()[:3] == ["#", "layer", "head"]
 
 
+def test_a_given_test_set_is_embedded_in_the_same_pass_scored_and_never_tuned_on(tmp_path):
+    from PIL import Image
+
+    images, y = labelled_images()
+    test_images, test_y = labelled_images(n_per_class=5, seed=1)
+    folder = tmp_path / "test"
+    folder.mkdir()
+    paths = []
+    for i, pixels in enumerate(test_images):
+        paths.append(str(folder / f"{i}.png"))
+        Image.fromarray(pixels).save(paths[-1])
+    train_paths = []
+    for i, pixels in enumerate(images):
+        train_paths.append(str(folder / f"train{i}.png"))
+        Image.fromarray(pixels).save(train_paths[-1])
+    (folder / "broken.png").write_bytes(b"not a png")
+    test = ([*paths[:3], str(folder / "broken.png"), *paths[3:]],
+            np.concatenate([test_y[:3], ["dark"], test_y[3:]]))
+    cache = tmp_path / "emb.h5"
+    probe = probe_layers(train_paths, y, layers=["early", "late"], test=test, cache=cache,
+                         on_error="skip", **KW)
+    assert probe.n_train == 32 and probe.n_test == 10 and probe.test_dropped == [3]
+    assert probe.dropped == [] and probe.n_embedded == 42  # one pass: training and test
+    assert list(probe.y_true) == list(test_y)
+    # Each row is what tune_heads gives with the same rows as test=.
+    emb = ImageEmbedder(three_convs, input_size=16, layer="late", engine="keras", cache=cache)
+    X, X_test = emb.transform(train_paths), emb.transform(paths)
+    assert emb.report_.n_embedded == 0  # the probe cached the test images too
+    alone = tune_heads(X, y, test=(X_test, test_y), heads=["logreg", "knn"], cv=3)
+    for r in alone:
+        row = next(p for p in probe if p.extra["layer"] == "late" and p.head == r.head)
+        assert row.cv_mean == pytest.approx(r.cv_mean)
+        assert row.test_score == pytest.approx(r.test_score)
+
+
+@pytest.mark.parametrize("test, message", [
+    ((np.zeros((4, 16, 16, 3), np.uint8), ["dark"] * 3), r"test= must hold one label per image"),
+    (np.zeros((4, 16, 16, 3), np.uint8), r"test= must be a pair \(images, y\)"),
+    ((np.zeros((4, 5)), ["dark"] * 4), "test= holds vectors but the training set holds images"),
+])
+def test_a_bad_test_set_is_refused_saying_why(test, message):
+    images, y = labelled_images(n_per_class=4)
+    with pytest.raises(FeatxError, match=message):
+        probe_layers(images, y, layers=["early"], test=test, **KW)
+    with pytest.raises(FeatxError, match="test=.*or test_size=, not both"):
+        probe_layers(images, y, layers=["early"], test=(images, y), test_size=0.25, **KW)
+
+
 def test_decision_names_the_winner_the_margin_over_the_default_cut_and_the_spread():
     images, y = labelled_images()
     probe = probe_layers(images, y, layers=["early", "middle", None], **KW)
