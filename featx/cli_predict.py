@@ -16,7 +16,6 @@ from featx.cli_args import (
     reason,
 )
 from featx.cli_sources import list_source
-from featx.exceptions import ImageLoadError
 
 _PROG = "featx"
 
@@ -68,7 +67,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{_PROG}: warning: {w.message}", file=sys.stderr)
     model.embedder.set_params(batch_size=args.batch_size, verbose=progress(args),
                               retry_failed=args.retry_failed)
-    predictions = [p if p.error is None else replace(p, error=_in_cli_words(p.error))
+    predictions = [replace(p, error=reason(p.exception)) if p.exception else p
                    for p in model.predict_items(paths)]
     handle = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
@@ -84,16 +83,3 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{len(predictions) - failed} predictions written to {args.out}")
     return 1 if failed == len(predictions) else 0
 
-
-def _in_cli_words(error: str) -> str:
-    """A prediction's error with the library's retry hint (``retry_failed=True``) as this
-    command's option (``--retry-failed``).
-
-    ``FeatxModel.predict_items`` gives the reason as text, phrased by
-    :meth:`ImageLoadError.describe`; its hint is found by phrasing it the same way.
-    """
-    hint = ImageLoadError("", "", retry_param="retry_failed").describe()
-    if not hint or not error.endswith(hint):
-        return error
-    remembered = ImageLoadError("", error[: -len(hint)], retry_param="retry_failed")
-    return reason(remembered)

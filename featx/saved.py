@@ -31,13 +31,18 @@ import time
 import warnings
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from featx.exceptions import FeatxError, ModelVersionWarning, UntrustedModelError
+from featx.exceptions import (
+    FeatxError,
+    ImageLoadError,
+    ModelVersionWarning,
+    UntrustedModelError,
+)
 
 __all__ = [
     "FeatxModel",
@@ -108,12 +113,16 @@ class Prediction:
         Class -> probability, when the head gives probabilities and the item was read.
     error : str or None
         Why the item could not be read.
+    exception : ImageLoadError or None
+        The same failure as an exception (its ``describe(retry_option=...)`` words the retry
+        hint for a command line).
     """
 
     source: str
     label: Any
     probabilities: dict[Any, float] | None
     error: str | None
+    exception: ImageLoadError | None = field(default=None, compare=False, repr=False)
 
 
 class FeatxModel:
@@ -189,7 +198,7 @@ class FeatxModel:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
             features = np.asarray(embedder.transform(X))
-        errors = {i: reason for i, _, reason in embedder.report_.failures}
+        errors = {e.index: e for e in embedder.report_.errors}
         kept = [i for i in range(len(names)) if i not in set(embedder.report_.dropped)]
         labels = self.head.predict(features) if len(kept) else []
         probas = self.head.predict_proba(features) if len(kept) and self.has_proba else None
@@ -202,7 +211,9 @@ class FeatxModel:
             out[i] = Prediction(names[i], _plain(labels[row]), probs, None)
         for i in range(len(names)):
             if out[i] is None:
-                out[i] = Prediction(names[i], None, None, errors.get(i, "could not be read"))
+                error = errors.get(i)
+                out[i] = Prediction(names[i], None, None,
+                                    error.describe() if error else "could not be read", error)
         return [p for p in out if p is not None]
 
     def save(self, path: str | os.PathLike[str]) -> Path:
