@@ -29,16 +29,24 @@ __all__ = [
 ]
 
 
-def choose_group(cache: str | os.PathLike[str], group: str | None = None) -> GroupInfo:
+def choose_group(
+    cache: str | os.PathLike[str] | EmbeddingCache,
+    group: str | None = None,
+    *,
+    offer_backbone: bool = True,
+) -> GroupInfo:
     """The group of ``cache`` to use: its only group, or the one ``group`` names.
 
     Parameters
     ----------
-    cache : path
+    cache : path or EmbeddingCache
         An embedding cache file.
     group : str or None, default=None
         A fingerprint, or a prefix of one that matches exactly one group (``featx info FILE``
         prints them). ``None`` when the cache holds one group.
+    offer_backbone : bool, default=True
+        Whether the errors offer naming the backbone instead of a group; ``False`` where only a
+        group can choose (:func:`featx.cached_embeddings`).
 
     Returns
     -------
@@ -60,24 +68,29 @@ def choose_group(cache: str | os.PathLike[str], group: str | None = None) -> Gro
     >>> choose_group(path).fingerprint
     'ab12'
     """
-    path = Path(cache)
-    store = EmbeddingCache(path)
+    store = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
+    path = store.path
     groups = sorted(store.groups(), key=lambda g: (-g.rows, g.fingerprint)) if store.exists() \
         else []
     listing = "; ".join(describe_group(g) for g in groups)
     if not groups:
         what = "does not exist" if not store.exists() else "holds no embeddings"
+        why, instead = (
+            (", so it cannot say which backbone to use", ", or name the backbone") if offer_backbone
+            else ("", " (featx embed, or ImageEmbedder(..., cache=...).transform)")
+        )
         raise CacheGroupError(
-            f"cache file {str(path)!r} {what}, so it cannot say which backbone to use. Embed the "
-            "images into it first, or name the backbone.", cache=str(path), groups=groups,
+            f"cache file {str(path)!r} {what}{why}. Embed the images into it first{instead}.",
+            cache=str(path), groups=groups,
         )
     if group is None:
         if len(groups) == 1:
             return groups[0]
+        backbone = " or the backbone parameters" if offer_backbone else ""
         raise CacheGroupError(
             f"cache {str(path)!r} holds {len(groups)} groups (one per backbone configuration); "
-            f"pass group= (a fingerprint or a unique prefix of one) or the backbone parameters "
-            f"to choose: {listing}.", cache=str(path), groups=groups,
+            f"pass group= (a fingerprint or a unique prefix of one){backbone} to choose: "
+            f"{listing}.", cache=str(path), groups=groups,
         )
     matches = [g for g in groups if g.fingerprint.startswith(group.strip())]
     if len(matches) != 1 or not group.strip():

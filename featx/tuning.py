@@ -24,6 +24,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,6 @@ from featx.heads import DEFAULT_HEADS, HeadPreset, _preset, list_heads
 from featx.leaderboard import HeadResult, Leaderboard
 
 __all__ = ["tune_heads", "cached_embeddings"]
-
 
 
 def cached_embeddings(
@@ -58,34 +58,18 @@ def cached_embeddings(
 
     Raises
     ------
+    CacheGroupError
+        If the cache does not exist or is empty, or the group is ambiguous or unknown (see
+        :func:`featx.cache_groups.choose_group`; the message lists the groups).
     FeatxError
-        If the cache does not exist, the group is ambiguous or unknown, or an image is not in it
-        (the message says how to embed it).
+        If an image is not in the group (the message says how to embed it).
     """
     from featx.cache import EmbeddingCache
+    from featx.cache_groups import choose_group
     from featx.images import as_items
 
     store = EmbeddingCache(cache)
-    if not store.exists():
-        raise FeatxError(f"cache file {str(cache)!r} does not exist.")
-    groups = store.groups()
-    listing = "; ".join(f"{g.fingerprint} ({g.label}, {g.rows} rows)" for g in groups)
-    if group is None:
-        if len(groups) != 1:
-            raise FeatxError(
-                f"cache {str(cache)!r} holds {len(groups)} groups; pass group= (a fingerprint "
-                f"or a unique prefix) to choose one: {listing}."
-            )
-        chosen = groups[0]
-    else:
-        matches = [g for g in groups if g.fingerprint.startswith(group)]
-        if len(matches) != 1:
-            what = "no" if not matches else f"{len(matches)}"
-            raise FeatxError(
-                f"group {group!r} matches {what} groups of cache {str(cache)!r}; expected one. "
-                f"Its groups: {listing}."
-            )
-        chosen = matches[0]
+    chosen = choose_group(store, group, offer_backbone=False)
     items, _ = as_items(images)
     keys = [item.key() for item in items]
     found, vectors = store.lookup(chosen.fingerprint, keys)
@@ -98,7 +82,6 @@ def cached_embeddings(
             "or ImageEmbedder(..., cache=...).transform), or leave them out."
         )
     return vectors
-
 
 
 def _resolve_heads(heads: Any) -> list[tuple[str, Any, dict[str, list[Any]]]]:
@@ -247,10 +230,68 @@ def tune_heads(
     >>> board.best.roc_auc > 0.8
     True
     """
-    from sklearn.base import clone
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
-
     say = log or (lambda line: None)
+    _check_options(search=search, backend=backend, cv=cv, test=test, test_size=test_size)
+    resolved = _heads_to_tune(heads, grids)
+    X_all = _as_matrix(X, images, group, "X")
+    X_target = _target_matrix(target, target_images, group, test_size, X_all.shape[1], adapt)
+    data = _train_and_test(X_all, y, test, test_images, test_size, group, random_state, X_target)
+    classes = _classes(data.y_train, cv)
+    plan = _plan(data, len(classes) == 2, cv, scoring, search, n_jobs, random_state)
+    if X_target is not None:
+        say(f"adapting every head to {len(X_target)} unlabelled target rows ({adapt}); ranked "
+            "by reverse validation on the target: no target label is used")
+    with _parallel(backend) as share:  # the fits run here, or on a Ray cluster
+        X_fit = share(data.X_train)  # on Ray: in the object store once, not once per fit
+        results = []
+        for name, head, default_grid in resolved:
+            estimator, grid = _candidates(
+                head, dict((grids or {}).get(name, default_grid)), plan, X_target, adapt,
+                adapt_grid,
+            )
+            result = _tune_head(name, estimator, grid, X_fit, data, plan, adapt)
+            results.append(result)
+            say(_result_line(result, plan.scoring))
+        results.sort(key=lambda r: -r.cv_mean)  # stable: ties keep the order the heads were given
+        y_true, y_pred = _best_predictions(results[0], X_fit, data, plan)
+    return Leaderboard(
+        results=results, scoring=plan.scoring, classes=classes, n_train=len(data.y_train),
+        n_test=0 if data.y_test is None else len(data.y_test), cv=int(cv),
+        y_true=np.asarray(y_true), y_pred=np.asarray(y_pred),
+    )
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The rows the heads are tuned on, tested on (``None``: no test set) and adapted to."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray | None
+    y_test: np.ndarray | None
+    X_target: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every head's search shares, so that all are searched and scored alike."""
+
+    folds: Any  # the same seeded StratifiedKFold for every head
+    fit_size: int  # rows in the smallest training fold
+    metrics: dict[str, str]  # the leaderboard's metrics -> scikit-learn scorer names
+    binary: bool
+    scoring: str  # the name of what ranks, as the leaderboard shows it
+    primary: Any  # the scorer that ranks: a scorer name, or reverse validation on the target
+    fit_params: dict[str, Any]  # passed to every fit (the target, when adapting)
+    search: str
+    n_jobs: int | None
+    random_state: int
+
+
+def _check_options(
+    *, search: str, backend: str | None, cv: Any, test: Any, test_size: float | None
+) -> None:
+    """Refuse option values that no data could make valid."""
     if search not in ("grid", "halving"):
         raise FeatxError(f"search={search!r} is not valid. Expected 'grid' or 'halving'.")
     if backend not in (None, "ray"):
@@ -259,19 +300,37 @@ def tune_heads(
         raise FeatxError(f"cv={cv!r} is not valid; expected an integer of at least 2 folds.")
     if test is not None and test_size:
         raise FeatxError("pass either test=(X_test, y_test) or test_size, not both.")
+
+
+def _heads_to_tune(
+    heads: Any, grids: Mapping[str, Any] | None
+) -> list[tuple[str, Any, dict[str, list[Any]]]]:
+    """The heads as (name, estimator, grid), every name in ``grids`` among them."""
     resolved = _resolve_heads(heads)
     for name in grids or {}:
         if name not in {n for n, _, _ in resolved}:
             raise FeatxError(f"grids names head {name!r}, which is not among the heads tuned.")
-    X_all = _as_matrix(X, images, group, "X")
-    X_target = _target_matrix(target, target_images, group, test_size, X_all.shape[1], adapt)
+    return resolved
+
+
+def _train_and_test(
+    X_all: np.ndarray,
+    y: Any,
+    test: tuple[Any, Any] | None,
+    test_images: Any,
+    test_size: float | None,
+    group: str | None,
+    random_state: int,
+    X_target: np.ndarray | None,
+) -> _Data:
+    """The training rows and the test set: ``test``, a stratified ``test_size`` split, or none."""
+    from sklearn.model_selection import train_test_split
+
     y_all = np.asarray(y)
     if y_all.shape != (len(X_all),):
         raise FeatxError(
             f"y must hold one label per row of X ({len(X_all)}); got shape {y_all.shape}."
         )
-    X_test: np.ndarray | None = None
-    y_test: np.ndarray | None = None
     if test is not None:
         X_test = _as_matrix(test[0], test_images, group, "X_test")
         y_test = np.asarray(test[1])
@@ -280,15 +339,19 @@ def tune_heads(
                 f"the test set has {X_test.shape} embeddings and {y_test.shape} labels; expected "
                 f"one label per row and width {X_all.shape[1]} like X."
             )
-        X_train, y_train = X_all, y_all
-    elif test_size:
+        return _Data(X_all, y_all, X_test, y_test, X_target)
+    if test_size:
         if not 0 < test_size < 1:
             raise FeatxError(f"test_size={test_size!r} is not valid; expected 0 < test_size < 1.")
         X_train, X_test, y_train, y_test = train_test_split(
             X_all, y_all, test_size=test_size, stratify=y_all, random_state=random_state
         )
-    else:
-        X_train, y_train = X_all, y_all
+        return _Data(X_train, y_train, X_test, y_test, X_target)
+    return _Data(X_all, y_all, None, None, X_target)
+
+
+def _classes(y_train: np.ndarray, cv: int) -> np.ndarray:
+    """The training classes, each with at least ``cv`` samples."""
     classes, counts = np.unique(y_train, return_counts=True)
     if len(classes) < 2:
         raise FeatxError(f"expected at least 2 classes to tell apart; got {classes.tolist()}.")
@@ -298,112 +361,164 @@ def tune_heads(
             f"class {rare!r} has {int(counts.min())} training samples, fewer than the cv={cv} "
             "folds; pass a smaller cv or give it more samples."
         )
-    binary = len(classes) == 2
+    return classes
+
+
+def _plan(
+    data: _Data,
+    binary: bool,
+    cv: int,
+    scoring: str,
+    search: str,
+    n_jobs: int | None,
+    random_state: int,
+) -> _Plan:
+    """The folds, metrics and ranking scorer every head's search uses."""
+    from sklearn.model_selection import StratifiedKFold
+
     folds = StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=random_state)
     metrics = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy",
                "macro_f1": "f1_macro"}
     if binary:
         metrics["roc_auc"] = "roc_auc"
-
-    fit_size = min(len(train) for train, _ in folds.split(X_train, y_train))
+    fit_size = min(len(train) for train, _ in folds.split(data.X_train, data.y_train))
     fit_params: dict[str, Any] = {}
     primary: Any = scoring
-    if X_target is not None:
+    if data.X_target is not None:
         from featx.adapt import ReverseValidationScorer, TargetData
 
-        fit_params = {"X_target": TargetData(X_target)}
-        primary, scoring = ReverseValidationScorer(X_target), "reverse_validation"
-        say(f"adapting every head to {len(X_target)} unlabelled target rows ({adapt}); ranked "
-            "by reverse validation on the target: no target label is used")
-    with _parallel(backend) as share:  # the fits run here, or on a Ray cluster
-        X_fit = share(X_train)  # on Ray: in the object store once, not once per fit
-        results: list[HeadResult] = []
-        for name, head, default_grid in resolved:
-            grid = _feasible(dict((grids or {}).get(name, default_grid)), fit_size)
-            estimator = head.make(random_state) if isinstance(head, HeadPreset) else clone(head)
-            if X_target is not None:
-                from featx.adapt import adapted_head
+        fit_params = {"X_target": TargetData(data.X_target)}
+        primary, scoring = ReverseValidationScorer(data.X_target), "reverse_validation"
+    return _Plan(folds, fit_size, metrics, binary, scoring, primary, fit_params, search, n_jobs,
+                 random_state)
 
-                estimator, grid = adapted_head(estimator, grid, adapt,
-                                               None if adapt_grid is None else dict(adapt_grid))
-            started = time.perf_counter()
-            with warnings.catch_warnings():
-                # Candidates at the edge of a grid may stop before converging; the search
-                # ranks them.
-                from sklearn.exceptions import ConvergenceWarning
 
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                fitted, cv_scores = _search(
-                    estimator, grid, X_fit, y_train, folds, primary, metrics, search, n_jobs,
-                    random_state, fit_params,
-                )
-            seconds = time.perf_counter() - started
-            best = fitted.best_estimator_
-            if X_test is not None and y_test is not None:
-                t0 = time.perf_counter()
-                y_pred = best.predict(X_test)
-                predict_seconds = time.perf_counter() - t0
-                scores = _test_metrics(best, X_test, y_test, y_pred, binary)
-                from sklearn.metrics import get_scorer
+def _candidates(
+    head: Any,
+    grid: dict[str, list[Any]],
+    plan: _Plan,
+    X_target: np.ndarray | None,
+    adapt: str,
+    adapt_grid: Mapping[str, list[Any]] | None,
+) -> tuple[Any, dict[str, list[Any]]]:
+    """A fresh estimator for ``head`` and the grid it can be fitted on (adapted, with a target)."""
+    from sklearn.base import clone
 
-                test_score: float | None = (
-                    scores["accuracy"] if scoring in ("accuracy", "reverse_validation")
-                    else float(get_scorer(scoring)(best, X_test, y_test))
-                )
-                on = "test"
-            elif X_target is not None:
-                # Source folds say nothing about an adapted head on the target: unknown, not
-                # guessed.
-                scores = dict.fromkeys(metrics, float("nan"))
-                predict_seconds = float(fitted.cv_results_["mean_score_time"][fitted.best_index_])
-                test_score = None
-                on = "cv"
-            else:
-                scores = cv_scores(X_fit, y_train)
-                predict_seconds = float(fitted.cv_results_["mean_score_time"][fitted.best_index_])
-                test_score = None
-                on = "cv"
-            i = fitted.best_index_
-            result = HeadResult(
-                head=name,
-                # The primary metric is named "score" in both searches.
-                cv_mean=float(fitted.cv_results_["mean_test_score"][i]),
-                cv_std=float(fitted.cv_results_["std_test_score"][i]),
-                test_score=test_score,
-                accuracy=scores["accuracy"],
-                balanced_accuracy=scores["balanced_accuracy"],
-                macro_f1=scores["macro_f1"],
-                roc_auc=scores.get("roc_auc"),
-                metrics_on=on,
-                fit_seconds=float(fitted.refit_time_),
-                predict_seconds=predict_seconds,
-                search_seconds=seconds,
-                n_candidates=_n_candidates(fitted),
-                best_params=dict(fitted.best_params_),
-                estimator=best,
-                extra={} if X_target is None else {"adapt": f"{adapt} ({len(X_target)} rows)"},
-            )
-            results.append(result)
-            say(
-                f"  {name}: cv {scoring} {result.cv_mean:.3f} ± {result.cv_std:.3f}"
-                + (f", test {test_score:.3f}" if test_score is not None else "")
-                + f" ({result.n_candidates} candidates, {seconds:.1f} s)"
-            )
-        results.sort(key=lambda r: -r.cv_mean)  # stable: ties keep the order the heads were given
-        top = results[0]
-        if X_test is not None and y_test is not None:
-            y_true, y_pred = y_test, top.estimator.predict(X_test)
-        elif X_target is not None:
-            y_true = y_pred = np.zeros(0, dtype=y_train.dtype)  # no target label to compare with
-        else:
-            y_true = y_train
-            y_pred = cross_val_predict(clone(top.estimator), X_fit, y_train, cv=folds,
-                                       n_jobs=n_jobs)
-    return Leaderboard(
-        results=results, scoring=scoring, classes=classes, n_train=len(y_train),
-        n_test=0 if y_test is None else len(y_test), cv=int(cv), y_true=np.asarray(y_true),
-        y_pred=np.asarray(y_pred),
+    grid = _feasible(grid, plan.fit_size)
+    estimator = head.make(plan.random_state) if isinstance(head, HeadPreset) else clone(head)
+    if X_target is None:
+        return estimator, grid
+    from featx.adapt import adapted_head
+
+    return adapted_head(estimator, grid, adapt, None if adapt_grid is None else dict(adapt_grid))
+
+
+def _tune_head(
+    name: str,
+    estimator: Any,
+    grid: dict[str, list[Any]],
+    X_fit: np.ndarray,
+    data: _Data,
+    plan: _Plan,
+    adapt: str,
+) -> HeadResult:
+    """Search one head's grid, then score its best candidate: one leaderboard row."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        # Candidates at the edge of a grid may stop before converging; the search ranks them.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fitted, cv_scores = _search(
+            estimator, grid, X_fit, data.y_train, plan.folds, plan.primary, plan.metrics,
+            plan.search, plan.n_jobs, plan.random_state, plan.fit_params,
+        )
+    seconds = time.perf_counter() - started
+    best = fitted.best_estimator_
+    i = fitted.best_index_
+    scores, test_score, on, predict_seconds = _best_scores(best, fitted, cv_scores, X_fit, data,
+                                                           plan)
+    return HeadResult(
+        head=name,
+        # The primary metric is named "score" in both searches.
+        cv_mean=float(fitted.cv_results_["mean_test_score"][i]),
+        cv_std=float(fitted.cv_results_["std_test_score"][i]),
+        test_score=test_score,
+        accuracy=scores["accuracy"],
+        balanced_accuracy=scores["balanced_accuracy"],
+        macro_f1=scores["macro_f1"],
+        roc_auc=scores.get("roc_auc"),
+        metrics_on=on,
+        fit_seconds=float(fitted.refit_time_),
+        predict_seconds=predict_seconds,
+        search_seconds=seconds,
+        n_candidates=_n_candidates(fitted),
+        best_params=dict(fitted.best_params_),
+        estimator=best,
+        extra={} if data.X_target is None else {
+            "adapt": f"{adapt} ({len(data.X_target)} rows)"},
     )
+
+
+def _best_scores(
+    best: Any,
+    fitted: Any,
+    cv_scores: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+    X_fit: np.ndarray,
+    data: _Data,
+    plan: _Plan,
+) -> tuple[dict[str, float], float | None, str, float]:
+    """The best candidate's metrics, its test score, where they were measured, predict time.
+
+    On the test set when there is one; else unknown (NaN) for a head adapted to a target, whose
+    source folds say nothing about the target; else on the cv folds.
+    """
+    if data.X_test is not None and data.y_test is not None:
+        from sklearn.metrics import get_scorer
+
+        t0 = time.perf_counter()
+        y_pred = best.predict(data.X_test)
+        predict_seconds = time.perf_counter() - t0
+        scores = _test_metrics(best, data.X_test, data.y_test, y_pred, plan.binary)
+        test_score = (
+            scores["accuracy"] if plan.scoring in ("accuracy", "reverse_validation")
+            else float(get_scorer(plan.scoring)(best, data.X_test, data.y_test))
+        )
+        return scores, test_score, "test", predict_seconds
+    predict_seconds = float(fitted.cv_results_["mean_score_time"][fitted.best_index_])
+    if data.X_target is not None:
+        return dict.fromkeys(plan.metrics, float("nan")), None, "cv", predict_seconds
+    return cv_scores(X_fit, data.y_train), None, "cv", predict_seconds
+
+
+def _result_line(result: HeadResult, scoring: str) -> str:
+    """The line ``log`` gets when a head is done."""
+    return (
+        f"  {result.head}: cv {scoring} {result.cv_mean:.3f} ± {result.cv_std:.3f}"
+        + (f", test {result.test_score:.3f}" if result.test_score is not None else "")
+        + f" ({result.n_candidates} candidates, {result.search_seconds:.1f} s)"
+    )
+
+
+def _best_predictions(
+    top: HeadResult, X_fit: np.ndarray, data: _Data, plan: _Plan
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top head's labels and predictions the leaderboard keeps (confusion matrix, report).
+
+    On the test set when there is one; none for a head adapted to a target (no target label to
+    compare with); else out-of-fold predictions on the training rows.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_predict
+
+    if data.X_test is not None and data.y_test is not None:
+        return data.y_test, top.estimator.predict(data.X_test)
+    if data.X_target is not None:
+        none = np.zeros(0, dtype=data.y_train.dtype)
+        return none, none
+    y_pred = cross_val_predict(clone(top.estimator), X_fit, data.y_train, cv=plan.folds,
+                               n_jobs=plan.n_jobs)
+    return data.y_train, y_pred
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from featx import (
     make_head,
     tune_heads,
 )
+from featx.exceptions import CacheGroupError
 from tests.conftest import tiny_convnet
 
 FAST = ["logreg", "knn", "rbf_svm"]
@@ -241,13 +242,14 @@ def test_tuning_from_a_cache_file_embeds_nothing(tmp_path, rng):
     other = rng.integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
     with pytest.raises(FeatxError, match="2 of 3 images are not in cache group .*Embed them"):
         cached_embeddings(cache, np.concatenate([images[:1], other]))
-    with pytest.raises(FeatxError, match="does not exist"):
+    with pytest.raises(CacheGroupError, match="does not exist. Embed the images into it first"):
         cached_embeddings(tmp_path / "none.h5", images)
 
     ImageEmbedder(tiny_convnet, input_size=12, cache=cache).fit_transform(images[:2])
-    with pytest.raises(FeatxError, match="holds 2 groups; pass group="):
+    with pytest.raises(CacheGroupError, match="holds 2 groups .*; pass group=") as caught:
         cached_embeddings(cache, images)
+    assert "backbone parameters" not in str(caught.value)  # only a group can choose here
     fingerprint = embedder.backbone_config().fingerprint
     np.testing.assert_array_equal(cached_embeddings(cache, images, group=fingerprint[:8]), X)
-    with pytest.raises(FeatxError, match="matches no groups"):
+    with pytest.raises(CacheGroupError, match="matches no group"):
         cached_embeddings(cache, images, group="zzz")
