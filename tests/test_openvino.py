@@ -223,3 +223,31 @@ def test_command_line_engine_and_precision(image_folder, tmp_path, capsys):
     # float32 is one group for both engines; bfloat16 is another.
     assert counts == [["embedded 8", " already cached 0"], ["embedded 0", " already cached 8"],
                       ["embedded 8", " already cached 0"]]
+
+
+@pytest.mark.imagenet
+def test_weights_install_prepares_the_default_network_for_openvino(imagenet_weights, tmp_path):
+    """`featx weights install` converts the default configuration once, so a new process's first
+    `ImageEmbedder("mobilenet")` reads it from disk and never imports TensorFlow."""
+    home = tmp_path / "home"
+    env = {**os.environ, "FEATX_HOME": str(home)}
+    featx = [sys.executable, "-m", "featx.cli"]
+
+    def install(*flags: str) -> str:
+        return subprocess.run([*featx, "weights", "install", "mobilenet", *flags], env=env,
+                              capture_output=True, text=True, check=True, cwd=ROOT).stdout
+
+    assert "ready for OpenVINO" not in install("--no-openvino")
+    assert not (home / "openvino").exists()
+    assert "mobilenet ready for OpenVINO" in install()
+    assert len(list((home / "openvino").glob("*.xml"))) == 1
+    code = (
+        "import sys, numpy as np\n"
+        "from featx import ImageEmbedder\n"
+        "x = np.arange(2 * 40 * 40 * 3, dtype=np.uint8).reshape(2, 40, 40, 3)\n"
+        "emb = ImageEmbedder('mobilenet').fit(x)\n"
+        "print(emb.transform(x).shape, emb.config_.engine, 'tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.split("\n")[0] == "(2, 1024) openvino False"
