@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,50 +333,29 @@ _DOC = """Build EfficientNet-Lite{n} ({size} px native input), like a ``keras.ap
     """
 
 
-def EfficientNetLite0(
-    *,
-    include_top: bool = True,
-    weights: str | os.PathLike[str] | None = "imagenet",
-    input_shape: tuple[int | None, int | None, int] | None = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: str | None = "softmax",
-) -> Any:
-    return build(
-        "efficientnet_lite0", include_top=include_top, weights=weights, input_shape=input_shape,
-        pooling=pooling, classes=classes, classifier_activation=classifier_activation,
-    )  # fmt: skip
+def _constructor(n: int) -> Callable[..., Any]:
+    """``EfficientNetLite{n}``: :func:`build` for that variant, named and documented as public."""
+    name = f"efficientnet_lite{n}"
+
+    def constructor(
+        *,
+        include_top: bool = True,
+        weights: str | os.PathLike[str] | None = "imagenet",
+        input_shape: tuple[int | None, int | None, int] | None = None,
+        pooling: str | None = None,
+        classes: int = 1000,
+        classifier_activation: str | None = "softmax",
+    ) -> Any:
+        return build(
+            name, include_top=include_top, weights=weights, input_shape=input_shape,
+            pooling=pooling, classes=classes, classifier_activation=classifier_activation,
+        )  # fmt: skip
+
+    constructor.__name__ = constructor.__qualname__ = f"EfficientNetLite{n}"
+    constructor.__doc__ = _DOC.format(n=n, size=VARIANTS[name].resolution)
+    return constructor
 
 
-def EfficientNetLite1(
-    *,
-    include_top: bool = True,
-    weights: str | os.PathLike[str] | None = "imagenet",
-    input_shape: tuple[int | None, int | None, int] | None = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: str | None = "softmax",
-) -> Any:
-    return build(
-        "efficientnet_lite1", include_top=include_top, weights=weights, input_shape=input_shape,
-        pooling=pooling, classes=classes, classifier_activation=classifier_activation,
-    )  # fmt: skip
-
-
-def EfficientNetLite2(
-    *,
-    include_top: bool = True,
-    weights: str | os.PathLike[str] | None = "imagenet",
-    input_shape: tuple[int | None, int | None, int] | None = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: str | None = "softmax",
-) -> Any:
-    return build(
-        "efficientnet_lite2", include_top=include_top, weights=weights, input_shape=input_shape,
-        pooling=pooling, classes=classes, classifier_activation=classifier_activation,
-    )  # fmt: skip
-
-
-for _n, _fn in enumerate((EfficientNetLite0, EfficientNetLite1, EfficientNetLite2)):
-    _fn.__doc__ = _DOC.format(n=_n, size=VARIANTS[f"efficientnet_lite{_n}"].resolution)
+EfficientNetLite0 = _constructor(0)
+EfficientNetLite1 = _constructor(1)
+EfficientNetLite2 = _constructor(2)

@@ -19,7 +19,8 @@ __all__ = ["plot_leaderboard", "plot_confusion_matrix", "plot_embedding_map", "p
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
 
-def _figure(width: float, height: float) -> Any:
+def _axes(width: float, height: float) -> tuple[Any, Any]:
+    """A figure of that size (inches) on its own Agg canvas, and its one set of axes."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -27,7 +28,16 @@ def _figure(width: float, height: float) -> Any:
         raise ImportError("featx's plots need matplotlib: pip install matplotlib") from None
     fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
-    return fig
+    return fig, fig.add_subplot()
+
+
+def _offsets(n: int, spread: float) -> np.ndarray:
+    """Where ``n`` series sit around each position so they do not overlap (0 for one series)."""
+    return np.linspace(-spread, spread, n) if n > 1 else np.zeros(1)
+
+
+def _colour(k: int) -> str:
+    return _COLOURS[k % len(_COLOURS)]
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
@@ -61,17 +71,14 @@ def plot_leaderboard(
     named: Mapping[str, Any] = boards if isinstance(boards, Mapping) else {"": boards}
     first = next(iter(named.values()))
     # Heads in the order of the first board (best first), then any others.
-    heads: list[str] = [r.head for r in first]
-    for board in named.values():
-        heads += [r.head for r in board if r.head not in heads]
+    heads = list(dict.fromkeys(r.head for board in named.values() for r in board))
     n_sets = len(named)
-    fig = _figure(8.0, 1.2 + 0.55 * len(heads) * max(1, n_sets) ** 0.5 + 0.4 * n_sets)
-    ax = fig.add_subplot()
-    offsets = np.linspace(-0.18, 0.18, n_sets) if n_sets > 1 else np.zeros(1)
+    fig, ax = _axes(8.0, 1.2 + 0.55 * len(heads) * max(1, n_sets) ** 0.5 + 0.4 * n_sets)
+    offsets = _offsets(n_sets, 0.18)
     lows: list[float] = []
     highs: list[float] = []
     for k, (name, board) in enumerate(named.items()):
-        colour = _COLOURS[k % len(_COLOURS)]
+        colour = _colour(k)
         results = {r.head: r for r in board}
         for j, head in enumerate(heads):
             r = results.get(head)
@@ -140,8 +147,7 @@ def plot_confusion_matrix(
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(classes)
     size = max(4.5, 1.6 + 0.62 * n)
-    fig = _figure(size + 1.2, size)
-    ax = fig.add_subplot()
+    fig, ax = _axes(size + 1.2, size)
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
     names = [str(c) for c in classes]
@@ -194,8 +200,7 @@ def plot_embedding_map(
         )
     classes = sorted(set(labels.tolist()), key=str)
     cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-    fig = _figure(7.5, 6.0)
-    ax = fig.add_subplot()
+    fig, ax = _axes(7.5, 6.0)
     for k, cls in enumerate(classes):
         mask = labels == cls
         ax.scatter(coords[mask, 0], coords[mask, 1], s=9, alpha=0.75, linewidths=0,
@@ -229,20 +234,16 @@ def plot_depth(
     path : Path
     """
     layers = [p.name for p in probe.layers]
-    heads: list[str] = []
-    for r in probe:
-        if r.head not in heads:
-            heads.append(r.head)
-    fig = _figure(max(6.0, 1.2 + 0.9 * len(layers)), 4.6)
-    ax = fig.add_subplot()
+    heads = list(dict.fromkeys(r.head for r in probe))
+    fig, ax = _axes(max(6.0, 1.2 + 0.9 * len(layers)), 4.6)
     x = np.arange(len(layers))
-    offsets = np.linspace(-0.08, 0.08, len(heads)) if len(heads) > 1 else np.zeros(1)
+    offsets = _offsets(len(heads), 0.08)
     for k, head in enumerate(heads):
         rows = {r.extra["layer"]: r for r in probe if r.head == head}
         mean = np.array([rows[n].cv_mean if n in rows else np.nan for n in layers])
         std = np.array([rows[n].cv_std if n in rows else np.nan for n in layers])
         ax.errorbar(x + offsets[k], mean, yerr=std, fmt="o-", capsize=3, label=head,
-                    color=_COLOURS[k % len(_COLOURS)])
+                    color=_colour(k))
     best = probe.best
     i = layers.index(best.extra["layer"]) + offsets[heads.index(best.head)]
     ax.plot(i, best.cv_mean, marker="*", markersize=16, color="gold", markeredgecolor="black",
