@@ -38,9 +38,10 @@ from featx.heads import (
     tune_heads,
 )
 from featx.images import load_image_csv, load_image_folder
+from featx.model import FeatxModel, Prediction
 from featx.plots import plot_confusion_matrix, plot_leaderboard
 from featx.probe import LayerProbe, ProbedLayer, probe_layers
-from featx.saved import FeatxModel, Prediction, load_model, read_manifest, save_model
+from featx.saved import load_model, read_manifest, save_model
 
 __version__ = "0.1.0"
 

@@ -31,18 +31,11 @@ import time
 import warnings
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from featx.exceptions import (
-    FeatxError,
-    ImageLoadError,
-    ModelVersionWarning,
-    UntrustedModelError,
-)
+from featx.exceptions import FeatxError, ModelVersionWarning, UntrustedModelError
+from featx.model import FeatxModel, Prediction, describe_head, plain, predictions_csv_rows
 
 __all__ = [
     "FeatxModel",
@@ -97,183 +90,6 @@ def _versions() -> dict[str, str]:
         "numpy": _version("numpy"),
         "python": platform.python_version(),
     }
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One item's prediction from :meth:`FeatxModel.predict_items`.
-
-    Attributes
-    ----------
-    source : str
-        The item's name (its path, for files).
-    label : object or None
-        The predicted class; ``None`` when the item could not be read.
-    probabilities : dict or None
-        Class -> probability, when the head gives probabilities and the item was read.
-    error : str or None
-        Why the item could not be read.
-    exception : ImageLoadError or None
-        The same failure as an exception (its ``describe(retry_option=...)`` words the retry
-        hint for a command line).
-    """
-
-    source: str
-    label: Any
-    probabilities: dict[Any, float] | None
-    error: str | None
-    exception: ImageLoadError | None = field(default=None, compare=False, repr=False)
-
-
-class FeatxModel:
-    """An image embedder and a fitted head: predicts straight from images.
-
-    Parameters
-    ----------
-    embedder : ImageEmbedder
-        Only its parameters matter (the network is built on first use and shared).
-    head : fitted classifier
-        Trained on ``embedder``'s embeddings.
-    info : dict, optional
-        Plain-JSON facts to keep with the model (scores, data set, ...).
-
-    Attributes
-    ----------
-    classes_ : ndarray
-        The head's classes.
-    manifest : dict or None
-        The manifest of the file the model was loaded from.
-
-    Examples
-    --------
-    >>> from featx import FeatxModel, ImageEmbedder, load_model
-    >>> model = FeatxModel(ImageEmbedder("mobilenet"), fitted_head)  # doctest: +SKIP
-    >>> model.save("flowers.featx")                                   # doctest: +SKIP
-    >>> load_model("flowers.featx").predict(["rose.jpg"])              # doctest: +SKIP
-    """
-
-    def __init__(self, embedder: Any, head: Any, *, info: dict[str, Any] | None = None):
-        self.embedder = embedder
-        self.head = head
-        self.info = dict(info or {})
-        self.manifest: dict[str, Any] | None = None
-
-    @property
-    def classes_(self) -> np.ndarray:
-        return np.asarray(self.head.classes_)
-
-    @property
-    def has_proba(self) -> bool:
-        """Whether the head gives probabilities."""
-        return hasattr(self.head, "predict_proba")
-
-    def embed(self, X: Any) -> np.ndarray:
-        """The embeddings of ``X`` (as :meth:`ImageEmbedder.transform`)."""
-        return np.asarray(self.embedder.transform(X))
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted classes of the images ``X`` (paths, arrays, ...)."""
-        return np.asarray(self.head.predict(self.embed(X)))
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, columns in the order of :attr:`classes_`."""
-        if not self.has_proba:
-            raise FeatxError(
-                f"the head ({_describe(self.head)}) gives no probabilities; use predict, or "
-                "tune a head that does (logreg, hist_gb, knn, mlp)."
-            )
-        return np.asarray(self.head.predict_proba(self.embed(X)))
-
-    def predict_items(self, X: Any) -> list[Prediction]:
-        """A :class:`Prediction` per item, in input order; an unreadable item gets its error.
-
-        Unlike :meth:`predict`, a file that cannot be read does not stop the others.
-        """
-        from sklearn.base import clone
-
-        from featx.images import as_items
-
-        names = [item.name for item in as_items(X)[0]]
-        embedder = clone(self.embedder).set_params(on_error="skip")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
-            features = np.asarray(embedder.transform(X))
-        errors = {e.index: e for e in embedder.report_.errors}
-        kept = [i for i in range(len(names)) if i not in set(embedder.report_.dropped)]
-        labels = self.head.predict(features) if len(kept) else []
-        probas = self.head.predict_proba(features) if len(kept) and self.has_proba else None
-        out: list[Prediction | None] = [None] * len(names)
-        for row, i in enumerate(kept):
-            probs = None
-            if probas is not None:
-                probs = {_plain(c): float(p) for c, p in zip(self.classes_, probas[row],
-                                                             strict=True)}
-            out[i] = Prediction(names[i], _plain(labels[row]), probs, None)
-        for i in range(len(names)):
-            if out[i] is None:
-                error = errors.get(i)
-                out[i] = Prediction(names[i], None, None,
-                                    error.describe() if error else "could not be read", error)
-        return [p for p in out if p is not None]
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model to ``path`` (see :func:`save_model`); return the path."""
-        return save_model(self, path)
-
-    def __repr__(self) -> str:
-        return f"FeatxModel({self.embedder!r}, {_describe(self.head)})"
-
-
-def predictions_csv_rows(model: FeatxModel, predictions: Sequence[Prediction]) -> list[list[str]]:
-    """The predict CSV as rows of text: the header first, every row exactly as wide.
-
-    Columns: ``path``, ``prediction``, one ``proba_<class>`` per class when the head gives
-    probabilities (``model.has_proba``; none for an SVM), and ``error`` (why an item could not
-    be read). An item that could not be read has empty prediction and probability cells.
-
-    Parameters
-    ----------
-    model : FeatxModel
-    predictions : sequence of Prediction
-        From :meth:`FeatxModel.predict_items`.
-
-    Returns
-    -------
-    list of list of str
-        ``rows[0]`` is the header.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn.svm import SVC
-    >>> head = SVC().fit(np.array([[0.0], [1.0], [0.1], [0.9]]), ["a", "b", "a", "b"])
-    >>> model = FeatxModel(None, head)
-    >>> predictions_csv_rows(model, [Prediction("x.png", "a", None, None),
-    ...                              Prediction("y.png", None, None, "not an image")])
-    [['path', 'prediction', 'error'], ['x.png', 'a', ''], ['y.png', '', 'not an image']]
-    """
-    classes = [_plain(c) for c in model.classes_] if model.has_proba else []
-    rows = [["path", "prediction", *(f"proba_{c}" for c in classes), "error"]]
-    for p in predictions:
-        probs = p.probabilities or {}
-        rows.append([
-            p.source, "" if p.label is None else str(p.label),
-            *(f"{probs[c]:.6f}" if c in probs else "" for c in classes),
-            p.error or "",
-        ])
-    return rows
-
-
-def _plain(value: Any) -> Any:
-    """A NumPy scalar as the Python value it holds (JSON- and CSV-friendly)."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _describe(head: Any) -> str:
-    steps = getattr(head, "steps", None)
-    if steps:
-        return f"Pipeline({', '.join(type(s).__name__ for _, s in steps)})"
-    return type(head).__name__
 
 
 def _embedder_params(embedder: Any) -> dict[str, Any]:
@@ -362,12 +178,12 @@ def save_model(
         },
         "head": {
             "file": _HEAD,
-            "type": _describe(model.head),
+            "type": describe_head(model.head),
             "sha256": hashlib.sha256(head_bytes).hexdigest(),
-            "n_features_in": _plain(getattr(model.head, "n_features_in_", None)),
+            "n_features_in": plain(getattr(model.head, "n_features_in_", None)),
             "has_proba": model.has_proba,
         },
-        "classes": [_plain(c) for c in model.classes_],
+        "classes": [plain(c) for c in model.classes_],
         "info": extra,
     }
     out = Path(path)
