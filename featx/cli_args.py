@@ -136,6 +136,25 @@ def add_search_flags(parser: argparse.ArgumentParser) -> None:
                         help="seed of the split, the folds and the heads (default 0)")
 
 
+def add_test_flags(parser: argparse.ArgumentParser) -> None:
+    """What the tuned heads are tested on: ``--test-size`` or ``--test`` (``heads``, ``probe``)."""
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--test-size", type=fraction, default=None, metavar="F",
+                        help="fraction held out, stratified, to test the tuned heads (default "
+                        "0.2 without --test; 0: none, the metrics are then cross-validated)")
+    choice.add_argument("--test", metavar="SRC",
+                        help="labelled test images instead (a folder with one sub-folder per "
+                        "class, or a CSV file): embedded through the cache like SRC, scored, "
+                        "never tuned on")
+
+
+def test_size_of(args: argparse.Namespace) -> float | None:
+    """The fraction to hold out: ``--test-size``, 0.2 by default, none with ``--test``."""
+    if args.test is not None:
+        return None
+    return 0.2 if args.test_size is None else (args.test_size or None)
+
+
 def verbosity_flags(default: Any) -> argparse.ArgumentParser:
     """``-q``/``-v``, accepted before and after the subcommand."""
     flags = argparse.ArgumentParser(add_help=False)

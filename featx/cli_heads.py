@@ -19,13 +19,14 @@ from featx.cli_args import (
     add_label_column,
     add_labelled_source,
     add_search_flags,
+    add_test_flags,
     embedder_flags,
     folds,
-    fraction,
     heads_list,
     ray_flags,
     reason,
     say_for,
+    test_size_of,
 )
 from featx.cli_embed import embed_on_ray, make_embedder, ray_options_need_ray
 from featx.cli_sources import labelled_source, list_source
@@ -56,9 +57,7 @@ def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
                        f"{','.join(DEFAULT_HEADS)}; also hist_gb)")
     heads.add_argument("--cv", type=folds, default=5, metavar="K",
                        help="cross-validation folds (default 5)")
-    heads.add_argument("--test-size", type=fraction, default=0.2, metavar="F",
-                       help="fraction held out, stratified, to test the tuned heads (default "
-                       "0.2; 0: none, the metrics are then cross-validated)")
+    add_test_flags(heads)
     heads.add_argument("--out", default="featx-heads", metavar="DIR",
                        help="where the plots, the CSV, model.featx and report.html go (default "
                        "featx-heads)")
@@ -67,8 +66,8 @@ def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     heads.add_argument("--target", metavar="DIR",
                        help="adapt the heads to these images' domain (a folder or CSV; "
                        "unlabelled, or one sub-folder per class to report on, never to choose): "
-                       "heads are ranked by reverse validation on the target, and --test-size "
-                       "and --scoring do not apply")
+                       "heads are ranked by reverse validation on the target, and --test-size, "
+                       "--test and --scoring do not apply")
     heads.add_argument("--adapt", choices=("coral", "subspace"), default="coral",
                        help="with --target: CORAL or subspace alignment (default coral)")
 
@@ -113,21 +112,34 @@ def _heads(args: argparse.Namespace) -> int:
     for e in report.errors:
         print(f"  {e.source}: {reason(e)}")
     if args.target is not None:
+        if args.test is not None:
+            raise FeatxError(
+                "--test does not apply with --target: heads adapted to a target are reported on "
+                "the target's own labels (give --target one sub-folder per class)."
+            )
         return _heads_on_target(args, embedder, X, y)
     kept = np.delete(np.asarray(paths, dtype=object), report.dropped)
-    test_size = args.test_size or None
-    say(f"tuning {len(args.heads)} heads, {args.cv}-fold stratified cross-validation"
-        + (f", {test_size:.0%} held out for testing" if test_size else "") + ":")
+    test_size = test_size_of(args)
     tuning = dict(heads=args.heads, cv=args.cv, search=args.search, scoring=args.scoring,
                   random_state=args.random_state, n_jobs=args.n_jobs, log=say,
                   **({"backend": "ray"} if args.ray else {}))
     # Made here, passed as test=, so that the report knows the images behind board.y_true.
-    fit_rows, evaluated = held_out(y, test_size, args.random_state)
-    if test_size:
-        board = tune_heads(X[fit_rows], y[fit_rows], test=(X[evaluated], y[evaluated]),
-                           **tuning)
+    if args.test is not None:
+        X_test, y_test, tested = _test_images(args, embedder, say)
+        say(f"tuning {len(args.heads)} heads, {args.cv}-fold stratified cross-validation, "
+            f"tested on {len(y_test)} images from {args.test}:")
+        board = tune_heads(X, y, test=(X_test, y_test), **tuning)
+        X, y = np.concatenate([X, X_test]), np.concatenate([y, y_test])  # the report's map
     else:
-        board = tune_heads(X, y, **tuning)
+        say(f"tuning {len(args.heads)} heads, {args.cv}-fold stratified cross-validation"
+            + (f", {test_size:.0%} held out for testing" if test_size else "") + ":")
+        fit_rows, evaluated = held_out(y, test_size, args.random_state)
+        tested = kept[evaluated]
+        if test_size:
+            board = tune_heads(X[fit_rows], y[fit_rows], test=(X[evaluated], y[evaluated]),
+                               **tuning)
+        else:
+            board = tune_heads(X, y, **tuning)
     print(board.to_text())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +165,7 @@ def _heads(args: argparse.Namespace) -> int:
     say(f"writing {out / 'report.html'} (with a t-SNE map of the embeddings)")
     written.append(write_report(
         out / "report.html", board, embeddings=X, labels=y,
-        eval_sources=[str(p) for p in kept[evaluated]], plots=written[1:3],
+        eval_sources=[str(p) for p in tested], plots=written[1:3],
         title=f"featx heads: {args.src}", random_state=args.random_state,
         notes=[f"Backbone: {embedder.config_.label}.",
                f"Images: {args.src} ({len(paths)} listed, {report.n_failed} unreadable)."],
@@ -161,6 +173,23 @@ def _heads(args: argparse.Namespace) -> int:
     say(f"best head: {best.head} ({', '.join(f'{k}={v!r}' for k, v in best.best_params.items())})")
     say("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _test_images(args: argparse.Namespace, embedder: Any, say: Any) -> tuple[Any, Any, Any]:
+    """``--test``'s embeddings (through the cache), labels and the paths that could be read."""
+    import numpy as np
+
+    paths, y = labelled_source(args.test, args.path_column, args.label_column)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
+        X = embedder.transform(paths)
+    report = embedder.report_
+    for e in report.errors:
+        print(f"  {e.source}: {reason(e)}")
+    say(f"{len(paths)} test images from {args.test}: {report.n_hits} from the cache, "
+        f"{report.n_embedded} embedded, {report.n_failed} failed (left out)")
+    kept = np.delete(np.asarray(paths, dtype=object), report.dropped)
+    return X, np.delete(y, report.dropped), kept
 
 
 def held_out(y: Any, test_size: float | None, random_state: int) -> tuple[Any, Any]:

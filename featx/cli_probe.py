@@ -18,13 +18,15 @@ from featx.cli_args import (
     add_labelled_source,
     add_path_column,
     add_search_flags,
+    add_test_flags,
     folds,
-    fraction,
     heads_list,
     input_size,
     positive_int,
     progress,
+    reason,
     say_for,
+    test_size_of,
     weights,
 )
 from featx.cli_heads import held_out
@@ -79,8 +81,7 @@ def add_probe_command(commands: Any, flags: argparse.ArgumentParser) -> None:
                        help=f"comma-separated heads (default {','.join(DEFAULT_HEADS)})")
     probe.add_argument("--cv", type=folds, default=5, metavar="K",
                        help="cross-validation folds (default 5)")
-    probe.add_argument("--test-size", type=fraction, default=0.2, metavar="F",
-                       help="fraction held out, stratified (default 0.2; 0: none)")
+    add_test_flags(probe)
     probe.add_argument("--out", default="featx-probe", metavar="DIR",
                        help="where probe.csv, depth.png, model.featx and report.html go "
                        "(default featx-probe)")
@@ -118,15 +119,21 @@ def run_probe(args: argparse.Namespace) -> int:
     say = say_for(args)
     paths, y = labelled_source(args.src, args.path_column, args.label_column)
     y = np.asarray(y)
-    test_size = args.test_size or None
+    test_size = test_size_of(args)
     n_layers = "auto" if args.layers == "auto" else len(args.layers)
     say(f"{len(paths)} images in {len(np.unique(y))} classes from {args.src}; probing "
         f"{n_layers} layers of {args.backbone} with {len(args.heads)} heads, {args.cv}-fold "
-        "cross-validation" + (f", {test_size:.0%} held out" if test_size else ""))
+        "cross-validation" + (f", {test_size:.0%} held out" if test_size else "")
+        + (f", tested on {args.test}" if args.test else ""))
     # The test images are chosen here and passed as test=, so the report knows which they are.
     listed = np.asarray(paths, dtype=object)
     fit_rows, test_rows = held_out(y, test_size, args.random_state)
     test = (list(listed[test_rows]), y[test_rows]) if test_size else None
+    if args.test is not None:
+        test_paths, test_y = labelled_source(args.test, args.path_column, args.label_column)
+        listed, y = np.asarray([*paths, *test_paths], dtype=object), np.concatenate([y, test_y])
+        fit_rows, test_rows = np.arange(len(paths)), np.arange(len(paths), len(listed))
+        test = (test_paths, np.asarray(test_y))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
         probe = probe_layers(
@@ -138,6 +145,8 @@ def run_probe(args: argparse.Namespace) -> int:
             random_state=args.random_state, n_jobs=args.n_jobs, on_error="skip",
             verbose=progress(args), log=say,
         )
+    for e in probe.errors:
+        print(f"  {e.source}: {reason(e)} (left out)")
     print(probe.to_text())
     print(probe.decision())
     out = Path(args.out)

@@ -82,6 +82,8 @@ class LayerProbe(Leaderboard):
         Positions of the images left out because they could not be read (``on_error="skip"``).
     test_dropped : list of int
         The same for the images of ``test=``, positions in that set.
+    errors : list of ImageLoadError
+        Why each left-out image could not be read (training images first, then ``test=``'s).
     """
 
     layers: list[ProbedLayer] = field(default_factory=list)
@@ -91,6 +93,7 @@ class LayerProbe(Leaderboard):
     n_hits: int = 0
     dropped: list[int] = field(default_factory=list)
     test_dropped: list[int] = field(default_factory=list)
+    errors: list[ImageLoadError] = field(default_factory=list, repr=False)
 
     def layer_of(self, name: str) -> ProbedLayer:
         """The probed layer called ``name``."""
@@ -386,6 +389,7 @@ def probe_layers(
     probe.n_hits = report.n_hits
     probe.dropped = [int(i) for i in np.flatnonzero(~keep[:n_train])]
     probe.test_dropped = [int(i) for i in np.flatnonzero(~keep[n_train:])]
+    probe.errors = list(result.failed)
     return probe
 
 

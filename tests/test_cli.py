@@ -322,6 +322,52 @@ def test_heads_after_embed_embeds_nothing_and_writes_everything(labelled, tuned)
     assert [r["head"] for r in rows] == [table[2].split()[1], table[3].split()[1]]
 
 
+@pytest.fixture
+def train_and_test(tmp_path: Path) -> Path:
+    """train/ and test/ class folders (red channel tells the classes apart); one test file is
+    not an image."""
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 8), ("test", 4)):
+        for c, cls in enumerate(["NORMAL", "PNEUMONIA"]):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 200, size=(16, 16, 3), dtype=np.uint8)
+                arr[..., 0] = 255 * c
+                Image.fromarray(arr).save(tmp_path / split / cls / f"{split}{i}.png")
+    (tmp_path / "test" / "NORMAL" / "broken.png").write_bytes(b"not a PNG")
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", ["heads", "probe"])
+def test_a_separate_test_folder_is_scored_and_never_tuned_on(workspace, train_and_test,
+                                                             command, capsys):
+    from featx import load_model
+    from featx.cli import main
+
+    root = train_and_test
+    args = [command, str(root / "train"), "--backbone", str(workspace / "tiny.keras"),
+            "--input-size", "16", "--cache", str(root / "emb.h5"), "--heads", "knn", "--cv", "2",
+            "--n-jobs", "1", "--test", str(root / "test"), "--out", str(root / "out")]
+    if command == "probe":
+        args += ["--weights", "none", "--layers", "conv,default"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.out + captured.err
+    model = load_model(root / "out" / "model.featx")
+    assert (model.info["n_train"], model.info["n_test"]) == (16, 8)
+    # Both sets went through the cache: a second run embeds nothing.
+    assert main([*args, "-v"]) == 0
+    assert " 0 embedded" in capsys.readouterr().out
+
+
+def test_test_folder_and_test_size_are_one_choice(train_and_test, capsys):
+    from featx.cli import main
+
+    assert main(["heads", str(train_and_test / "train"), "--test", str(train_and_test / "test"),
+                 "--test-size", "0.3"]) == 2
+    assert "--test-size: not allowed with argument --test" in capsys.readouterr().err
+
+
 def test_predict_writes_csv_with_probabilities_and_errors(labelled, tuned, tmp_path):
     assert tuned.returncode == 0, tuned.stderr
     broken = tmp_path / "broken.png"
