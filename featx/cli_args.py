@@ -136,6 +136,17 @@ def add_search_flags(parser: argparse.ArgumentParser) -> None:
                         help="seed of the split, the folds and the heads (default 0)")
 
 
+def add_heads_flags(parser: argparse.ArgumentParser) -> None:
+    """Which heads and how many folds: ``--heads``, ``--cv`` (``heads`` and ``probe``)."""
+    from featx.heads import DEFAULT_HEADS
+
+    parser.add_argument("--heads", type=heads_list, default=list(DEFAULT_HEADS), metavar="H,H",
+                        help="comma-separated heads to tune, or 'all' (default "
+                        f"{','.join(DEFAULT_HEADS)}; also hist_gb)")
+    parser.add_argument("--cv", type=folds, default=5, metavar="K",
+                        help="cross-validation folds (default 5)")
+
+
 def add_test_flags(parser: argparse.ArgumentParser) -> None:
     """What the tuned heads are tested on: ``--test-size`` or ``--test`` (``heads``, ``probe``)."""
     choice = parser.add_mutually_exclusive_group()

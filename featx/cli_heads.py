@@ -16,13 +16,12 @@ from typing import Any
 
 from featx.cli_args import (
     add_command,
+    add_heads_flags,
     add_label_column,
     add_labelled_source,
     add_search_flags,
     add_test_flags,
     embedder_flags,
-    folds,
-    heads_list,
     ray_flags,
     reason,
     say_for,
@@ -35,7 +34,6 @@ from featx.exceptions import FeatxError
 
 def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     """Add ``featx heads`` to the ``featx`` sub-commands."""
-    from featx.heads import DEFAULT_HEADS
 
     heads = add_command(
         commands, "heads", cmd_heads,
@@ -52,11 +50,7 @@ def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
         "embeddings and the images the best head got wrong.",
     )
     add_labelled_source(heads)
-    heads.add_argument("--heads", type=heads_list, default=list(DEFAULT_HEADS), metavar="H,H",
-                       help="comma-separated heads to tune, or 'all' (default "
-                       f"{','.join(DEFAULT_HEADS)}; also hist_gb)")
-    heads.add_argument("--cv", type=folds, default=5, metavar="K",
-                       help="cross-validation folds (default 5)")
+    add_heads_flags(heads)
     add_test_flags(heads)
     heads.add_argument("--out", default="featx-heads", metavar="DIR",
                        help="where the plots, the CSV, model.featx and report.html go (default "
@@ -101,16 +95,12 @@ def _heads(args: argparse.Namespace) -> int:
         on_ray = embed_on_ray(args, paths, embedder)
         say(f"on Ray: {on_ray.n_embedded} embedded, {on_ray.n_hits} already cached, "
             f"{on_ray.n_failed} failed")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
-        X = embedder.transform(paths)
-    report = embedder.report_
+    X, report = _embed_readable(embedder, paths)
     y = np.delete(y, report.dropped)
     say(f"{len(paths)} images in {len(np.unique(y))} classes from {args.src}: "
         f"{report.n_hits} embeddings from the cache {args.cache}, {report.n_embedded} embedded, "
         f"{report.n_failed} failed (left out)")
-    for e in report.errors:
-        print(f"  {e.source}: {reason(e)}")
+    _print_failures(report)
     if args.target is not None:
         if args.test is not None:
             raise FeatxError(
@@ -180,16 +170,26 @@ def _test_images(args: argparse.Namespace, embedder: Any, say: Any) -> tuple[Any
     import numpy as np
 
     paths, y = labelled_source(args.test, args.path_column, args.label_column)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
-        X = embedder.transform(paths)
-    report = embedder.report_
-    for e in report.errors:
-        print(f"  {e.source}: {reason(e)}")
+    X, report = _embed_readable(embedder, paths)
+    _print_failures(report)
     say(f"{len(paths)} test images from {args.test}: {report.n_hits} from the cache, "
         f"{report.n_embedded} embedded, {report.n_failed} failed (left out)")
     kept = np.delete(np.asarray(paths, dtype=object), report.dropped)
     return X, np.delete(y, report.dropped), kept
+
+
+def _embed_readable(embedder: Any, paths: list[str]) -> tuple[Any, Any]:
+    """The rows of the images that could be read (through the cache), and the embedder's
+    report of the others (``on_error="skip"``: their positions in ``report.dropped``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
+        X = embedder.transform(paths)
+    return X, embedder.report_
+
+
+def _print_failures(report: Any) -> None:
+    for e in report.errors:
+        print(f"  {e.source}: {reason(e)}")
 
 
 def held_out(y: Any, test_size: float | None, random_state: int) -> tuple[Any, Any]:
@@ -283,18 +283,14 @@ def _heads_on_target(args: argparse.Namespace, embedder: Any, X: Any, y: Any) ->
                                                   args.label_column)
     else:
         target_paths, target_y = list_source(args.target, args.path_column), None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
-        X_target = embedder.transform(target_paths)
-    report = embedder.report_
+    X_target, report = _embed_readable(embedder, target_paths)
     if target_y is not None:
         target_y = np.delete(target_y, report.dropped)
     say(f"{len(target_paths)} target images from {args.target}: {report.n_hits} from the cache, "
         f"{report.n_embedded} embedded, {report.n_failed} failed (left out); "
         + ("their labels only report the test columns, never choose" if labelled
            else "unlabelled"))
-    for e in report.errors:
-        print(f"  {e.source}: {reason(e)}")
+    _print_failures(report)
     board = tune_heads(
         X, y, heads=args.heads, cv=args.cv, search=args.search, random_state=args.random_state,
         n_jobs=args.n_jobs, log=say, target=X_target, adapt=args.adapt,

@@ -14,13 +14,12 @@ from typing import Any
 
 from featx.cli_args import (
     add_command,
+    add_heads_flags,
     add_label_column,
     add_labelled_source,
     add_path_column,
     add_search_flags,
     add_test_flags,
-    folds,
-    heads_list,
     input_size,
     positive_int,
     progress,
@@ -56,7 +55,6 @@ def _layers(text: str) -> Any:
 def add_probe_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     """Add ``featx probe`` to the ``featx`` sub-commands."""
     from featx.backbones import ENGINES, POOLINGS, PRECISIONS
-    from featx.heads import DEFAULT_HEADS
     from featx.probe import MAX_FLATTEN_WIDTH
 
     probe = add_command(
@@ -77,10 +75,7 @@ def add_probe_command(commands: Any, flags: argparse.ArgumentParser) -> None:
                        help="'auto' (default: 5-8 block outputs from early layers to the default "
                        "cut, registry backbones) or comma-separated layer names or indices; "
                        "'default' names the default cut")
-    probe.add_argument("--heads", type=heads_list, default=list(DEFAULT_HEADS), metavar="H,H",
-                       help=f"comma-separated heads (default {','.join(DEFAULT_HEADS)})")
-    probe.add_argument("--cv", type=folds, default=5, metavar="K",
-                       help="cross-validation folds (default 5)")
+    add_heads_flags(probe)
     add_test_flags(probe)
     probe.add_argument("--out", default="featx-probe", metavar="DIR",
                        help="where probe.csv, depth.png, model.featx and report.html go "
@@ -126,14 +121,14 @@ def run_probe(args: argparse.Namespace) -> int:
         "cross-validation" + (f", {test_size:.0%} held out" if test_size else "")
         + (f", tested on {args.test}" if args.test else ""))
     # The test images are chosen here and passed as test=, so the report knows which they are.
-    listed = np.asarray(paths, dtype=object)
-    fit_rows, test_rows = held_out(y, test_size, args.random_state)
-    test = (list(listed[test_rows]), y[test_rows]) if test_size else None
-    if args.test is not None:
+    if args.test is not None:  # listed after the training images
         test_paths, test_y = labelled_source(args.test, args.path_column, args.label_column)
         listed, y = np.asarray([*paths, *test_paths], dtype=object), np.concatenate([y, test_y])
         fit_rows, test_rows = np.arange(len(paths)), np.arange(len(paths), len(listed))
-        test = (test_paths, np.asarray(test_y))
+    else:
+        listed = np.asarray(paths, dtype=object)
+        fit_rows, test_rows = held_out(y, test_size, args.random_state)
+    test = (list(listed[test_rows]), y[test_rows]) if args.test or test_size else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
         probe = probe_layers(

@@ -218,18 +218,16 @@ def install_weights(
         elif _sha256(path) != recorded[path.name]:
             say(f"{path} differs from what featx wrote; writing it again")
             to_write.append(path)
-    if not to_write:
+    if to_write:
+        started = time.perf_counter()
+        source: WeightSource = converter.source(backbone)
+        archive_path = _source_archive(archive, say, source)
+        top, no_top, max_diff = converter.convert(backbone, archive_path, say)
+        _write_and_record(models_dir, manifest, backbone, recorded, top, no_top, to_write,
+                          source, max_diff, say)
+        say(f"installed {backbone} weights in {time.perf_counter() - started:.1f} s")
+    else:
         say(f"{backbone} weights are already installed in {models_dir}")
-        if openvino and keras_home is None:
-            _prepare_openvino(backbone, say)
-        return targets
-
-    started = time.perf_counter()
-    source: WeightSource = converter.source(backbone)
-    top, no_top, max_diff = converter.convert(backbone, _source_archive(archive, say, source), say)
-    _write_and_record(models_dir, manifest, backbone, recorded, top, no_top, to_write,
-                      source, max_diff, say)
-    say(f"installed {backbone} weights in {time.perf_counter() - started:.1f} s")
     if openvino and keras_home is None:
         _prepare_openvino(backbone, say)
     return targets
