@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from featx import ImageEmbedder, tune_heads
-    from featx.demo import DEMO_HEADS, load_demo_data
+    from featx.data.demo import DEMO_HEADS, load_demo_data
 
     dataset, x_train, y_train, x_test, y_test, classes = load_demo_data(args.train, args.test)
     names = np.asarray(classes)

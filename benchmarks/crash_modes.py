@@ -57,7 +57,7 @@ def _writer(strategy: str, path: Path) -> None:
     import h5py
 
     if strategy == "segments":
-        from featx.cache import EmbeddingCache  # imported before the clock starts
+        from featx.cache.store import EmbeddingCache  # imported before the clock starts
 
     def batch(b: int) -> tuple[list[str], np.ndarray]:
         ids = range(b * ROWS, (b + 1) * ROWS)
@@ -123,7 +123,7 @@ def _check(strategy: str, path: Path, committed: int) -> tuple[bool, int, int, s
     want = committed * ROWS
     try:
         if strategy == "segments":
-            from featx.cache import EmbeddingCache
+            from featx.cache.store import EmbeddingCache
 
             cache = EmbeddingCache(path)
             keys, vectors, _ = cache.read_group("fp") if cache.exists() else ([], None, [])

@@ -83,9 +83,9 @@ def _on_ray(paths: list[str], embedder: Any, **kw: Any) -> Any:
 
 def _writer_rate(tmp: Path, rows: int = 40_000, shard: int = 256, width: int = 1024) -> float:
     """Rows/s the engine's cache writer commits when shards arrive as fast as it takes them."""
-    from featx.backbones import resolve_backbone
-    from featx.cache import EmbeddingCache
-    from featx.cache_writer import CacheWriter
+    from featx.cache.store import EmbeddingCache
+    from featx.cache.writer import CacheWriter
+    from featx.nets.backbones import resolve_backbone
 
     config = resolve_backbone("mobilenet")
     writer = CacheWriter(EmbeddingCache(tmp / "writer.h5"), config.fingerprint, config)

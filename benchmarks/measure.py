@@ -44,17 +44,17 @@ def _weights(backbone: str) -> str | None:
 
 
 def _keras_model(backbone: str, precision: str) -> Any:
-    from featx.backbones import resolve_backbone
-    from featx.network import _build_model
+    from featx.nets.backbones import resolve_backbone
+    from featx.nets.keras_model import build_model
 
-    return _build_model(resolve_backbone(backbone, weights=_weights(backbone), input_size=SIZE,
+    return build_model(resolve_backbone(backbone, weights=_weights(backbone), input_size=SIZE,
                                          precision=precision))
 
 
 def _preprocess(backbone: str) -> Any:
     import importlib
 
-    from featx.backbones import get_backbone
+    from featx.nets.backbones import get_backbone
 
     module = importlib.import_module(f"keras.applications.{get_backbone(backbone).module}")
     return module.preprocess_input
@@ -74,8 +74,8 @@ def _warm_sizes(n: int, batch: int) -> list[int]:
 
 def ceiling(backbone: str, paths: list[str], batch: int, precision: str, **_: Any) -> Any:
     """The compiled network alone, on tensors already decoded, resized and preprocessed."""
-    from featx.images import Item, load_pixels
-    from featx.network import _compile_forward
+    from featx.embed.images import Item, load_pixels
+    from featx.nets.keras_model import _compile_forward
 
     model = _keras_model(backbone, precision)
     forward = _compile_forward(model, None)
@@ -127,7 +127,7 @@ def openvino_ceiling(backbone: str, paths: list[str], batch: int, precision: str
 
 
 def load_pixels_224(path: str) -> np.ndarray:
-    from featx.images import Item, load_pixels
+    from featx.embed.images import Item, load_pixels
 
     return load_pixels(Item("path", path, path), (SIZE, SIZE))
 
@@ -229,8 +229,8 @@ def featx_pixels(backbone: str, paths: list[str], **_: Any) -> Any:
     Pillow's antialiased BILINEAR, in featx's default number of threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from featx.engine import default_workers
-    from featx.images import Item, load_pixels
+    from featx.embed.engine import default_workers
+    from featx.embed.images import Item, load_pixels
 
     def load(path: str) -> np.ndarray:
         return load_pixels(Item("path", path, path), (SIZE, SIZE))

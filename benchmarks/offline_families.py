@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from featx import ImageEmbedder, tune_heads
-    from featx.datasets import load_fashion_mnist
+    from featx.data.datasets import load_fashion_mnist
 
     x_train, y_train, _ = load_fashion_mnist("train", args.n_train)
     x_test, y_test, _ = load_fashion_mnist("test", args.n_test)

@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.photos import make_photo_folder
     from featx import ImageEmbedder
-    from featx.auto_layers import auto_layers
-    from featx.engine import embed_items
-    from featx.images import as_items
-    from featx.network import get_network
+    from featx.embed.engine import embed_items
+    from featx.embed.images import as_items
+    from featx.nets.auto_layers import auto_layers
+    from featx.nets.build import get_network
 
     work = Path(tempfile.mkdtemp(prefix="featx-probe-bench-"))
     paths = make_photo_folder(Path(args.photos) if args.photos else work / "photos", args.n)

@@ -38,7 +38,7 @@ def main() -> None:
     from sklearn.svm import SVC
 
     from featx import ImageEmbedder
-    from featx.datasets import load_fashion_mnist
+    from featx.data.datasets import load_fashion_mnist
 
     images, y, _ = load_fashion_mnist("train", args.n)
     X = ImageEmbedder("mobilenet", input_size=160).fit_transform(images)

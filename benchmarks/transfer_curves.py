@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from featx import probe_layers
-    from featx.datasets import load_digits_images, load_fashion_mnist
-    from featx.plots import plot_depth
+    from featx.data.datasets import load_digits_images, load_fashion_mnist
+    from featx.report.plots import plot_depth
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from featx import ImageEmbedder, tune_heads
-from featx.demo import load_demo_data
-from featx.efficientnet_lite import weight_filename
+from featx.data.demo import load_demo_data
+from featx.nets.efficientnet_lite import weight_filename
 from featx.weights import keras_models_dir
 
 #: The backbones whose ImageNet weights featx installs offline.

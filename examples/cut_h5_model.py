@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from featx import ImageEmbedder, tune_heads
-from featx.demo import load_demo_data
+from featx.data.demo import load_demo_data
 
 
 def train_cnn(images: np.ndarray, labels: np.ndarray, path: Path, epochs: int) -> Path:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from featx import CORAL, ImageEmbedder, SubspaceAlignment, make_head, tune_heads
-from featx.datasets import load_digits_images, load_fashion_mnist, stratified_subset
+from featx.data.datasets import load_digits_images, load_fashion_mnist, stratified_subset
 
 
 def load_shift(shift: str, n_source: int, n_target: int) -> dict[str, Any]:

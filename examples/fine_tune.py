@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from featx import ImageEmbedder, fine_tune, probe_layers, tune_heads
-from featx.demo import load_demo_data
+from featx.data.demo import load_demo_data
 
 PROBED = ["conv_pw_9_relu", "conv_pw_11_relu", "conv_pw_12_relu", None]  # None: the default cut
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from featx import ImageEmbedder, tune_heads
-from featx.demo import load_demo_data
+from featx.data.demo import load_demo_data
 
 
 def main(argv: Sequence[str] | None = None) -> int:

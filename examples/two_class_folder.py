@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from featx import ImageEmbedder, load_image_folder, load_model, tune_heads
-from featx.saved import FeatxModel
+from featx.model import FeatxModel
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 

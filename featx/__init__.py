@@ -5,6 +5,7 @@ Importing featx does not import Keras or TensorFlow; the network is built on fir
 
 from __future__ import annotations
 
+from featx._version import __version__
 from featx.adapt import (
     CORAL,
     PredictionEntropyScorer,
@@ -12,9 +13,8 @@ from featx.adapt import (
     SubspaceAlignment,
     TargetData,
 )
-from featx.backbones import get_backbone, list_backbones
 from featx.cache import EmbeddingCache
-from featx.embedder import EmbeddingReport, ImageEmbedder
+from featx.embed import EmbeddingReport, ImageEmbedder, load_image_csv, load_image_folder
 from featx.exceptions import (
     AdaptationError,
     CacheError,
@@ -25,7 +25,6 @@ from featx.exceptions import (
     UntrustedModelError,
     WeightsNotFoundError,
 )
-from featx.finetune import fine_tune
 from featx.heads import (
     DEFAULT_HEADS,
     HEADS,
@@ -37,13 +36,10 @@ from featx.heads import (
     make_head,
     tune_heads,
 )
-from featx.images import load_image_csv, load_image_folder
-from featx.model import FeatxModel, Prediction
-from featx.plots import plot_confusion_matrix, plot_leaderboard
-from featx.probe import LayerProbe, ProbedLayer, probe_layers
-from featx.saved import load_model, read_manifest, save_model
-
-__version__ = "0.1.0"
+from featx.model import FeatxModel, Prediction, load_model, read_manifest, save_model
+from featx.nets import get_backbone, list_backbones
+from featx.report import plot_confusion_matrix, plot_leaderboard
+from featx.transfer import LayerProbe, ProbedLayer, fine_tune, probe_layers
 
 __all__ = [
     "ImageEmbedder",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from featx.cli import main
+from featx.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -3,8 +3,8 @@
 ``FEATX_FAULT_INJECT="cache.segment_written:3"`` kills the process the 3rd time it reaches the
 point ``cache.segment_written``, exactly as ``kill -9`` or the out-of-memory killer would: no
 ``finally`` block, no ``atexit`` handler and no buffered write runs. Several points are separated
-by commas. ``tests/test_crash.py`` uses it to kill ``featx embed`` between two precise steps of a
-commit; it is unset in normal use, where each point costs one environment lookup.
+by commas. ``tests/test_cache_crash.py`` uses it to kill ``featx embed`` between two precise steps
+of a commit; it is unset in normal use, where each point costs one environment lookup.
 
 The points (see ``docs/robustness.md``):
 

@@ -191,7 +191,7 @@ def test_clone_and_pickle_keep_the_adapted_model(rng):
 def test_skops_round_trip_with_featx_trusted_types(rng):
     import skops.io as sio
 
-    from featx.saved import TRUSTED_TYPES
+    from featx.model import TRUSTED_TYPES
 
     Xs, y, Xt = shifted(rng)
     from featx.heads import make_head

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featx.cache import CACHE_FORMAT_VERSION, EmbeddingCache, GroupInfo, open_cache
+from featx.cache.store import CACHE_FORMAT_VERSION, EmbeddingCache, GroupInfo, open_cache
 from featx.exceptions import CacheError
 
 

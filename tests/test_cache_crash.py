@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from featx import EmbeddingCache, ImageEmbedder
-from featx.images import as_items
+from featx.embed.images import as_items
 from tests.conftest import write_workspace
 from tests.test_cli import FEATX
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from featx import ImageEmbedder
-from featx.backbones import resolve_backbone
-from featx.cache import GroupInfo
-from featx.cache_groups import (
+from featx.cache.groups import (
     choose_group,
     embedder_params_from_cache,
     embedder_params_from_group,
 )
+from featx.cache.store import GroupInfo
 from featx.exceptions import CacheGroupError, FeatxError
+from featx.nets.backbones import resolve_backbone
 from tests.conftest import tiny_convnet
 
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import featx
-from featx.cli import main
+from featx.cli.main import main
 
 FEATX = Path(sys.executable).parent / "featx"
 
@@ -342,7 +342,7 @@ def train_and_test(tmp_path: Path) -> Path:
 def test_a_separate_test_folder_is_scored_and_never_tuned_on(workspace, train_and_test,
                                                              command, capsys):
     from featx import load_model
-    from featx.cli import main
+    from featx.cli.main import main
 
     root = train_and_test
     args = [command, str(root / "train"), "--backbone", str(workspace / "tiny.keras"),
@@ -361,7 +361,7 @@ def test_a_separate_test_folder_is_scored_and_never_tuned_on(workspace, train_an
 
 
 def test_test_folder_and_test_size_are_one_choice(train_and_test, capsys):
-    from featx.cli import main
+    from featx.cli.main import main
 
     assert main(["heads", str(train_and_test / "train"), "--test", str(train_and_test / "test"),
                  "--test-size", "0.3"]) == 2
@@ -504,8 +504,8 @@ def _copy_cache(src: Path, dst: Path) -> Path:
 
 def _add_mobilenet_group(cache: Path) -> str:
     """A second group (one made-up row of a mobilenet configuration): no network is built."""
-    from featx.backbones import resolve_backbone
-    from featx.cache import EmbeddingCache
+    from featx.cache.store import EmbeddingCache
+    from featx.nets.backbones import resolve_backbone
 
     config = resolve_backbone("mobilenet", input_size=160)
     EmbeddingCache(cache).append(config.fingerprint, ["f" * 64], np.zeros((1, 1024), np.float32),
@@ -563,7 +563,7 @@ def test_heads_on_a_missing_cache_without_backbone_says_how_to_start(labelled, t
 
 
 def _fingerprints(cache: Path) -> list[str]:
-    from featx.cache import EmbeddingCache
+    from featx.cache.store import EmbeddingCache
 
     return [g.fingerprint for g in EmbeddingCache(cache).groups()]
 
@@ -601,7 +601,7 @@ def test_the_native_stderr_filter_drops_native_lines_and_keeps_the_rest():
     """Lines written to fd 2 by native code are filtered; Python's stderr is not."""
     script = (
         "import os, sys\n"
-        "from featx._quiet import quiet_native_stderr\n"
+        "from featx.cli.quiet import quiet_native_stderr\n"
         "with quiet_native_stderr():\n"
         "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are "
         "written to STDERR\\n')\n"

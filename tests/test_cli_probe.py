@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from featx import load_model
-from featx.cli import main
+from featx.cli.main import main
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_bad_layers_option_is_a_usage_error(labelled_folder, tmp_path, capsys):
 def test_the_reports_thumbnails_are_of_held_out_images(labelled_folder, tmp_path):
     """featx probe splits the images itself and passes test= to probe_layers, so the report's
     mistakes are test images: never one the heads were tuned on."""
-    from featx.cli_heads import held_out
+    from featx.cli.heads import held_out
 
     out = tmp_path / "out"
     code = main(["probe", str(labelled_folder), "--backbone", "mobilenet", "--weights", "none",

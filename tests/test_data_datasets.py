@@ -1,4 +1,5 @@
-"""Tests of featx.datasets: Fashion-MNIST from the Debian package, digits, and PNG class folders."""
+"""Tests of featx.data.datasets: Fashion-MNIST from the Debian package, digits, and PNG class
+folders."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from featx import FeatxError, load_image_folder
-from featx.datasets import (
+from featx.data.datasets import (
     FASHION_MNIST_CLASSES,
     load_digits_images,
     load_fashion_mnist,

@@ -1,4 +1,5 @@
-"""Tests of featx.demo on a few images with a random network (the real demo is `featx demo`)."""
+"""Tests of featx.data.demo on a few images with a random network (the real demo is `featx
+demo`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-import featx.datasets
+import featx.data.datasets
 from featx import FeatxError, load_image_folder, load_model
-from featx.demo import run_demo
+from featx.data.demo import run_demo
 
 
 def test_demo_small_random_network_then_rerun_from_cache(tmp_path):
@@ -54,7 +55,7 @@ def _missing(*args, **kwargs):
 
 
 def test_demo_falls_back_to_digits_loudly(tmp_path, monkeypatch):
-    monkeypatch.setattr(featx.datasets, "load_fashion_mnist", _missing)
+    monkeypatch.setattr(featx.data.datasets, "load_fashion_mnist", _missing)
     lines: list[str] = []
     result = run_demo(tmp_path, n_train=40, n_test=20, weights=None, input_size=32,
                       heads=("knn",), log=lines.append)
@@ -66,8 +67,8 @@ def test_demo_falls_back_to_digits_loudly(tmp_path, monkeypatch):
 
 
 def test_demo_digits_sizes_are_capped(tmp_path, monkeypatch):
-    monkeypatch.setattr(featx.datasets, "load_fashion_mnist", _missing)
-    from featx.demo import load_demo_data
+    monkeypatch.setattr(featx.data.datasets, "load_fashion_mnist", _missing)
+    from featx.data.demo import load_demo_data
 
     name, x_train, y_train, x_test, y_test, _ = load_demo_data(2000, 1000, lambda line: None)
     assert name == "digits" and len(x_train) + len(x_test) == 1797
@@ -98,7 +99,7 @@ def test_demo_reports_a_second_family_side_by_side(tmp_path):
 def test_second_family_only_beside_imagenet_mobilenet_when_installed(
     tmp_path, monkeypatch, lite0_weights
 ):
-    from featx.demo import second_family
+    from featx.data.demo import second_family
 
     assert second_family("mobilenet", "imagenet") == ("efficientnet_lite0",)
     assert second_family("mobilenet", None) == ()

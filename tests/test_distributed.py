@@ -25,11 +25,11 @@ from PIL import Image
 from ray.cluster_utils import Cluster
 
 from featx import ImageEmbedder, tune_heads
-from featx.cache import EmbeddingCache
+from featx.cache.store import EmbeddingCache
 from featx.distributed import ClusterError, embed_on_ray, object_store_array
+from featx.distributed.cluster import check_reachable, import_ray
+from featx.distributed.worker import FAULT_ENV, KnownKeys
 from featx.exceptions import FeatxError
-from featx.ray_cluster import check_reachable, import_ray
-from featx.ray_worker import FAULT_ENV, KnownKeys
 from tests.conftest import tiny_convnet
 
 FEATX = str(Path(sys.executable).with_name("featx"))
@@ -176,7 +176,7 @@ def test_missing_ray_names_the_extra(monkeypatch):
 
 def test_the_cluster_names_are_still_importable_from_distributed():
     import featx.distributed as distributed
-    import featx.ray_cluster as ray_cluster
+    import featx.distributed.cluster as ray_cluster
 
     for name in ("ClusterError", "ray_session", "ray_joblib", "object_store_array"):
         assert getattr(distributed, name) is getattr(ray_cluster, name)

@@ -18,7 +18,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from featx import ImageEmbedder, ImageLoadError, UnknownBackboneError, load_image_folder
-from featx.backbones import resolve_backbone
+from featx.nets.backbones import resolve_backbone
 from tests.conftest import tiny_convnet, tiny_dense
 
 
@@ -28,7 +28,7 @@ def make_embedder(**kwargs) -> ImageEmbedder:
 
 
 def network_of(embedder: ImageEmbedder, channels: int = 3):
-    from featx.network import get_builder_network
+    from featx.nets.build import get_builder_network
 
     cfg = embedder.backbone_config()
     return get_builder_network(cfg, (*cfg.input_size, channels))

@@ -14,8 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from featx.exceptions import FeatxError, ImageLoadError
-from featx.images import (
+from featx.embed.images import (
     Item,
     as_items,
     batched,
@@ -23,6 +22,7 @@ from featx.images import (
     load_image_folder,
     load_pixels,
 )
+from featx.exceptions import FeatxError, ImageLoadError
 
 
 def save(path: Path, arr: np.ndarray, **kwargs) -> Path:

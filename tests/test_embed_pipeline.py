@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import featx.engine as engine_module
+import featx.embed.engine as engine_module
 from featx import CacheError, ImageEmbedder
-from featx.backbones import resolve_backbone
+from featx.nets.backbones import resolve_backbone
 from tests.conftest import tiny_convnet
 
 
@@ -45,7 +45,7 @@ def test_prefetch_is_bounded(images, monkeypatch):
 
     monkeypatch.setattr(engine_module, "load_pixels", counting_load)
     emb = ImageEmbedder(tiny_convnet, input_size=16, batch_size=4)
-    from featx.network import get_builder_network
+    from featx.nets.build import get_builder_network
 
     net = get_builder_network(emb.backbone_config(), (16, 16, 3))
     seen_at_embed = []
@@ -90,7 +90,7 @@ def test_padding_to_a_power_of_two_does_not_change_rows(images):
 
 
 def test_cache_write_errors_surface(images, tmp_path, monkeypatch):
-    from featx.cache import EmbeddingCache
+    from featx.cache.store import EmbeddingCache
 
     def broken(self, *args, **kwargs):
         raise CacheError("disk full (simulated)")
@@ -118,7 +118,7 @@ def test_a_failing_batch_keeps_the_batches_before_it(step, images, tmp_path, mon
     """With a batch in flight, a failure in the next one (stacking it, or handing it to the
     network) still delivers and caches the one before: only the failing batch is lost."""
     from featx import EmbeddingCache
-    from featx.network import get_builder_network
+    from featx.nets.build import get_builder_network
 
     emb = ImageEmbedder(tiny_convnet, input_size=16, batch_size=4, cache=tmp_path / "c.h5")
     net = get_builder_network(emb.backbone_config(), (16, 16, 3))

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import featx.engine as engine_module
+import featx.embed.engine as engine_module
 from featx import CacheError, EmbeddingCache, FeatxError, ImageEmbedder, ImageLoadError
-from featx.cache import CACHE_FORMAT_VERSION
-from featx.embedder import MAX_PIXELS
+from featx.cache.store import CACHE_FORMAT_VERSION
+from featx.embed.embedder import MAX_PIXELS
 from tests.conftest import tiny_convnet, tiny_dense
 from tests.test_cli import run_featx
 
@@ -479,7 +479,7 @@ def test_keras_global_unsafe_switch_also_opts_in(tmp_path, rng):
     finally:
         global_state.set_global_attribute("safe_mode_saving", before)
     assert marker.exists()
-    from featx.network import clear_networks
+    from featx.nets.build import clear_networks
 
     clear_networks()  # the network loaded under the switch must not outlive it in this test run
     with pytest.raises(FeatxError, match="holds Python code"):

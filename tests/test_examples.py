@@ -132,7 +132,7 @@ def test_domain_shift_mnist_to_digits_every_method(runs):
 
 
 def test_fine_tune_three_strategies_in_one_table(runs):
-    from featx.tuned_file import read_tuned_metadata
+    from featx.nets.tuned_file import read_tuned_metadata
 
     stdout, out = ran(runs, "fine_tune")
     assert "fashion-mnist: 100 training and 30 test images" in stdout

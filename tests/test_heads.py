@@ -1,4 +1,5 @@
-"""featx.heads: the presets, tune_heads and its leaderboard, embeddings read from a cache."""
+"""featx.heads: the presets, tune_heads and its leaderboard, embeddings read from a
+cache."""
 
 from __future__ import annotations
 
@@ -219,7 +220,7 @@ def test_leaderboard_text_csv_and_frame(board, tmp_path):
 
 
 def test_tuning_from_a_cache_file_embeds_nothing(tmp_path, rng):
-    from featx.network import get_builder_network
+    from featx.nets.build import get_builder_network
 
     images = rng.integers(0, 256, size=(24, 16, 16, 3), dtype=np.uint8)
     y = np.repeat(["a", "b"], 12)

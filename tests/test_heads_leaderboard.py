@@ -1,4 +1,5 @@
-"""featx.leaderboard: rows with an extra column (the layer probe's), combining leaderboards."""
+"""featx.heads.leaderboard: rows with an extra column (the layer probe's), combining
+leaderboards."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from featx import FeatxModel, ImageEmbedder, list_heads, make_head
-from featx.saved import Prediction, predictions_csv_rows
+from featx.model import Prediction, predictions_csv_rows
 from tests.conftest import tiny_convnet
 
 # Class names that need quoting in CSV: a comma, a quote, a slash.

@@ -1,4 +1,4 @@
-"""featx.saved: the .featx file, loading it in a new process, and what a load refuses."""
+"""featx.model.saved: the .featx file, loading it in a new process, and what a load refuses."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from featx import (
     read_manifest,
     save_model,
 )
-from featx.saved import TRUSTED_TYPES
+from featx.model import TRUSTED_TYPES
 from tests.conftest import tiny_convnet
 
 

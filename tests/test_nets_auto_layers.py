@@ -1,4 +1,4 @@
-"""featx.auto_layers: layers="auto" names real block outputs of every registry backbone."""
+"""featx.nets.auto_layers: layers="auto" names real block outputs of every registry backbone."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import keras
 import pytest
 
 from featx import list_backbones
-from featx.auto_layers import auto_layers, default_cut_name
-from featx.backbones import get_backbone
+from featx.nets.auto_layers import auto_layers, default_cut_name
+from featx.nets.backbones import get_backbone
 
 # Keras's smallest input for the Inception family and Xception; 32 px for the others.
 _MIN_SIZE = {"inception_v3": 75, "inception_resnet_v2": 75, "xception": 71}

@@ -14,7 +14,7 @@ from featx import (
     WeightsNotFoundError,
     list_backbones,
 )
-from featx.backbones import BACKBONES, get_backbone, resolve_backbone
+from featx.nets.backbones import BACKBONES, get_backbone, resolve_backbone
 
 REQUIRED = [
     "mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
@@ -37,7 +37,7 @@ def test_every_backbone_builds_with_the_width_it_claims():
     the output shape does not need (a third faster over 41 networks)."""
     import keras
 
-    from featx.network import _build_model
+    from featx.nets.keras_model import build_model
 
     wrong = {}
     for name, spec in BACKBONES.items():
@@ -52,7 +52,7 @@ def test_every_backbone_builds_with_the_width_it_claims():
         size = 75 if name in ("inception_v3", "inception_resnet_v2", "xception") else 32
         cfg = resolve_backbone(name, weights=None, input_size=size)
         with keras.StatelessScope():
-            model = _build_model(cfg)
+            model = build_model(cfg)
         if model.output_shape != (None, spec.width):
             wrong[name] = model.output_shape
         del model

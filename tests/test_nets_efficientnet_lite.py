@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featx.efficientnet_lite import (
+from featx.exceptions import FeatxError, WeightsNotFoundError
+from featx.nets.efficientnet_lite import (
     VARIANTS,
     EfficientNetLite0,
     _same_padding,
@@ -27,8 +28,13 @@ from featx.efficientnet_lite import (
     preprocess_input,
     weight_filename,
 )
-from featx.exceptions import FeatxError, WeightsNotFoundError
-from featx.lite_weights import (
+from featx.weights import (
+    MANIFEST_NAME,
+    install_weights,
+    installed_weights,
+    keras_models_dir,
+)
+from featx.weights.lite import (
     LITE_SOURCES,
     TOLERANCE,
     _keras_models,
@@ -37,7 +43,6 @@ from featx.lite_weights import (
     check_images,
     convert_state_dict,
 )
-from featx.weights import MANIFEST_NAME, install_weights, installed_weights, keras_models_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = LITE_SOURCES["efficientnet_lite0"]
@@ -162,7 +167,7 @@ def test_dev_script_makes_the_same_check_images() -> None:
     spec.loader.exec_module(script)  # imports NumPy only; torch only inside its functions
     for size in (224, 240, 260):
         np.testing.assert_array_equal(script.check_images(size), check_images(size))
-    from featx._lite_reference import REFERENCE
+    from featx.weights._lite_reference import REFERENCE
 
     assert {name: REFERENCE[name]["size"] for name in REFERENCE} == {
         name: v.resolution for name, v in VARIANTS.items()
@@ -274,7 +279,7 @@ def test_install_refuses_a_wheel_with_another_sha256(tmp_path: Path) -> None:
 
 def test_registry_entries() -> None:
     from featx import list_backbones
-    from featx.backbones import get_backbone, resolve_backbone
+    from featx.nets.backbones import get_backbone, resolve_backbone
 
     assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} <= set(
         list_backbones()

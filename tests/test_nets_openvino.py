@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from featx import FeatxError, ImageEmbedder
-from featx.backbones import resolve_backbone
-from featx.engine import embed_items
-from featx.images import as_items
-from featx.network import clear_networks, get_network
+from featx.embed.engine import embed_items
+from featx.embed.images import as_items
+from featx.nets.backbones import resolve_backbone
+from featx.nets.build import clear_networks, get_network
 from tests.conftest import tiny_convnet, tiny_dense
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def test_auto_picks_openvino_on_this_cpu_and_keras_elsewhere():
         resolve_backbone("mobilenet", engine="openvino", precision="mixed_float16")
     with pytest.raises(ValueError, match="engine='cuda' is not valid"):
         resolve_backbone("mobilenet", engine="cuda")
-    code = ("from featx.backbones import resolve_backbone as r; "
+    code = ("from featx.nets.backbones import resolve_backbone as r; "
             "c = r('mobilenet', engine='auto'); print(c.engine, '|', c.engine_note)")
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -208,7 +208,7 @@ def test_several_cuts_in_one_pass_equal_one_cut_at_a_time(images, engine, tmp_pa
 
 
 def test_command_line_engine_and_precision(image_folder, tmp_path, capsys):
-    from featx.cli import main
+    from featx.cli.main import main
 
     model = tmp_path / "tiny.keras"
     tiny_convnet((16, 16, 3)).save(model)
@@ -231,7 +231,7 @@ def test_weights_install_prepares_the_default_network_for_openvino(imagenet_weig
     `ImageEmbedder("mobilenet")` reads it from disk and never imports TensorFlow."""
     home = tmp_path / "home"
     env = {**os.environ, "FEATX_HOME": str(home)}
-    featx = [sys.executable, "-m", "featx.cli"]
+    featx = [sys.executable, "-m", "featx.cli.main"]
 
     def install(*flags: str) -> str:
         return subprocess.run([*featx, "weights", "install", "mobilenet", *flags], env=env,

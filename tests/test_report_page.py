@@ -17,7 +17,7 @@ from PIL import Image
 
 from featx import tune_heads
 from featx.exceptions import FeatxError
-from featx.report import embedding_map, write_report
+from featx.report.page import embedding_map, write_report
 
 
 class Page(HTMLParser):

@@ -1,4 +1,5 @@
-"""featx.plots: PNG files of a leaderboard and a confusion matrix; matplotlib only when drawing."""
+"""featx.report.plots: PNG files of a leaderboard and a confusion matrix; matplotlib only when
+drawing."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def boards():
 
 
 def test_importing_featx_does_not_import_matplotlib():
-    code = "import sys, featx, featx.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, featx, featx.report.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

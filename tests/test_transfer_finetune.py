@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from featx import FeatxError, ImageEmbedder, ImageLoadError, load_model, read_manifest
-from featx.finetune import fine_tune
-from featx.finetune_data import augment_pixels
-from featx.tuned_file import METADATA_NAME, read_tuned_metadata
+from featx.nets.tuned_file import METADATA_NAME, read_tuned_metadata
+from featx.transfer.finetune import fine_tune
+from featx.transfer.finetune_data import augment_pixels
 
 FEATX = Path(sys.executable).parent / "featx"
 
@@ -136,7 +136,7 @@ def test_embedder_cuts_at_the_features_layer_with_the_training_preprocessing(tun
     config = embedder.config_
     assert config.layer == "featx_features" and config.preprocess == "scale"
     # By hand: the same resize, /255, the network up to the features layer.
-    from featx.images import as_items, load_pixels
+    from featx.embed.images import as_items, load_pixels
 
     pixels = np.stack([load_pixels(item, (16, 16)) for item in as_items(images)[0]])
     model = keras_load(tuned["out"])
@@ -185,7 +185,7 @@ def test_early_stopping_keeps_the_best_epoch(backbone_file, tmp_path):
     """The saved weights are those of the epoch with the lowest validation loss."""
     import keras
 
-    from featx.finetune import _split
+    from featx.transfer.finetune import _split
 
     images, y = striped_images(45, seed=1)
     seen: list[float] = []
@@ -365,8 +365,8 @@ def test_jax_backend(backbone_file, tmp_path):
     script = textwrap.dedent(f"""
         import json, numpy as np, keras
         from featx import ImageEmbedder
-        from featx.finetune import fine_tune
-        from featx.tuned_file import read_tuned_metadata
+        from featx.transfer.finetune import fine_tune
+        from featx.nets.tuned_file import read_tuned_metadata
         from tests.test_finetune import striped_images
         assert keras.backend.backend() == "jax"
         images, y = striped_images(30)

@@ -1,4 +1,4 @@
-"""featx.probe: several depths in one pass, each cached where its embedder reads."""
+"""featx.transfer.probe: several depths in one pass, each cached where its embedder reads."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from featx import FeatxError, ImageEmbedder, tune_heads
-from featx.network import get_network
-from featx.probe import LayerProbe, probe_layers
+from featx.nets.build import get_network
+from featx.transfer.probe import LayerProbe, probe_layers
 
 
 def three_convs(shape):

@@ -1,4 +1,4 @@
-"""Tests of featx.weights: offline ImageNet MobileNet weights installed where Keras looks.
+"""Tests of featx.weights.install: offline ImageNet MobileNet weights installed where Keras looks.
 
 The conversion (a few seconds) runs once per session into a temporary Keras home; these tests never
 touch the user's ~/.keras. The source archive comes from ``$FEATX_TEST_NUDITY_ARCHIVE`` when set,

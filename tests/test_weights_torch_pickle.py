@@ -1,4 +1,4 @@
-"""Tests of featx.torch_pickle: legacy PyTorch state dicts read without PyTorch, safely.
+"""Tests of featx.weights.torch_pickle: legacy PyTorch state dicts read without PyTorch, safely.
 
 The files are written here in torch.save's legacy layout by a small writer that needs no PyTorch
 (stand-in ``torch`` modules exist only while a file is written, so that pickle can name
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from featx.exceptions import FeatxError
-from featx.torch_pickle import MAGIC_NUMBER, load_state_dict
+from featx.weights.torch_pickle import MAGIC_NUMBER, load_state_dict
 
 
 class _Storage:

@@ -15,7 +15,7 @@ and its grid in one of them by name (:data:`ADAPTERS`).
 
 Choosing among adapters without target labels (:class:`TargetData`, which a search passes whole,
 and the scorers :class:`ReverseValidationScorer` and :class:`PredictionEntropyScorer`) is
-:mod:`featx.adapt_select`'s; they are re-exported here.
+:mod:`featx.adapt.selection`'s; :mod:`featx.adapt` exports both.
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from featx.adapt_select import (
-    PredictionEntropyScorer,
-    ReverseValidationScorer,
+from featx.adapt.selection import (
     TargetData,
     _refuse_nonfinite,
 )
@@ -41,11 +39,8 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
-    "TargetData",
     "CORAL",
     "SubspaceAlignment",
-    "ReverseValidationScorer",
-    "PredictionEntropyScorer",
     "coral_matrix",
     "adapted_head",
     "ADAPTERS",

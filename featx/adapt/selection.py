@@ -1,7 +1,7 @@
 """Choosing an adapter and its settings without target labels.
 
-A search over adapters (:mod:`featx.adapt`) has the source's labels and the target's rows, not
-the target's labels. This module holds what such a search needs:
+A search over adapters (:mod:`featx.adapt.adapters`) has the source's labels and the target's rows,
+not the target's labels. This module holds what such a search needs:
 
 - :class:`TargetData`, the target rows wrapped so that a search passes them whole. With
   scikit-learn's metadata routing off (its default), a search slices every fit parameter whose
@@ -16,8 +16,8 @@ the target's labels. This module holds what such a search needs:
 - :class:`PredictionEntropyScorer` scores the mean entropy of the target's predicted
   probabilities (lower is better, so the score is its negative).
 
-Both scorers are ``scoring=`` callables for a search. Everything here is re-exported by
-:mod:`featx.adapt`, the place to import it from.
+Both scorers are ``scoring=`` callables for a search. Everything here is exported by
+:mod:`featx.adapt.adapters`, the place to import it from.
 """
 
 from __future__ import annotations

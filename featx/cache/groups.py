@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from featx.cache import EmbeddingCache, GroupInfo
+from featx.cache.store import EmbeddingCache, GroupInfo
 from featx.exceptions import CacheGroupError, FeatxError
 
 __all__ = [
@@ -61,7 +61,7 @@ def choose_group(
     Examples
     --------
     >>> import numpy as np, tempfile, os
-    >>> from featx.cache import EmbeddingCache
+    >>> from featx.cache.store import EmbeddingCache
     >>> path = os.path.join(tempfile.mkdtemp(), "emb.h5")
     >>> EmbeddingCache(path).append("ab12", ["a" * 64], np.ones((1, 3), np.float32), ["x.png"])
     1
@@ -132,15 +132,15 @@ def embedder_params_from_group(group: GroupInfo) -> dict[str, Any]:
 
     Examples
     --------
-    >>> from featx.backbones import resolve_backbone
-    >>> from featx.cache import GroupInfo
+    >>> from featx.nets.backbones import resolve_backbone
+    >>> from featx.cache.store import GroupInfo
     >>> cfg = resolve_backbone("mobilenet", input_size=160, pooling="max")
     >>> info = GroupInfo(cfg.fingerprint, cfg.fingerprint_fields, cfg.label, 1024, 10)
     >>> params = embedder_params_from_group(info)
     >>> params["backbone"], params["input_size"], params["pooling"], params["weights"]
     ('mobilenet', 160, 'max', 'imagenet')
     """
-    from featx.backbones import BACKBONES, PREPROCESS_MODES, resolve_backbone
+    from featx.nets.backbones import BACKBONES, PREPROCESS_MODES, resolve_backbone
 
     fields = dict(group.fields)
     where = f"cache group {describe_group(group)}"
@@ -241,7 +241,7 @@ def _model_file(group: GroupInfo, source_id: str, where: str) -> str:
     ``"file <path>, "``. Each ``", "``-separated prefix is tried as a path (a path may hold a
     comma), and only a file with the stored digest is taken.
     """
-    from featx.backbones import file_sha256
+    from featx.nets.backbones import file_sha256
 
     label = group.label.removeprefix("file ")
     parts = label.split(", ")

@@ -4,7 +4,7 @@
 that holds it (the main file, then the segments oldest first); a group whose stored settings are
 not the ones its fingerprint stands for is refused. The files themselves (the layout of
 ``docs/cache-format.md``, the per-file key index, locks, segment commits and compaction) are
-:mod:`featx.cache_files`'s.
+:mod:`featx.cache.files`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from featx.cache_files import CACHE_FORMAT_VERSION, CacheFiles, FileIndex, GroupIndex, file_size
+from featx.cache.files import CACHE_FORMAT_VERSION, CacheFiles, FileIndex, GroupIndex, file_size
 from featx.exceptions import CacheError
 
 __all__ = ["EmbeddingCache", "GroupInfo", "CACHE_FORMAT_VERSION", "open_cache"]

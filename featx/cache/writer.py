@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from featx.backbones import BackboneConfig
-from featx.cache import EmbeddingCache
+from featx.cache.store import EmbeddingCache
+from featx.nets.backbones import BackboneConfig
 
 __all__ = ["CacheWriter"]
 
@@ -28,7 +28,7 @@ class CacheWriter:
     ----------
     cache : EmbeddingCache
     group : str
-        The cache group the rows go to (:func:`featx.engine.cache_group`).
+        The cache group the rows go to (:func:`featx.embed.engine.cache_group`).
     config : BackboneConfig
         Whose fingerprint fields and label the group records.
     """

@@ -58,7 +58,7 @@ def layer(text: str) -> str | int:
 
 
 def heads_list(text: str) -> list[str]:
-    from featx.heads import HEADS, list_heads
+    from featx.heads.presets import HEADS, list_heads
 
     names = [t.strip().lower().replace("-", "_") for t in text.split(",") if t.strip()]
     if names == ["all"]:
@@ -138,7 +138,7 @@ def add_search_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_heads_flags(parser: argparse.ArgumentParser) -> None:
     """Which heads and how many folds: ``--heads``, ``--cv`` (``heads`` and ``probe``)."""
-    from featx.heads import DEFAULT_HEADS
+    from featx.heads.presets import DEFAULT_HEADS
 
     parser.add_argument("--heads", type=heads_list, default=list(DEFAULT_HEADS), metavar="H,H",
                         help="comma-separated heads to tune, or 'all' (default "
@@ -182,9 +182,9 @@ def embedder_flags(backbone_required: bool = True) -> argparse.ArgumentParser:
 
     With ``backbone_required=False`` (``heads``) ``--backbone`` may be left out, the options
     describing a backbone have no default (absent from the namespace unless given: see
-    :func:`featx.cli_heads.backbone_from_cache`), and ``--group`` picks one of the cache's groups.
+    :func:`featx.cli.heads.backbone_from_cache`), and ``--group`` picks one of the cache's groups.
     """
-    from featx.backbones import ENGINES, POOLINGS, PRECISIONS
+    from featx.nets.backbones import ENGINES, POOLINGS, PRECISIONS
 
     unset: dict[str, Any] = {} if backbone_required else {"default": argparse.SUPPRESS}
     flags = argparse.ArgumentParser(add_help=False)

@@ -1,4 +1,4 @@
-"""``featx demo``: Fashion-MNIST end to end (:func:`featx.demo.run_demo`)."""
+"""``featx demo``: Fashion-MNIST end to end (:func:`featx.data.demo.run_demo`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from featx.cli_args import (
+from featx.cli.args import (
     add_command,
     folds,
     heads_list,
@@ -20,7 +20,7 @@ from featx.cli_args import (
 
 def add_demo_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     """Add ``featx demo`` to the ``featx`` subcommands."""
-    from featx.demo import DEMO_HEADS, DEMO_INPUT_SIZE
+    from featx.data.demo import DEMO_HEADS, DEMO_INPUT_SIZE
 
     demo = add_command(
         commands, "demo", cmd_demo, [flags],
@@ -52,11 +52,11 @@ def add_demo_command(commands: Any, flags: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from featx.demo import run_demo
+    from featx.data.demo import run_demo
 
     out = args.out
     if out is None:
-        from featx.weights import featx_home
+        from featx._home import featx_home
 
         out = featx_home() / "demo"
     result = run_demo(

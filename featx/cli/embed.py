@@ -11,8 +11,8 @@ import time
 import warnings
 from typing import Any
 
-from featx.cli_args import add_command, embedder_flags, progress, ray_flags, reason, say_for
-from featx.cli_sources import list_source
+from featx.cli.args import add_command, embedder_flags, progress, ray_flags, reason, say_for
+from featx.cli.sources import list_source
 from featx.exceptions import FeatxError, ImageLoadError
 
 
@@ -34,7 +34,7 @@ def add_embed_command(commands: Any, flags: argparse.ArgumentParser) -> None:
 def make_embedder(args: argparse.Namespace, on_error: str,
                   params: dict[str, Any] | None = None) -> Any:
     """The embedder the options describe; ``params`` (backbone settings) replace theirs."""
-    from featx.embedder import ImageEmbedder
+    from featx.embed.embedder import ImageEmbedder
 
     if params is None:
         params = dict(backbone=args.backbone, weights=args.weights, layer=args.layer,
@@ -110,7 +110,7 @@ def _embed_here(args: argparse.Namespace, paths: list[str], embedder: Any) -> An
 def embed_on_ray(args: argparse.Namespace, paths: list[str], embedder: Any) -> Any:
     """``--ray``: embed on the cluster ``--ray-address`` (or ``RAY_ADDRESS``) names, or on a
     local one started for this command and shut down after it; the report of the run."""
-    from featx.distributed import embed_on_ray as run_on_ray
+    from featx.distributed.driver import embed_on_ray as run_on_ray
 
     report = run_on_ray(paths, embedder, address=args.ray_address, workers=args.workers,
                         gpus_per_worker=args.gpus_per_worker)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from featx.cli_args import (
+from featx.cli.args import (
     add_command,
     add_label_column,
     add_labelled_source,
@@ -18,7 +18,7 @@ from featx.cli_args import (
     say_for,
     weights,
 )
-from featx.cli_sources import labelled_source
+from featx.cli.sources import labelled_source
 
 
 def add_finetune_command(commands: Any, flags: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def add_finetune_command(commands: Any, flags: argparse.ArgumentParser) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from featx.finetune import fine_tune
+    from featx.transfer.finetune import fine_tune
 
     paths, y = labelled_source(args.src, args.path_column, args.label_column)
     fine_tune(

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from featx.cli_args import (
+from featx.cli.args import (
     add_command,
     add_heads_flags,
     add_label_column,
@@ -27,8 +27,8 @@ from featx.cli_args import (
     say_for,
     test_size_of,
 )
-from featx.cli_embed import embed_on_ray, make_embedder, ray_options_need_ray
-from featx.cli_sources import labelled_source, list_source
+from featx.cli.embed import embed_on_ray, make_embedder, ray_options_need_ray
+from featx.cli.sources import labelled_source, list_source
 from featx.exceptions import FeatxError
 
 
@@ -70,7 +70,7 @@ def cmd_heads(args: argparse.Namespace) -> int:
     ray_options_need_ray(args)
     if not args.ray:
         return _heads(args)
-    from featx.distributed import ray_session
+    from featx.distributed.driver import ray_session
 
     with ray_session(args.ray_address):  # one cluster for the embedding and the tuning
         return _heads(args)
@@ -80,9 +80,9 @@ def _heads(args: argparse.Namespace) -> int:
     import numpy as np
 
     from featx.heads import tune_heads
-    from featx.plots import plot_confusion_matrix, plot_leaderboard
-    from featx.report import write_report
-    from featx.saved import FeatxModel
+    from featx.model import FeatxModel
+    from featx.report.page import write_report
+    from featx.report.plots import plot_confusion_matrix, plot_leaderboard
 
     say = say_for(args)
     paths, y = labelled_source(args.src, args.path_column, args.label_column)
@@ -219,7 +219,7 @@ def backbone_from_cache(args: argparse.Namespace) -> dict[str, Any] | None:
     cache's one group (or the one ``--group`` names) gives every setting, and options that
     describe a backbone are refused (they would be ignored).
     """
-    from featx.cache_groups import describe_group, embedder_params_from_cache
+    from featx.cache.groups import describe_group, embedder_params_from_cache
     from featx.exceptions import CacheGroupError
 
     given = [name for name in _BACKBONE_OPTIONS if hasattr(args, name)]
@@ -270,9 +270,9 @@ def _heads_on_target(args: argparse.Namespace, embedder: Any, X: Any, y: Any) ->
     """
     import numpy as np
 
-    from featx.plots import plot_confusion_matrix, plot_leaderboard
-    from featx.saved import FeatxModel
-    from featx.tuning import tune_heads
+    from featx.heads.tuning import tune_heads
+    from featx.model import FeatxModel
+    from featx.report.plots import plot_confusion_matrix, plot_leaderboard
 
     say = say_for(args)
     folder = Path(args.target)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from featx.cli_args import add_command
+from featx.cli.args import add_command
 from featx.exceptions import FeatxError
 
 
@@ -24,7 +24,7 @@ def add_info_command(commands: Any, flags: argparse.ArgumentParser) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     import zipfile
 
-    from featx.cache import EmbeddingCache
+    from featx.cache.store import EmbeddingCache
 
     path = Path(args.file)
     if not path.is_file():
@@ -45,7 +45,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _model_info(path: Path, args: argparse.Namespace) -> int:
     import json
 
-    from featx.saved import read_manifest
+    from featx.model.saved import read_manifest
 
     manifest = read_manifest(path)
     embedder = manifest["embedder"]

@@ -29,8 +29,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-import featx
-from featx.cli_args import verbosity_flags
+from featx._version import __version__
+from featx.cli.args import verbosity_flags
 from featx.exceptions import FeatxError
 
 __all__ = ["main"]
@@ -40,14 +40,14 @@ _PROG = "featx"
 
 def _parser() -> argparse.ArgumentParser:
     """``featx`` and its subcommands, each added by its own module."""
-    from featx.cli_demo import add_demo_command
-    from featx.cli_embed import add_embed_command
-    from featx.cli_finetune import add_finetune_command
-    from featx.cli_heads import add_heads_command
-    from featx.cli_info import add_info_command
-    from featx.cli_predict import add_predict_command
-    from featx.cli_probe import add_probe_command
-    from featx.cli_weights import add_weights_command
+    from featx.cli.demo import add_demo_command
+    from featx.cli.embed import add_embed_command
+    from featx.cli.finetune import add_finetune_command
+    from featx.cli.heads import add_heads_command
+    from featx.cli.info import add_info_command
+    from featx.cli.predict import add_predict_command
+    from featx.cli.probe import add_probe_command
+    from featx.cli.weights import add_weights_command
 
     parser = argparse.ArgumentParser(
         prog=_PROG,
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         "an HDF5 embedding cache.",
         parents=[verbosity_flags(0)],
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {featx.__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     flags = verbosity_flags(argparse.SUPPRESS)
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     commands.required = True
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter is noise on a command line. Some of it is written before
     # its log level is read, so without -v native log lines are filtered out of fd 2 as well.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if args.verbosity > 0 else "3")
-    from featx._quiet import quiet_native_stderr
+    from featx.cli.quiet import quiet_native_stderr
 
     try:
         with quiet_native_stderr(enabled=args.verbosity <= 0):

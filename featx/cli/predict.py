@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import Any
 
-from featx.cli_args import (
+from featx.cli.args import (
     add_command,
     add_path_column,
     add_retry_failed,
@@ -15,7 +15,7 @@ from featx.cli_args import (
     progress,
     reason,
 )
-from featx.cli_sources import list_source
+from featx.cli.sources import list_source
 
 _PROG = "featx"
 
@@ -55,7 +55,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from featx.exceptions import ModelVersionWarning
-    from featx.saved import load_model, predictions_csv_rows
+    from featx.model import load_model, predictions_csv_rows
 
     paths = [p for src in args.sources for p in list_source(src, args.path_column)]
     with warnings.catch_warnings(record=True) as caught:

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from featx.cli_args import (
+from featx.cli.args import (
     add_command,
     add_heads_flags,
     add_label_column,
@@ -28,8 +28,8 @@ from featx.cli_args import (
     test_size_of,
     weights,
 )
-from featx.cli_heads import held_out
-from featx.cli_sources import labelled_source
+from featx.cli.heads import held_out
+from featx.cli.sources import labelled_source
 from featx.exceptions import FeatxError
 
 
@@ -54,8 +54,8 @@ def _layers(text: str) -> Any:
 
 def add_probe_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     """Add ``featx probe`` to the ``featx`` sub-commands."""
-    from featx.backbones import ENGINES, POOLINGS, PRECISIONS
-    from featx.probe import MAX_FLATTEN_WIDTH
+    from featx.nets.backbones import ENGINES, POOLINGS, PRECISIONS
+    from featx.transfer.probe import MAX_FLATTEN_WIDTH
 
     probe = add_command(
         commands, "probe", run_probe, [flags],
@@ -107,9 +107,9 @@ def run_probe(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from featx.plots import plot_depth
-    from featx.probe import probe_layers
-    from featx.saved import FeatxModel
+    from featx.model import FeatxModel
+    from featx.report.plots import plot_depth
+    from featx.transfer.probe import probe_layers
 
     say = say_for(args)
     paths, y = labelled_source(args.src, args.path_column, args.label_column)
@@ -182,8 +182,8 @@ def _report(out: Path, probe: Any, rows: Any, y: Any, evaluated: Any,
     """report.html (featx.report) for the best (layer, head), with the depth plot."""
     import numpy as np
 
-    from featx.plots import plot_confusion_matrix
-    from featx.report import write_report
+    from featx.report.page import write_report
+    from featx.report.plots import plot_confusion_matrix
 
     best = probe.best
     confusion = plot_confusion_matrix(

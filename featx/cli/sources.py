@@ -15,7 +15,7 @@ from featx.exceptions import FeatxError
 
 def list_source(src: str, path_column: str) -> list[str]:
     """Image paths from a class folder, a flat folder of images, a CSV file or one image file."""
-    from featx.images import IMAGE_EXTENSIONS, load_image_csv, load_image_folder
+    from featx.embed.images import IMAGE_EXTENSIONS, load_image_csv, load_image_folder
 
     path = Path(src)
     if path.is_dir():
@@ -45,7 +45,7 @@ def labelled_source(src: str, path_column: str, label_column: str) -> tuple[list
     """Image paths and their class names from a class folder or a CSV file with labels."""
     import numpy as np
 
-    from featx.images import load_image_csv, load_image_folder
+    from featx.embed.images import load_image_csv, load_image_folder
 
     path = Path(src)
     if path.is_dir():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from featx.cli_args import add_command, say_for
+from featx.cli.args import add_command, say_for
 
 
 def add_weights_command(commands: Any, flags: argparse.ArgumentParser) -> None:

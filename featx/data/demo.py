@@ -53,7 +53,7 @@ def load_demo_data(
         ``name`` is ``"fashion-mnist"`` or ``"digits"``; images are uint8 (N, H, W).
     """
     log = log or (lambda line: None)
-    from featx.datasets import load_digits_images, load_fashion_mnist, stratified_subset
+    from featx.data.datasets import load_digits_images, load_fashion_mnist, stratified_subset
 
     try:
         x_train, y_train, classes = load_fashion_mnist("train", n_train)
@@ -83,12 +83,12 @@ def second_family(backbone: Any, weights: Any) -> tuple[str, ...]:
 
     Examples
     --------
-    >>> from featx.demo import second_family
+    >>> from featx.data.demo import second_family
     >>> second_family("resnet50", "imagenet")
     ()
     """
-    from featx.efficientnet_lite import weight_filename
-    from featx.weights import keras_models_dir
+    from featx._home import keras_models_dir
+    from featx.nets.efficientnet_lite import weight_filename
 
     if backbone != "mobilenet" or weights != "imagenet":
         return ()
@@ -185,7 +185,7 @@ def run_demo(
     >>> result["n_images"]  # doctest: +SKIP
     60
     """
-    from featx.embedder import ImageEmbedder
+    from featx.embed.embedder import ImageEmbedder
 
     say = log or (lambda line: None)
     started = time.perf_counter()
@@ -290,8 +290,8 @@ def _write_split(root: Path, images: np.ndarray, labels: np.ndarray,
                  classes: Sequence[str]) -> dict[str, Any]:
     """One split as PNG files under ``root``, one folder per class; its paths, class names
     (the heads learn names, so that the saved model predicts names) and pixels, aligned."""
-    from featx.datasets import write_image_folder
-    from featx.images import load_image_folder
+    from featx.data.datasets import write_image_folder
+    from featx.embed.images import load_image_folder
 
     # Sorted by label, the folder lists in array order: paths and pixels stay aligned.
     order = np.argsort(labels, kind="stable")
@@ -330,9 +330,9 @@ def _write_outputs(out: Path, dataset: str, classes: Sequence[str], backbone_nam
                    splits: dict[str, dict[str, Any]], random_state: int) -> dict[str, Any]:
     """The plots, the leaderboards as CSV, the best head as ``model.featx`` and
     ``report.html`` (featx.report: t-SNE of at most 1,500 of the embeddings)."""
-    from featx.plots import plot_confusion_matrix, plot_leaderboard
-    from featx.report import write_report
-    from featx.saved import FeatxModel
+    from featx.model import FeatxModel
+    from featx.report.page import write_report
+    from featx.report.plots import plot_confusion_matrix, plot_leaderboard
 
     emb_board, px_board = boards["embeddings"], boards["raw pixels"]
     best = emb_board.best

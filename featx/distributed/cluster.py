@@ -5,7 +5,7 @@ shuts a cluster it started down when it ends. :func:`ray_joblib` runs scikit-lea
 fits on the cluster through Ray's joblib backend; :func:`object_store_array` puts an array into
 the object store once, so that each fit receives a reference rather than a copy
 (``tune_heads(..., backend="ray")`` uses both). Embedding on the cluster is
-:mod:`featx.distributed`'s.
+:mod:`featx.distributed.driver`'s.
 
 Ray is imported only when used: ``pip install 'featx[ray]'``. See ``docs/distributed.md``.
 """

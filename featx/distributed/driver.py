@@ -1,19 +1,19 @@
 """Embedding on a Ray cluster into the one cache: :func:`embed_on_ray`.
 
 :func:`embed_on_ray` splits the items into shards and hands them to Ray actors, one per GPU (or
-per node on a CPU cluster). Each actor (:class:`featx.ray_worker.RayWorker`) builds the network
-once and runs featx's engine (:func:`featx.engine.run_network`) on its shards, with decode
-threads sized to the CPUs Ray gave it. Workers read the image bytes and compute the content
+per node on a CPU cluster). Each actor (:class:`featx.distributed.worker.RayWorker`) builds the
+network once and runs featx's engine (:func:`featx.embed.engine.run_network`) on its shards, with
+decode threads sized to the CPUs Ray gave it. Workers read the image bytes and compute the content
 keys; the driver never reads an image. The cache's known keys (and remembered failures) go into
 Ray's object store once; workers skip them and send back keys, vectors and failures, which the
 driver commits to the cache as they stream in, through the cache writer
-(:class:`featx.cache_writer.CacheWriter`; a segment per commit: no shared file system needed).
+(:class:`featx.cache.writer.CacheWriter`; a segment per commit: no shared file system needed).
 A worker that dies is replaced by Ray and its unfinished shard is done again; a shard that kills
 workers is halved until the one item that does it is found and reported.
 
 Joining or starting the cluster (:func:`ray_session`) and heads on Ray through joblib
-(:func:`ray_joblib`, :func:`object_store_array`) are :mod:`featx.ray_cluster`'s, importable from
-here too.
+(:func:`ray_joblib`, :func:`object_store_array`) are :mod:`featx.distributed.cluster`'s, importable
+from here too.
 
 Ray is imported only when used: ``pip install 'featx[ray]'``. See ``docs/distributed.md``.
 """
@@ -29,29 +29,20 @@ from typing import Any
 
 import numpy as np
 
-from featx.backbones import BackboneConfig
-from featx.cache import EmbeddingCache
-from featx.cache_writer import CacheWriter
-from featx.engine import EmbeddingReport, cache_group, progress_bar
-from featx.exceptions import FeatxError, ImageLoadError
-from featx.images import Item, as_items, batched
-from featx.ray_cluster import (
+from featx.cache.store import EmbeddingCache
+from featx.cache.writer import CacheWriter
+from featx.distributed.cluster import (
     ClusterError,
     import_ray,
-    object_store_array,
-    ray_joblib,
     ray_session,
 )
-from featx.ray_worker import KnownKeys, RayWorker, ShardResult
+from featx.distributed.worker import KnownKeys, RayWorker, ShardResult
+from featx.embed.engine import EmbeddingReport, cache_group, progress_bar
+from featx.embed.images import Item, as_items, batched
+from featx.exceptions import FeatxError, ImageLoadError
+from featx.nets.backbones import BackboneConfig
 
-__all__ = [
-    "ClusterError",
-    "RayEmbeddingReport",
-    "embed_on_ray",
-    "ray_session",
-    "ray_joblib",
-    "object_store_array",
-]
+__all__ = ["RayEmbeddingReport", "embed_on_ray"]
 
 #: Shards each worker holds at once: one running, one waiting, so a worker never idles
 #: between shards.
@@ -66,7 +57,7 @@ SHARD_BATCHES = 8
 
 @dataclass(eq=False)
 class RayEmbeddingReport(EmbeddingReport):
-    """An :class:`~featx.engine.EmbeddingReport`, with what the cluster did.
+    """An :class:`~featx.embed.engine.EmbeddingReport`, with what the cluster did.
 
     Attributes
     ----------

@@ -1,10 +1,11 @@
-"""One Ray actor of :func:`featx.distributed.embed_on_ray`, and what it exchanges with the driver.
+"""One Ray actor of :func:`featx.distributed.embed_on_ray`, and what it exchanges with the
+driver.
 
 :class:`RayWorker` builds the network once and embeds the shards it is given with featx's engine
-(:func:`featx.engine.run_network`): it reads the images, computes their content keys, skips those
-in :class:`KnownKeys` (the cache's keys and remembered failures, read in place from Ray's object
-store) and sends back a :class:`ShardResult` for the driver to commit. It runs in Ray's worker
-processes; the driver's side is :mod:`featx.distributed`.
+(:func:`featx.embed.engine.run_network`): it reads the images, computes their content keys, skips
+those in :class:`KnownKeys` (the cache's keys and remembered failures, read in place from Ray's
+object store) and sends back a :class:`ShardResult` for the driver to commit. It runs in Ray's
+worker processes; the driver's side is :mod:`featx.distributed.driver`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from featx.engine import cache_group, network_for, run_network, safe_key
+from featx.embed.engine import cache_group, network_for, run_network, safe_key
+from featx.embed.images import Item
 from featx.exceptions import ImageLoadError
-from featx.images import Item
 
 __all__ = ["RayWorker", "KnownKeys", "ShardResult", "FAULT_ENV"]
 

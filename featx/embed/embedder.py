@@ -17,7 +17,10 @@ from sklearn.base import (
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
-from featx.backbones import (
+from featx.embed.engine import MAX_PIXELS, EmbeddingReport, embed_items, output_widths
+from featx.embed.images import as_items, warn_if_unit_scale
+from featx.exceptions import ImageLoadError
+from featx.nets.backbones import (
     ENGINES,
     POOLINGS,
     PRECISIONS,
@@ -26,9 +29,6 @@ from featx.backbones import (
     BackboneConfig,
     resolve_backbone,
 )
-from featx.engine import MAX_PIXELS, EmbeddingReport, embed_items, output_widths
-from featx.exceptions import ImageLoadError
-from featx.images import as_items, warn_if_unit_scale
 
 __all__ = ["ImageEmbedder", "EmbeddingReport", "MAX_PIXELS"]
 

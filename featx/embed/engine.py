@@ -4,7 +4,7 @@
 one backbone at once (one forward pass, each cut cached in its own group): content keys, cache
 lookups (remembered failures included), each distinct content embedded once, decode threads one
 batch ahead of the network, one batch in flight on the network, a writer thread committing every
-batch to the cache (:class:`featx.cache_writer.CacheWriter`), and an :class:`EmbeddingReport`.
+batch to the cache (:class:`featx.cache.writer.CacheWriter`), and an :class:`EmbeddingReport`.
 :func:`run_network` is its streaming core (decode, prefetch, dispatch) for callers that keep
 their own books, such as the Ray workers; :func:`cache_group`, :func:`safe_key` and
 :func:`progress_bar` are theirs too.
@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from featx.backbones import BackboneConfig
-from featx.cache import EmbeddingCache, open_cache
-from featx.cache_writer import CacheWriter
+from featx.cache.store import EmbeddingCache, open_cache
+from featx.cache.writer import CacheWriter
+from featx.embed.images import Item, batched, load_pixels
 from featx.exceptions import FeatxError, ImageLoadError
-from featx.images import Item, batched, load_pixels
-from featx.network import Network, get_network
+from featx.nets.backbones import BackboneConfig
+from featx.nets.build import get_network
+from featx.nets.network import Network
 
 __all__ = ["EmbeddingReport", "EngineResult", "embed_items", "run_network", "default_workers"]
 
@@ -117,7 +118,7 @@ def embed_items(
         goes through the network once, and each configuration's rows are cached in its own group
         (the group an ``ImageEmbedder`` with that layer and pooling reads).
     items : list of Item
-        From :func:`featx.images.as_items`.
+        From :func:`featx.embed.images.as_items`.
     kind : {"images", "vectors"}
         What the items are.
     sample_shape : tuple of int, optional

@@ -1,12 +1,12 @@
-"""Classical heads on embeddings: the presets, and where tuning and the leaderboard live.
+"""Classical heads on embeddings: the presets.
 
 A *head* is a scikit-learn classifier that trains on embeddings. :data:`HEADS` holds presets,
 each a :class:`~sklearn.pipeline.Pipeline` (with a ``StandardScaler`` where the head needs
 comparable feature scales) and a small default search grid; :func:`make_head` builds one.
 
-Tuning is in :mod:`featx.tuning` (:func:`tune_heads`, :func:`cached_embeddings`) and the ranked
-results in :mod:`featx.leaderboard` (:class:`HeadResult`, :class:`Leaderboard`); both are
-re-exported here, so ``from featx.heads import tune_heads, Leaderboard`` keeps working.
+Tuning is in :mod:`featx.heads.tuning` (:func:`tune_heads`, :func:`cached_embeddings`) and the
+ranked results in :mod:`featx.heads.leaderboard` (:class:`HeadResult`, :class:`Leaderboard`);
+``from featx.heads import tune_heads, Leaderboard`` reaches all of them.
 """
 
 from __future__ import annotations
@@ -22,12 +22,8 @@ __all__ = [
     "HeadPreset",
     "HEADS",
     "DEFAULT_HEADS",
-    "HeadResult",
-    "Leaderboard",
     "list_heads",
     "make_head",
-    "tune_heads",
-    "cached_embeddings",
 ]
 
 
@@ -186,7 +182,3 @@ def make_head(name: str, *, random_state: int | None = 0, **params: Any) -> Any:
     head = _preset(name).make(random_state)
     return head.set_params(**params) if params else head
 
-
-# Tuning and the leaderboard import the presets above; re-exported for the public import path.
-from featx.leaderboard import HeadResult, Leaderboard  # noqa: E402
-from featx.tuning import cached_embeddings, tune_heads  # noqa: E402

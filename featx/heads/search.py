@@ -2,7 +2,8 @@
 
 :func:`make_plan` fixes what all searches share (the seeded folds, the metrics, the scorer that
 ranks, the target when adapting); :func:`tune_head` runs one head's grid or successive-halving
-search under that plan and scores its best candidate into a :class:`~featx.leaderboard.HeadResult`;
+search under that plan and scores its best candidate into a
+:class:`~featx.heads.leaderboard.HeadResult`;
 :func:`best_predictions` gives the winner's predictions the leaderboard keeps.
 """
 
@@ -17,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from featx.heads import HeadPreset
-from featx.leaderboard import HeadResult
+from featx.heads.leaderboard import HeadResult
+from featx.heads.presets import HeadPreset
 
 __all__ = ["SearchPlan", "TuningData", "best_predictions", "candidates", "make_plan",
            "result_line", "tune_head"]
@@ -95,7 +96,7 @@ def candidates(
     estimator = head.make(plan.random_state) if isinstance(head, HeadPreset) else clone(head)
     if X_target is None:
         return estimator, grid
-    from featx.adapt import adapted_head
+    from featx.adapt.adapters import adapted_head
 
     return adapted_head(estimator, grid, adapt, None if adapt_grid is None else dict(adapt_grid))
 

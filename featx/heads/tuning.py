@@ -1,7 +1,7 @@
 """Tuning heads on embeddings: :func:`tune_heads` and reading embeddings from a cache.
 
-:func:`tune_heads` tunes any set of heads (the presets of :mod:`featx.heads`, or your own) on the
-same embeddings with the same stratified folds and returns a :class:`~featx.Leaderboard`.
+:func:`tune_heads` tunes any set of heads (the presets of :mod:`featx.heads`, or your own)
+on the same embeddings with the same stratified folds and returns a :class:`~featx.Leaderboard`.
 
 The expensive part, embedding, happens once, before tuning; nothing in this module builds a
 network or embeds an image. Embeddings come in as arrays, or as an embedding cache file plus the
@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from featx.exceptions import FeatxError
-from featx.head_search import (
+from featx.heads.leaderboard import Leaderboard
+from featx.heads.presets import DEFAULT_HEADS, HeadPreset, _preset, list_heads
+from featx.heads.search import (
     TuningData,
     best_predictions,
     candidates,
@@ -34,8 +36,6 @@ from featx.head_search import (
     result_line,
     tune_head,
 )
-from featx.heads import DEFAULT_HEADS, HeadPreset, _preset, list_heads
-from featx.leaderboard import Leaderboard
 
 __all__ = ["tune_heads", "cached_embeddings"]
 
@@ -64,13 +64,13 @@ def cached_embeddings(
     ------
     CacheGroupError
         If the cache does not exist or is empty, or the group is ambiguous or unknown (see
-        :func:`featx.cache_groups.choose_group`; the message lists the groups).
+        :func:`featx.cache.groups.choose_group`; the message lists the groups).
     FeatxError
         If an image is not in the group (the message says how to embed it).
     """
-    from featx.cache import EmbeddingCache
-    from featx.cache_groups import choose_group
-    from featx.images import as_items
+    from featx.cache.groups import choose_group
+    from featx.cache.store import EmbeddingCache
+    from featx.embed.images import as_items
 
     store = EmbeddingCache(cache)
     chosen = choose_group(store, group, offer_backbone=False)
@@ -200,14 +200,15 @@ def tune_heads(
         Unlabelled embeddings of the domain the heads will predict (a cache file needs
         ``target_images``). Every head is then wrapped in a domain adapter (``adapt``), searched
         over its grid and the adapter's, and ranked by reverse validation on the target
-        (:class:`featx.adapt.ReverseValidationScorer`): no target label is used, and ``scoring``
-        is not. The metrics are measured on ``test`` (labelled target rows, when you have some
-        to report on; they never choose), else they are NaN: the source folds say nothing
+        (:class:`featx.adapt.ReverseValidationScorer`): no target label is used, and
+        ``scoring`` is not. The metrics are measured on ``test`` (labelled target rows, when you
+        have some to report on; they never choose), else they are NaN: the source folds say nothing
         about the target. ``test_size`` is refused (it would test on the source).
     target_images : sequence, optional
         The images whose embeddings to read when ``target`` is a cache file.
     adapt : {"coral", "subspace"}, default="coral"
-        The adapter (:class:`featx.adapt.CORAL` or :class:`featx.adapt.SubspaceAlignment`).
+        The adapter (:class:`featx.adapt.CORAL` or
+        :class:`featx.adapt.SubspaceAlignment`).
     adapt_grid : dict, optional
         The adapter's grid, replacing its default (:data:`featx.adapt.ADAPTERS`).
     backend : {None, "ray"}, default=None
@@ -347,7 +348,7 @@ def _parallel(backend: str | None) -> Iterator[Callable[[np.ndarray], np.ndarray
     if backend is None:
         yield lambda X: X
         return
-    from featx.ray_cluster import ray_joblib
+    from featx.distributed.cluster import ray_joblib
 
     with ray_joblib() as share:
         yield share
@@ -359,7 +360,7 @@ def _target_matrix(
     """The unlabelled target embeddings, checked against the source's width."""
     if target is None:
         return None
-    from featx.adapt import ADAPTERS
+    from featx.adapt.adapters import ADAPTERS
 
     if adapt not in ADAPTERS:
         raise FeatxError(f"adapt={adapt!r} is not known; expected one of "

@@ -3,7 +3,7 @@
 :class:`FeatxModel` predicts from paths, arrays or anything :class:`~featx.ImageEmbedder` takes;
 :meth:`FeatxModel.predict_items` gives a :class:`Prediction` per item, a file that cannot be read
 getting its error instead of stopping the others; :func:`predictions_csv_rows` is the CSV
-``featx predict`` writes. Saving and loading it is :mod:`featx.saved`.
+``featx predict`` writes. Saving and loading it is :mod:`featx.model.saved`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from featx.exceptions import FeatxError, ImageLoadError
+from featx.model.saved import describe_head, plain, read_model, write_model
 
-__all__ = ["FeatxModel", "Prediction", "predictions_csv_rows"]
+__all__ = ["FeatxModel", "Prediction", "load_model", "predictions_csv_rows", "save_model"]
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class FeatxModel:
         """
         from sklearn.base import clone
 
-        from featx.images import as_items
+        from featx.embed.images import as_items
 
         names = [item.name for item in as_items(X)[0]]
         embedder = clone(self.embedder).set_params(on_error="skip")
@@ -141,8 +142,6 @@ class FeatxModel:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model to ``path`` (see :func:`featx.save_model`); return the path."""
-        from featx.saved import save_model
-
         return save_model(self, path)
 
     def __repr__(self) -> str:
@@ -189,14 +188,95 @@ def predictions_csv_rows(model: FeatxModel, predictions: Sequence[Prediction]) -
     return rows
 
 
-def plain(value: Any) -> Any:
-    """A NumPy scalar as the Python value it holds (JSON- and CSV-friendly)."""
-    return value.item() if isinstance(value, np.generic) else value
+def save_model(
+    model: Any, path: str | os.PathLike[str], *, info: dict[str, Any] | None = None
+) -> Path:
+    """Save an embedder and its fitted head as one ``.featx`` file.
+
+    Parameters
+    ----------
+    model : FeatxModel or Pipeline
+        A :class:`FeatxModel`, or a fitted Pipeline whose first step is an
+        :class:`featx.ImageEmbedder` (the other steps are the head), such as a grid search's
+        ``best_estimator_``.
+    path : path
+        The file to write (written to a temporary name, then renamed: never half written).
+    info : dict, optional
+        Plain-JSON facts to keep in the manifest (merged over ``model.info``).
+
+    Returns
+    -------
+    path : Path
+
+    Raises
+    ------
+    FeatxError
+        If the embedder's backbone is a ``keras.Model`` or a function, or a parameter is not
+        plain data: the file stores configuration, never weights or code.
+    """
+    return write_model(_as_featx_model(model), path, info=info)
 
 
-def describe_head(head: Any) -> str:
-    """The head's type, or a pipeline's steps: ``Pipeline(StandardScaler, SVC)``."""
-    steps = getattr(head, "steps", None)
-    if steps:
-        return f"Pipeline({', '.join(type(s).__name__ for _, s in steps)})"
-    return type(head).__name__
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    trusted: Sequence[str] | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    safe_mode: bool = True,
+) -> FeatxModel:
+    """Load a ``.featx`` file written by :func:`save_model`; run no code it holds.
+
+    Parameters
+    ----------
+    path : path
+    trusted : sequence of str, optional
+        Fully qualified type names to trust beyond skops's defaults and
+        :data:`featx.model.saved.TRUSTED_TYPES`; needed only for a head of your own types. Trust
+        only files whose origin you trust.
+    cache : path, optional
+        An embedding cache for the rebuilt embedder (the file never stores one).
+    safe_mode : bool, default=True
+        Passed to the embedder: a model-file backbone loads with Keras's safe mode (no Lambda
+        code) unless ``False``, whatever the embedder had when saved.
+
+    Returns
+    -------
+    FeatxModel
+        With ``manifest`` set.
+
+    Warns
+    -----
+    ModelVersionWarning
+        When featx, scikit-learn or Keras differ from the versions the file was made with
+        (each named with both versions).
+
+    Raises
+    ------
+    UntrustedModelError
+        If the head holds a type not trusted; the message names it and how to trust it.
+    FeatxError
+        If the file is not a featx model, has a newer format, is damaged, or its backbone no
+        longer resolves to the embeddings the head was trained on.
+    """
+    embedder, head, manifest = read_model(path, trusted=trusted, cache=cache, safe_mode=safe_mode)
+    model = FeatxModel(embedder, head, info=manifest.get("info") or {})
+    model.manifest = manifest
+    return model
+
+
+def _as_featx_model(model: Any) -> FeatxModel:
+    from featx.embed.embedder import ImageEmbedder
+
+    if isinstance(model, FeatxModel):
+        return model
+    steps = getattr(model, "steps", None)
+    if steps and isinstance(steps[0][1], ImageEmbedder) and len(steps) > 1:
+        from sklearn.pipeline import Pipeline
+
+        rest = steps[1:]
+        head = rest[0][1] if len(rest) == 1 else Pipeline(rest)
+        return FeatxModel(steps[0][1], head)
+    raise FeatxError(
+        f"save_model takes a FeatxModel or a fitted Pipeline whose first step is an "
+        f"ImageEmbedder; got {type(model).__name__}."
+    )

@@ -7,7 +7,7 @@ A ``.featx`` file is a zip archive of two members (``docs/saved-model.md``)::
                     classes; the head's type and the sha256 of head.skops
     head.skops      the fitted head, written with skops (no pickle)
 
-The network's weights are never stored: :func:`load_model` rebuilds the backbone from its
+The network's weights are never stored: :func:`featx.load_model` rebuilds the backbone from its
 configuration (a registry name with ImageNet or random weights, or the path of a model file),
 and checks that it still resolves to the fingerprint the head was trained on.
 
@@ -34,18 +34,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from featx._version import __version__
 from featx.exceptions import FeatxError, ModelVersionWarning, UntrustedModelError
-from featx.model import FeatxModel, Prediction, describe_head, plain, predictions_csv_rows
 
 __all__ = [
-    "FeatxModel",
-    "Prediction",
-    "predictions_csv_rows",
-    "save_model",
-    "load_model",
-    "read_manifest",
     "MODEL_FORMAT_VERSION",
     "TRUSTED_TYPES",
+    "describe_head",
+    "plain",
+    "read_manifest",
+    "read_model",
+    "write_model",
 ]
 
 #: Version of the ``.featx`` file format. A file of a newer format is refused; an older one loads.
@@ -57,9 +58,12 @@ _HEAD = "head.skops"
 #: scikit-learn internals that featx's preset heads hold and skops does not trust by default
 #: (a test dumps every fitted preset and checks this list covers it).
 TRUSTED_TYPES: tuple[str, ...] = (
-    # featx's own domain adapters (featx.adapt): plain estimators holding arrays and a head.
+    # featx's own domain adapters: plain estimators holding arrays and a head. Files written
+    # before featx 0.2 name them by the package (featx.adapt.CORAL), later ones by the module.
     "featx.adapt.CORAL",
     "featx.adapt.SubspaceAlignment",
+    "featx.adapt.adapters.CORAL",
+    "featx.adapt.adapters.SubspaceAlignment",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.metrics._dist_metrics.EuclideanDistance32",
     "sklearn.metrics._dist_metrics.EuclideanDistance64",
@@ -81,10 +85,8 @@ def _version(package: str) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import featx
-
     return {
-        "featx": featx.__version__,
+        "featx": __version__,
         "scikit-learn": _version("scikit-learn"),
         "keras": _version("keras"),
         "numpy": _version("numpy"),
@@ -127,35 +129,13 @@ def _embedder_params(embedder: Any) -> dict[str, Any]:
     return out
 
 
-def save_model(
-    model: Any, path: str | os.PathLike[str], *, info: dict[str, Any] | None = None
-) -> Path:
-    """Save an embedder and its fitted head as one ``.featx`` file.
-
-    Parameters
-    ----------
-    model : FeatxModel or Pipeline
-        A :class:`FeatxModel`, or a fitted Pipeline whose first step is an
-        :class:`featx.ImageEmbedder` (the other steps are the head), such as a grid search's
-        ``best_estimator_``.
-    path : path
-        The file to write (written to a temporary name, then renamed: never half written).
-    info : dict, optional
-        Plain-JSON facts to keep in the manifest (merged over ``model.info``).
-
-    Returns
-    -------
-    path : Path
-
-    Raises
-    ------
-    FeatxError
-        If the embedder's backbone is a ``keras.Model`` or a function, or a parameter is not
-        plain data: the file stores configuration, never weights or code.
-    """
+def write_model(model: Any, path: str | os.PathLike[str], *, info: dict[str, Any] | None = None
+                ) -> Path:
+    """Write a :class:`~featx.model.featx_model.FeatxModel` (its ``embedder``, ``head``,
+    ``info``, ``classes_`` and ``has_proba``) as a ``.featx`` file; see
+    :func:`featx.save_model`."""
     import skops.io as sio
 
-    model = _as_featx_model(model)
     params = _embedder_params(model.embedder)
     config = model.embedder.backbone_config()
     head_bytes = sio.dumps(model.head)
@@ -197,24 +177,6 @@ def save_model(
     finally:
         tmp.unlink(missing_ok=True)
     return out
-
-
-def _as_featx_model(model: Any) -> FeatxModel:
-    from featx.embedder import ImageEmbedder
-
-    if isinstance(model, FeatxModel):
-        return model
-    steps = getattr(model, "steps", None)
-    if steps and isinstance(steps[0][1], ImageEmbedder) and len(steps) > 1:
-        from sklearn.pipeline import Pipeline
-
-        rest = steps[1:]
-        head = rest[0][1] if len(rest) == 1 else Pipeline(rest)
-        return FeatxModel(steps[0][1], head)
-    raise FeatxError(
-        f"save_model takes a FeatxModel or a fitted Pipeline whose first step is an "
-        f"ImageEmbedder; got {type(model).__name__}."
-    )
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -262,50 +224,18 @@ def _manifest(zf: zipfile.ZipFile, file: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_model(
+def read_model(
     path: str | os.PathLike[str],
     *,
     trusted: Sequence[str] | None = None,
     cache: str | os.PathLike[str] | None = None,
     safe_mode: bool = True,
-) -> FeatxModel:
-    """Load a ``.featx`` file written by :func:`save_model`; run no code it holds.
-
-    Parameters
-    ----------
-    path : path
-    trusted : sequence of str, optional
-        Fully qualified type names to trust beyond skops's defaults and
-        :data:`TRUSTED_TYPES`; needed only for a head of your own types. Trust only files
-        whose origin you trust.
-    cache : path, optional
-        An embedding cache for the rebuilt embedder (the file never stores one).
-    safe_mode : bool, default=True
-        Passed to the embedder: a model-file backbone loads with Keras's safe mode (no Lambda
-        code) unless ``False``, whatever the embedder had when saved.
-
-    Returns
-    -------
-    FeatxModel
-        With ``manifest`` set.
-
-    Warns
-    -----
-    ModelVersionWarning
-        When featx, scikit-learn or Keras differ from the versions the file was made with
-        (each named with both versions).
-
-    Raises
-    ------
-    UntrustedModelError
-        If the head holds a type not trusted; the message names it and how to trust it.
-    FeatxError
-        If the file is not a featx model, has a newer format, is damaged, or its backbone no
-        longer resolves to the embeddings the head was trained on.
-    """
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Read a ``.featx`` file into its rebuilt embedder, its head and its manifest, running no
+    code it holds; see :func:`featx.load_model`."""
     import skops.io as sio
 
-    from featx.embedder import ImageEmbedder
+    from featx.embed.embedder import ImageEmbedder
 
     file = Path(path)
     manifest = read_manifest(file)
@@ -359,9 +289,7 @@ def load_model(
         params["safe_mode"] = bool(safe_mode)
     embedder = ImageEmbedder(**params)
     _check_backbone(embedder, manifest, file)
-    model = FeatxModel(embedder, head, info=manifest.get("info") or {})
-    model.manifest = manifest
-    return model
+    return embedder, head, manifest
 
 
 def _locate(value: Any, file: Path) -> Any:
@@ -422,3 +350,15 @@ def _check_backbone(embedder: Any, manifest: dict[str, Any], file: Path) -> None
             stacklevel=3,
         )
 
+
+def plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (JSON- and CSV-friendly)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def describe_head(head: Any) -> str:
+    """The head's type, or a pipeline's steps: ``Pipeline(StandardScaler, SVC)``."""
+    steps = getattr(head, "steps", None)
+    if steps:
+        return f"Pipeline({', '.join(type(s).__name__ for _, s in steps)})"
+    return type(head).__name__

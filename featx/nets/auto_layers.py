@@ -6,7 +6,7 @@ default cut, which is always last. Layers are named by their Keras layer names, 
 that Keras gives explicitly (never counters such as ``add_3``, which change with what else a
 process has built). The deeper variants of a family (ResNet-101/152, DenseNet-169/201,
 EfficientNet-B1..B7, ...) differ only in how many blocks each stage repeats, which the table
-records (EfficientNet-Lite's come from :func:`featx.efficientnet_lite.blocks`). The tests
+records (EfficientNet-Lite's come from :func:`featx.nets.efficientnet_lite.blocks`). The tests
 build one network per family (``weights=None``) and check every name exists;
 ``scripts/dev/check_auto_layers.py`` builds all of them.
 
@@ -16,7 +16,7 @@ The default cut is ``None`` in :func:`auto_layers`: probing it caches its rows i
 
 from __future__ import annotations
 
-from featx.backbones import get_backbone
+from featx.nets.backbones import get_backbone
 
 __all__ = ["auto_layers", "default_cut_name"]
 
@@ -104,7 +104,7 @@ def _intermediate(name: str, module: str) -> list[str]:
     if module in ("efficientnet", "efficientnet_v2"):
         return _efficientnet(name)
     if module == "featx.efficientnet_lite":
-        from featx.efficientnet_lite import blocks
+        from featx.nets.efficientnet_lite import blocks
 
         counts = [sum(b.prefix.startswith(f"block{s}") for b in blocks(name)) for s in range(1, 8)]
         return [f"block{s}{chr(ord('a') + counts[s - 1] - 1)}_add" for s in range(2, 7)]
@@ -127,7 +127,7 @@ def auto_layers(backbone: str) -> list[str | None]:
 
     Examples
     --------
-    >>> from featx.auto_layers import auto_layers
+    >>> from featx.nets.auto_layers import auto_layers
     >>> auto_layers("mobilenet")[-3:]
     ['conv_pw_8_relu', 'conv_pw_11_relu', None]
     >>> auto_layers("resnet152")[:3]
@@ -143,7 +143,7 @@ def default_cut_name(backbone: str) -> str:
 
     Examples
     --------
-    >>> from featx.auto_layers import default_cut_name
+    >>> from featx.nets.auto_layers import default_cut_name
     >>> default_cut_name("mobilenet"), default_cut_name("convnext_tiny")
     ('conv_pw_13_relu', 'default')
     """

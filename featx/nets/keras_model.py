@@ -1,17 +1,10 @@
-"""Networks: building, cutting and pooling a backbone, and its compiled forward pass per engine.
+"""Keras networks: building, cutting and pooling a backbone, and its compiled forward pass.
 
-:func:`get_network` turns one or several :class:`~featx.backbones.BackboneConfig` (the same
-backbone cut at several layers) into a :class:`Network`: one model, one forward pass, one output
-per configuration. Built networks are kept in a process-level registry, so every clone of an
-estimator in one process shares one network.
-
-Two engines run the forward pass:
-
-- ``"keras"``: a compiled function of the Keras model (``tf.function`` on TensorFlow, ``jax.jit``
-  on JAX, eager ``no_grad`` on PyTorch), never ``model.predict``;
-- ``"openvino"``: the model and its preprocessing converted to OpenVINO and run on the CPU, in
-  float32 or bfloat16 (:mod:`featx.openvino_engine`); ``engine="auto"`` falls back to Keras when
-  the conversion fails.
+:func:`keras_network` builds the Keras model for one or several cuts of a backbone
+(:func:`build_model`) and wraps its compiled forward pass (``tf.function`` on TensorFlow,
+``jax.jit`` on JAX, eager ``no_grad`` on PyTorch; never ``model.predict``) in a
+:class:`~featx.nets.network.Network`. The OpenVINO engine converts the same model
+(:mod:`featx.nets.openvino_engine`).
 
 Keras (and with it the backend) is imported only when a network is built.
 """
@@ -22,219 +15,39 @@ import contextlib
 import difflib
 import os
 import random
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from featx.backbones import BackboneConfig, BackboneSpec, _is_keras_model
 from featx.exceptions import FeatxError, UnknownBackboneError, WeightsNotFoundError
+from featx.nets.backbones import BackboneConfig, BackboneSpec, import_named_module, is_keras_model
+from featx.nets.network import Forward, Network
 
-__all__ = ["Network", "get_network", "get_builder_network", "clear_networks", "load_model_file"]
-
-
-class Network:
-    """A built, frozen feature network with its preprocessing and a compiled forward function.
-
-    Attributes
-    ----------
-    configs : list of BackboneConfig
-        One per output: the same backbone cut at different layers (or pooled differently).
-    config : BackboneConfig
-        The first of ``configs``.
-    engine : {"keras", "openvino"}
-        What runs the forward pass.
-    note : str
-        Why the engine is not the one asked for (``engine="auto"`` fell back), or ``""``.
-    sample_shape : tuple of int
-        The shape of one input sample, e.g. ``(224, 224, 3)`` or ``(12,)``.
-    widths : list of int
-        Length of one embedding, per output.
-    width : int
-        ``widths[0]``.
-    n_seen : int
-        How many samples went through the network in this process (used by tests and reports).
-    """
-
-    def __init__(
-        self,
-        configs: Sequence[BackboneConfig],
-        sample_shape: tuple[int, ...],
-        widths: Sequence[int],
-        forward: _Forward,
-        *,
-        engine: str,
-        note: str = "",
-    ):
-        self.configs = list(configs)
-        self.config = self.configs[0]
-        self.sample_shape = tuple(int(d) for d in sample_shape)
-        self.widths = [int(w) for w in widths]
-        self.width = self.widths[0]
-        self.engine = engine
-        self.note = note
-        self.n_seen = 0
-        self._forward = forward
-        self._lock = threading.Lock()
-        # A user's own Python preprocessing function runs on the batch first, in NumPy;
-        # every other preprocessing runs inside the compiled function.
-        self._numpy_preprocess = self.config.preprocess_fn
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.sample_shape) == 3
-
-    @property
-    def channels(self) -> int:
-        return self.sample_shape[-1] if self.is_image else 0
-
-    def prepare(self, samples: list[np.ndarray]) -> np.ndarray:
-        """Stack decoded samples into a batch; uint8 stays uint8 (a quarter of the bytes to
-        move). A user's own preprocessing function is applied here, in NumPy."""
-        batch = np.stack(samples)
-        if self._numpy_preprocess is not None:
-            batch = np.asarray(self._numpy_preprocess(batch.astype(np.float32)), np.float32)
-        elif batch.dtype != np.uint8:
-            batch = batch.astype(np.float32, copy=False)
-        return batch
-
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        """Run the network on a prepared batch; return the first output's float32 rows."""
-        return self.dispatch(batch)()[0]
-
-    def dispatch(self, batch: np.ndarray) -> Callable[[], list[np.ndarray]]:
-        """Start the network on a prepared batch; return a function that waits for its rows,
-        one float32 array per output.
-
-        The forward pass runs asynchronously where the engine can (JAX, OpenVINO): the caller
-        hands over the next batch before reading this one back, so the device never idles
-        between batches.
-        """
-        n = len(batch)
-        if n == 0:
-            return lambda: [np.zeros((0, w), np.float32) for w in self.widths]
-        # Pad to a power of two so that a compiled function sees few distinct shapes.
-        padded = 1 << (n - 1).bit_length()
-        if padded != n:
-            pad = np.zeros((padded - n, *batch.shape[1:]), dtype=batch.dtype)
-            batch = np.concatenate([batch, pad])
-        with self._lock:
-            wait = self._forward(batch)
-            self.n_seen += n
-        return lambda: [np.asarray(y)[:n].astype(np.float32, copy=False) for y in wait()]
+__all__ = [
+    "base_model",
+    "build_model",
+    "cut_layer",
+    "graph_preprocess",
+    "graph_preprocess_of",
+    "keras_network",
+    "load_model_file",
+    "model_shapes",
+    "outputs_of",
+]
 
 
-#: A forward pass: takes a batch, starts the network, returns a function that waits for the
-#: outputs (one array per configuration).
-_Forward = Callable[[np.ndarray], Callable[[], Sequence[Any]]]
-
-_NETWORKS: dict[str, Network] = {}
-_NETWORKS_LOCK = threading.Lock()
-
-
-def get_network(
-    configs: BackboneConfig | Sequence[BackboneConfig],
-    sample_shape: tuple[int, ...] | None = None,
-) -> Network:
-    """Return the network for one configuration, or for several cuts of one backbone.
-
-    Built on first use in this process and shared afterwards.
-
-    Parameters
-    ----------
-    configs : BackboneConfig or sequence of BackboneConfig
-        Several configurations must differ only in ``layer`` and ``pooling``: the network then
-        returns one output per configuration from one forward pass.
-    sample_shape : tuple of int, optional
-        The shape of one sample; needed only for a backbone function (``kind="builder"``).
-    """
-    configs = [configs] if isinstance(configs, BackboneConfig) else list(configs)
-    if not configs:
-        raise ValueError("get_network needs at least one configuration.")
-    _check_same_backbone(configs)
-    first = configs[0]
-    if first.kind == "builder" and sample_shape is None:
-        raise FeatxError("a builder backbone needs the sample shape; pass sample_shape")
-    # A model file loaded with safe_mode=False is not handed to an embedder that did not ask.
-    key = "+".join(c.fingerprint for c in configs) + f":{first.engine}"
-    key += ("" if first.safe_mode else ":unsafe") + (f":{sample_shape}" if sample_shape else "")
-    with _NETWORKS_LOCK:
-        net = _NETWORKS.get(key)
-        if net is None:
-            net = _build_network(configs, sample_shape)
-            _NETWORKS[key] = net
-        return net
-
-
-def get_builder_network(config: BackboneConfig, sample_shape: tuple[int, ...]) -> Network:
-    """Return the network a builder function makes for samples of ``sample_shape``."""
-    return get_network(config, tuple(sample_shape))
-
-
-def clear_networks() -> None:
-    """Forget every network built in this process (frees their memory)."""
-    with _NETWORKS_LOCK:
-        _NETWORKS.clear()
-
-
-def _check_same_backbone(configs: list[BackboneConfig]) -> None:
-    def rest(c: BackboneConfig) -> dict[str, Any]:
-        fields = dict(c.fingerprint_fields)
-        fields.pop("layer")
-        fields.pop("pooling")
-        return {**fields, "engine": c.engine, "safe_mode": c.safe_mode}
-
-    first = rest(configs[0])
-    for c in configs[1:]:
-        if rest(c) != first:
-            raise ValueError(
-                f"one network can only return several cuts of the same backbone; "
-                f"{configs[0].label} and {c.label} differ in more than layer and pooling."
-            )
-
-
-def _build_network(configs: list[BackboneConfig], sample_shape: tuple[int, ...] | None) -> Network:
-    config = configs[0]
-    if config.engine == "openvino":
-        from featx.openvino_engine import NotConvertible, openvino_network
-
-        try:
-            return openvino_network(configs, sample_shape)
-        except NotConvertible as exc:
-            if not config.engine_auto:
-                raise FeatxError(
-                    f"OpenVINO could not convert {config.label}: {exc}. Pass engine='keras' to "
-                    "run it with Keras instead."
-                ) from exc.__cause__
-            from dataclasses import replace
-
-            note = f"engine='auto' runs Keras: OpenVINO could not convert the network ({exc})"
-            keras_configs = [replace(c, engine="keras") for c in configs]
-            net = _keras_network(keras_configs, sample_shape)
-            net.note = note
-            return net
-    net = _keras_network(configs, sample_shape)
-    net.note = config.engine_note
-    return net
-
-
-# --------------------------------------------------------------------------------------------
-# Keras: building, cutting, pooling
-# --------------------------------------------------------------------------------------------
-
-
-def _keras_network(configs: list[BackboneConfig], sample_shape: tuple[int, ...] | None) -> Network:
-    model = _build_model(configs, sample_shape)
-    shape, widths = _model_shapes(model)
-    forward = _keras_forward(model, _graph_preprocess_of(configs[0]))
+def keras_network(configs: list[BackboneConfig], sample_shape: tuple[int, ...] | None) -> Network:
+    model = build_model(configs, sample_shape)
+    shape, widths = model_shapes(model)
+    forward = _keras_forward(model, graph_preprocess_of(configs[0]))
     net = Network(configs, shape, widths, forward, engine="keras")
     net.model = model  # type: ignore[attr-defined]
     return net
 
 
-def _model_shapes(model: Any) -> tuple[tuple[int, ...], list[int]]:
+def model_shapes(model: Any) -> tuple[tuple[int, ...], list[int]]:
     shape = tuple(model.input_shape[1:])
     if any(d is None for d in shape):
         raise FeatxError(
@@ -253,7 +66,7 @@ def _model_shapes(model: Any) -> tuple[tuple[int, ...], list[int]]:
     return tuple(int(d) for d in shape), widths
 
 
-def _build_model(
+def build_model(
     configs: BackboneConfig | list[BackboneConfig], sample_shape: tuple[int, ...] | None = None
 ) -> Any:
     """The Keras model: the backbone cut at each configuration's layer and pooled, frozen; one
@@ -265,18 +78,18 @@ def _build_model(
     # Mixed precision is Keras's; OpenVINO converts the float32 network and runs it in bfloat16.
     precision = config.precision if config.engine == "keras" else "float32"
     with _dtype_policy(precision):
-        base = _base_model(config, sample_shape)
+        base = base_model(config, sample_shape)
         outputs = []
         for c in configs:
             model = base
             try:
-                cut = _cut(model, c.layer)
+                cut = cut_layer(model, c.layer)
             except UnknownBackboneError:
                 if config.kind != "registry" or c.layer is None or isinstance(c.layer, int):
                     raise
                 # The layer may belong to the classifier on top (e.g. VGG's 'fc2').
                 model = _registry_model(config, include_top=True)
-                cut = _cut(model, c.layer)
+                cut = cut_layer(model, c.layer)
             outputs.append(_pool(cut, c.pooling))
     if len(outputs) == 1:
         model = outputs[0]
@@ -295,7 +108,7 @@ def _build_model(
     return model
 
 
-def _base_model(config: BackboneConfig, sample_shape: tuple[int, ...] | None) -> Any:
+def base_model(config: BackboneConfig, sample_shape: tuple[int, ...] | None) -> Any:
     if config.kind == "registry":
         return _registry_model(config, include_top=False)
     if config.kind == "file":
@@ -311,7 +124,7 @@ def _base_model(config: BackboneConfig, sample_shape: tuple[int, ...] | None) ->
             f"the backbone function {config.name} could not build a network for samples "
             f"of shape {sample_shape}: {exc}"
         ) from exc
-    if not _is_keras_model(model):
+    if not is_keras_model(model):
         raise FeatxError(
             f"the backbone function {config.name} returned {type(model).__name__}; "
             "expected a keras.Model."
@@ -355,10 +168,8 @@ def _registry_model(config: BackboneConfig, *, include_top: bool) -> Any:
 
     spec: BackboneSpec = config.source
     if ":" in spec.constructor:  # a network featx defines (EfficientNet-Lite)
-        import importlib
-
         module_name, _, function = spec.constructor.partition(":")
-        constructor = getattr(importlib.import_module(module_name), function)
+        constructor = getattr(import_named_module(module_name), function)
     else:
         constructor = getattr(keras.applications, spec.constructor)
     assert config.input_size is not None
@@ -378,7 +189,7 @@ def _registry_model(config: BackboneConfig, *, include_top: bool) -> Any:
         if isinstance(exc, FeatxError):  # featx's own constructors explain themselves
             raise
         if weights == "imagenet" and _is_download_failure(exc):
-            from featx.weights import missing_weights_message
+            from featx._home import missing_weights_message
 
             raise WeightsNotFoundError(missing_weights_message(spec.name)) from exc
         if isinstance(exc, ValueError) and weights not in (None, "imagenet"):
@@ -404,7 +215,7 @@ def load_model_file(path: str | os.PathLike[str], *, safe_mode: bool = True) -> 
 
     Examples
     --------
-    >>> from featx.network import load_model_file
+    >>> from featx.nets.keras_model import load_model_file
     >>> load_model_file("missing.keras")
     Traceback (most recent call last):
     ...
@@ -432,7 +243,7 @@ def load_model_file(path: str | os.PathLike[str], *, safe_mode: bool = True) -> 
         ) from exc
 
 
-def _cut(model: Any, layer: str | int | None) -> Any:
+def cut_layer(model: Any, layer: str | int | None) -> Any:
     import keras
 
     if layer is None:
@@ -475,21 +286,19 @@ def _pool(model: Any, pooling: str) -> Any:
     return keras.Model(model.inputs, out)
 
 
-def _graph_preprocess_of(config: BackboneConfig) -> Callable[[Any], Any] | None:
+def graph_preprocess_of(config: BackboneConfig) -> Callable[[Any], Any] | None:
     """The preprocessing that runs inside the compiled function (None: a NumPy one runs first)."""
-    return None if config.preprocess_fn is not None else _graph_preprocess(config.preprocess)
+    return None if config.preprocess_fn is not None else graph_preprocess(config.preprocess)
 
 
-def _graph_preprocess(mode: str) -> Callable[[Any], Any]:
+def graph_preprocess(mode: str) -> Callable[[Any], Any]:
     """The preprocessing ``mode`` as a function of a backend tensor (traceable, jit-able)."""
     if mode == "none":
         return lambda x: x
     if mode == "scale":
         return lambda x: x / 255.0
     if mode.startswith(("keras.applications.", "featx.")):
-        import importlib
-
-        module = importlib.import_module(mode.rsplit(".", 1)[0])
+        module = import_named_module(mode.rsplit(".", 1)[0])
         fn: Callable[[Any], Any] = module.preprocess_input
         return fn
     if mode in ("tf", "caffe", "torch"):
@@ -502,11 +311,11 @@ def _graph_preprocess(mode: str) -> Callable[[Any], Any]:
     )
 
 
-def _outputs(y: Any) -> list[Any]:
+def outputs_of(y: Any) -> list[Any]:
     return list(y) if isinstance(y, (list, tuple)) else [y]
 
 
-def _keras_forward(model: Any, preprocess: Callable[[Any], Any] | None) -> _Forward:
+def _keras_forward(model: Any, preprocess: Callable[[Any], Any] | None) -> Forward:
     """Cast to float32, preprocess and run the model as one compiled function of a NumPy batch
     (never ``model.predict``). The returned forward starts the computation; JAX may still be
     computing when it returns (it dispatches asynchronously)."""
@@ -522,7 +331,7 @@ def _keras_forward(model: Any, preprocess: Callable[[Any], Any] | None) -> _Forw
         )
 
         def run_tf(x: np.ndarray) -> Callable[[], list[Any]]:
-            y = _outputs(fn(tf.convert_to_tensor(x)))
+            y = outputs_of(fn(tf.convert_to_tensor(x)))
             return lambda: y
 
         return run_tf
@@ -539,7 +348,7 @@ def _keras_forward(model: Any, preprocess: Callable[[Any], Any] | None) -> _Forw
             return y
 
         def run_jax(x: np.ndarray) -> Callable[[], list[Any]]:
-            y = _outputs(run(trainable, frozen, x))
+            y = outputs_of(run(trainable, frozen, x))
             return lambda: y
 
         return run_jax
@@ -553,7 +362,7 @@ def _keras_forward(model: Any, preprocess: Callable[[Any], Any] | None) -> _Forw
             context = contextlib.nullcontext()
         with context:
             t = keras.ops.convert_to_tensor(x, dtype="float32")
-            y = [keras.ops.convert_to_numpy(o) for o in _outputs(model(prep(t), training=False))]
+            y = [keras.ops.convert_to_numpy(o) for o in outputs_of(model(prep(t), training=False))]
         return lambda: y
 
     return run_eager

@@ -3,10 +3,10 @@
 :func:`openvino_network` converts the cut, pooled network together with its preprocessing (a
 ``tf.function`` taking float32 pixels) with ``openvino.convert_model``, keeps the converted model
 under ``featx_home()/openvino`` keyed by the fingerprint, and returns a
-:class:`~featx.network.Network` whose forward pass runs OpenVINO's CPU plugin in float32 or
+:class:`~featx.nets.keras_model.Network` whose forward pass runs OpenVINO's CPU plugin in float32 or
 bfloat16 (``INFERENCE_PRECISION_HINT`` is always set: the plugin otherwise picks bfloat16 on CPUs
 that have it). A later process reads the converted model from disk without building the Keras
-model or importing TensorFlow. :mod:`featx.network` calls it for ``engine="openvino"``.
+model or importing TensorFlow. :mod:`featx.nets.keras_model` calls it for ``engine="openvino"``.
 """
 
 from __future__ import annotations
@@ -24,15 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from featx.backbones import BackboneConfig, openvino_version
-from featx.network import (
-    Network,
-    _build_model,
-    _Forward,
-    _graph_preprocess_of,
-    _model_shapes,
-    _outputs,
-)
+from featx.nets.backbones import BackboneConfig, openvino_version
+from featx.nets.keras_model import build_model, graph_preprocess_of, model_shapes, outputs_of
+from featx.nets.network import Forward, Network
 
 __all__ = ["openvino_network", "NotConvertible"]
 
@@ -120,7 +114,7 @@ def _openvino_path(
     cannot fingerprint, so a stale file could come back)."""
     if configs[0].kind == "builder":
         return None
-    from featx.weights import featx_home
+    from featx._home import featx_home
 
     identity = {
         "outputs": [c.fingerprint_fields for c in configs],
@@ -168,12 +162,12 @@ def _convert(configs: list[BackboneConfig], sample_shape: tuple[int, ...] | None
     import openvino as ov
     import tensorflow as tf
 
-    model = _build_model(configs, sample_shape)
-    shape, _ = _model_shapes(model)
-    prep = _graph_preprocess_of(configs[0]) or (lambda x: x)
+    model = build_model(configs, sample_shape)
+    shape, _ = model_shapes(model)
+    prep = graph_preprocess_of(configs[0]) or (lambda x: x)
 
     def forward(x: Any) -> Any:
-        return tuple(_outputs(model(prep(x), training=False)))
+        return tuple(outputs_of(model(prep(x), training=False)))
 
     fn = tf.function(forward, input_signature=[tf.TensorSpec([None, *shape], tf.float32)])
     try:
@@ -197,7 +191,7 @@ def _compile_variant(core: Any, ov_model: Any, dtype: str, options: dict[str, st
 
 def _openvino_forward(
     core: Any, ov_model: Any, options: dict[str, str], compiled: dict[str, Any]
-) -> _Forward:
+) -> Forward:
     """Asynchronous inference: each batch gets an idle infer request (made on demand), started
     without waiting; the returned function waits for it and copies its outputs out.
 

@@ -1,6 +1,6 @@
 """The fine-tuned backbone file: a Keras ``.keras`` zip with one more member, ``featx.json``.
 
-:func:`featx.fine_tune` writes it; :func:`featx.backbones.resolve_backbone` reads it, so that
+:func:`featx.fine_tune` writes it; :func:`featx.nets.backbones.resolve_backbone` reads it, so that
 ``ImageEmbedder("tuned.keras")`` embeds with the preprocessing the network was trained with, cut
 by default at the layer that feeds its classifier. Keras ignores the extra member, so the file
 loads in Keras's safe mode like any other; featx reads it without importing Keras. Its keys:

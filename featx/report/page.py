@@ -287,8 +287,8 @@ def write_report(
     >>> "<h2>Leaderboard</h2>" in text, "src=\\"data:image/png;base64," in text
     (True, True)
     """
-    from featx import __version__
-    from featx.plots import plot_confusion_matrix, plot_embedding_map, plot_leaderboard
+    from featx._version import __version__
+    from featx.report.plots import plot_confusion_matrix, plot_embedding_map, plot_leaderboard
 
     out = Path(path)
     best = board.best

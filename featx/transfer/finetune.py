@@ -10,12 +10,12 @@ The Keras transfer-learning guide's practice, on featx's own pixels:
    ``BatchNormalization`` layers stay frozen, so they run in inference mode and their statistics
    do not move.
 
-Images are decoded and resized by :func:`featx.images.load_pixels` and preprocessed by the
+Images are decoded and resized by :func:`featx.embed.images.load_pixels` and preprocessed by the
 backbone's own preprocessing, exactly as :class:`featx.ImageEmbedder` does, batch by batch in a
 ``keras.utils.PyDataset`` (memory is bounded by a few batches). The output is a ``.keras`` file
 that loads in Keras's safe mode (no ``Lambda`` layer: preprocessing belongs to featx's pipeline,
 not to the file). Next to Keras's own members the zip holds ``featx.json``
-(:mod:`featx.tuned_file`): the preprocessing the network was trained with and the layer that
+(:mod:`featx.nets.tuned_file`): the preprocessing the network was trained with and the layer that
 feeds the classifier, so that ``ImageEmbedder("tuned.keras")`` embeds with the right
 preprocessing, cut at that layer by default. The file is written under a temporary name and
 renamed into place: an interrupted run leaves no output or a complete one.
@@ -33,16 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from featx.backbones import BackboneConfig, resolve_backbone
+from featx.embed.images import as_items
 from featx.exceptions import FeatxError
-from featx.finetune_data import (
+from featx.nets.backbones import BackboneConfig, resolve_backbone
+from featx.nets.tuned_file import METADATA_FORMAT, save_tuned_model
+from featx.transfer.finetune_data import (
     array_batches,
     frozen_activations,
     image_batches,
     numpy_preprocess,
 )
-from featx.images import as_items
-from featx.tuned_file import METADATA_FORMAT, save_tuned_model
 
 __all__ = ["fine_tune"]
 
@@ -364,13 +364,12 @@ def _base_model(config: BackboneConfig) -> Any:
     """The backbone, cut at ``config.layer``, with a fixed input size; weights as configured."""
     import keras
 
-    from featx import network
-
+    from featx.nets.keras_model import base_model, cut_layer
     if config.kind == "builder" and config.input_size is None:
         raise ValueError("a backbone function needs input_size=(height, width) to build an "
                          "image network; pass input_size.")
     shape = (*config.input_size, 3) if config.input_size else None
-    model = network._cut(network._base_model(config, shape), config.layer)
+    model = cut_layer(base_model(config, shape), config.layer)
     if len(model.input_shape) != 4:
         raise FeatxError(
             f"{config.label} takes inputs of shape {model.input_shape}; fine_tune trains image "

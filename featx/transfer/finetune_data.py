@@ -1,8 +1,8 @@
 """What fine-tuning trains on: image batches decoded and preprocessed as featx embeds them.
 
 * :func:`image_batches` is a ``keras.utils.PyDataset`` of ``(pixels, labels)`` batches: items are
-  decoded and resized by :func:`featx.images.load_pixels` and preprocessed by the backbone's own
-  preprocessing (:func:`numpy_preprocess`), a few batches at a time in Keras's worker threads;
+  decoded and resized by :func:`featx.embed.images.load_pixels` and preprocessed by the backbone's
+  own preprocessing (:func:`numpy_preprocess`), a few batches at a time in Keras's worker threads;
   training batches are reshuffled every epoch and optionally augmented (:func:`augment_pixels`).
 * :func:`frozen_activations` runs the frozen bottom of a network over those batches once, into a
   memory-mapped ``.npy`` file, and :func:`array_batches` serves it back, so that epochs without
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from featx.backbones import BackboneConfig
+from featx.embed.images import Item, load_pixels
 from featx.exceptions import ImageLoadError
-from featx.images import Item, load_pixels
+from featx.nets.backbones import BackboneConfig
 
 __all__ = ["image_batches", "array_batches", "augment_pixels", "frozen_activations",
            "numpy_preprocess", "MAX_PIXELS"]
@@ -38,9 +38,9 @@ def numpy_preprocess(config: BackboneConfig) -> Callable[[np.ndarray], np.ndarra
     if config.preprocess_fn is not None:
         fn = config.preprocess_fn
     else:
-        from featx.network import _graph_preprocess
+        from featx.nets.keras_model import graph_preprocess
 
-        fn = _graph_preprocess(config.preprocess)
+        fn = graph_preprocess(config.preprocess)
     return lambda x: np.asarray(fn(x), np.float32)
 
 

@@ -1,8 +1,8 @@
 """The layer probe: which depth of a backbone transfers best to a data set.
 
 :func:`probe_layers` embeds the images once through a network that returns several cut layers
-from one forward pass (:func:`featx.engine.embed_items` with one configuration per layer), caches
-each layer's pooled rows in the group an ``ImageEmbedder(layer=that_layer)`` reads, tunes the
+from one forward pass (:func:`featx.embed.engine.embed_items` with one configuration per layer),
+caches each layer's pooled rows in the group an ``ImageEmbedder(layer=that_layer)`` reads, tunes the
 heads on every layer with the same folds and test split (:func:`featx.tune_heads`), and returns
 one leaderboard with a ``layer`` column (:class:`LayerProbe`). Probing k layers costs one forward
 pass plus k times the heads.
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from featx.exceptions import FeatxError, ImageLoadError
-from featx.leaderboard import Leaderboard
+from featx.heads.leaderboard import Leaderboard
 
 __all__ = ["MAX_FLATTEN_WIDTH", "ProbedLayer", "LayerProbe", "probe_layers"]
 
@@ -111,7 +111,7 @@ class LayerProbe(Leaderboard):
     def embedder(self, layer: str | None = None, **params: Any) -> Any:
         """An ``ImageEmbedder`` at the best layer (or at ``layer``, a probed layer's name):
         it reads the probe's cached rows. ``params`` replace the probe's (e.g. ``cache=None``)."""
-        from featx.embedder import ImageEmbedder
+        from featx.embed.embedder import ImageEmbedder
 
         chosen = self.best_layer if layer is None else self.layer_of(layer)
         return ImageEmbedder(**{**self.embedder_params, "layer": chosen.layer, **params})
@@ -181,7 +181,7 @@ def _layer_list(backbone: Any, layers: Any) -> list[str | int | None]:
                 f"{backbone!r}. Name the layers to probe instead, e.g. layers=['flatten_1', None] "
                 "(None is the default cut)."
             )
-        from featx.auto_layers import auto_layers
+        from featx.nets.auto_layers import auto_layers
 
         return list(auto_layers(backbone))
     if isinstance(layers, (str, int)) or layers is None:
@@ -202,8 +202,8 @@ def _label(backbone: Any, layer: str | int | None) -> str:
     if layer is not None:
         return str(layer)
     if isinstance(backbone, str):
-        from featx.auto_layers import default_cut_name
         from featx.exceptions import UnknownBackboneError
+        from featx.nets.auto_layers import default_cut_name
 
         try:
             return default_cut_name(backbone)
@@ -254,7 +254,7 @@ def probe_layers(
         As in :class:`featx.ImageEmbedder`.
     layers : "auto" or sequence of str, int or None, default="auto"
         Which cut layers: ``"auto"`` (registry backbones) takes 5-8 block outputs from early
-        layers to the default cut (:func:`featx.auto_layers.auto_layers`); else Keras layer
+        layers to the default cut (:func:`featx.nets.auto_layers.auto_layers`); else Keras layer
         names or indices, ``None`` being the default cut. Reported in the order given.
     heads : sequence, optional
         As in :func:`featx.tune_heads` (default: its ``DEFAULT_HEADS``).
@@ -287,7 +287,7 @@ def probe_layers(
     Examples
     --------
     >>> import keras, numpy as np
-    >>> from featx.probe import probe_layers
+    >>> from featx.transfer.probe import probe_layers
     >>> def tiny(shape):
     ...     x = inp = keras.Input(shape)
     ...     x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="early")(x)
@@ -302,10 +302,10 @@ def probe_layers(
     >>> probe.columns, sorted(r.extra["layer"] for r in probe)
     (['layer'], ['early', 'late'])
     """
-    from featx.embedder import ImageEmbedder
-    from featx.engine import embed_items, output_widths
-    from featx.images import as_items
-    from featx.tuning import tune_heads
+    from featx.embed.embedder import ImageEmbedder
+    from featx.embed.engine import embed_items, output_widths
+    from featx.embed.images import as_items
+    from featx.heads.tuning import tune_heads
 
     say = log or (lambda line: None)
     if pooling not in ("avg", "max", "flatten"):
@@ -395,7 +395,7 @@ def probe_layers(
 
 def _test_set(test: Any, kind: str) -> tuple[list[Any], np.ndarray]:
     """The items and labels of ``test=(images, y)``, checked like the training set."""
-    from featx.images import as_items
+    from featx.embed.images import as_items
 
     if not isinstance(test, (tuple, list)) or len(test) != 2:
         raise FeatxError(

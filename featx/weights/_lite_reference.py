@@ -1,5 +1,5 @@
 """EfficientNet-Lite reference logits of the original PyTorch networks on featx's
-two check images (featx.lite_weights.check_images).
+two check images (featx.weights.lite.check_images).
 
 Written by scripts/dev/lite_reference.py; do not edit."""
 

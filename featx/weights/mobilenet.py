@@ -4,8 +4,8 @@ Keras downloads ImageNet weights from a host that air-gapped machines cannot rea
 archive ``nudity==0.2.3`` holds a TensorFlow 1 frozen graph of TF-slim MobileNet v1 (alpha 1.0,
 224 px) with its ImageNet classifier intact. :func:`convert` copies the graph's constants into
 ``keras.applications.MobileNet`` and checks the result against the frozen graph's own output;
-:func:`featx.weights.install_weights` downloads the archive (pinned by sha256) and writes Keras's
-legacy HDF5 weight files under the names Keras looks for, so that plain
+:func:`featx.weights.install_weights` downloads the archive (pinned by sha256) and writes
+Keras's legacy HDF5 weight files under the names Keras looks for, so that plain
 ``keras.applications.MobileNet(weights="imagenet")`` works offline.
 
 TensorFlow and Keras are imported inside the functions that need them.
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from featx.exceptions import FeatxError
-from featx.weights import WeightSource
+from featx.weights.archive import WeightSource
 
 __all__ = ["SOURCE", "TOLERANCE", "convert", "filenames", "source"]
 
@@ -55,7 +55,7 @@ def filenames(backbone: str = "mobilenet") -> list[str]:
 
     Examples
     --------
-    >>> from featx.mobilenet_weights import filenames
+    >>> from featx.weights.mobilenet import filenames
     >>> filenames()[:2]
     ['mobilenet_1_0_128_tf.h5', 'mobilenet_1_0_128_tf_no_top.h5']
     """

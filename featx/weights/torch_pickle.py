@@ -160,7 +160,7 @@ def load_state_dict(source: str | os.PathLike[str] | IO[bytes]) -> dict[str, np.
     Examples
     --------
     >>> import io, pickle, struct
-    >>> from featx.torch_pickle import MAGIC_NUMBER, load_state_dict
+    >>> from featx.weights.torch_pickle import MAGIC_NUMBER, load_state_dict
     >>> load_state_dict(io.BytesIO(pickle.dumps("a note, not a state dict")))
     Traceback (most recent call last):
     ...

