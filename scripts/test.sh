@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: set up, lint (ruff), type-check (mypy), then run the tests and doctests.
+# The test command: set up, lint (ruff), type-check (mypy), check the layers (import-linter),
+# then run the tests and doctests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -8,6 +9,8 @@ echo "==> ruff"
 .venv/bin/ruff check featx tests benchmarks $( [ -d examples ] && echo examples )
 echo "==> mypy"
 .venv/bin/mypy
+echo "==> import-linter (the layers of docs/architecture.md)"
+.venv/bin/lint-imports --no-cache
 echo "==> pytest"
 set +e
 .venv/bin/python -m pytest tests featx --doctest-modules -p no:cacheprovider "$@"
