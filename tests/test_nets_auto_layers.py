@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-
 import keras
 import pytest
 
 from featx import list_backbones
 from featx.nets.auto_layers import auto_layers, default_cut_name
-from featx.nets.backbones import get_backbone
+from featx.nets.backbones import get_backbone, import_named_module
 
 # Keras's smallest input for the Inception family and Xception; 32 px for the others.
 _MIN_SIZE = {"inception_v3": 75, "inception_resnet_v2": 75, "xception": 71}
@@ -32,7 +30,7 @@ def layer_names(name: str) -> list[str]:
     keras.backend.clear_session()  # counter-named layers must not matter either way
     if ":" in spec.constructor:  # a network featx defines (EfficientNet-Lite)
         module, _, function = spec.constructor.partition(":")
-        constructor = getattr(importlib.import_module(module), function)
+        constructor = getattr(import_named_module(module), function)
     else:
         constructor = getattr(keras.applications, spec.constructor)
     with keras.StatelessScope():

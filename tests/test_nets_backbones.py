@@ -14,7 +14,7 @@ from featx import (
     WeightsNotFoundError,
     list_backbones,
 )
-from featx.nets.backbones import BACKBONES, get_backbone, resolve_backbone
+from featx.nets.backbones import BACKBONES, get_backbone, import_named_module, resolve_backbone
 
 REQUIRED = [
     "mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
@@ -43,8 +43,8 @@ def test_every_backbone_builds_with_the_width_it_claims():
     for name, spec in BACKBONES.items():
         if ":" in spec.constructor:  # a network featx defines (EfficientNet-Lite)
             module_name, _, function = spec.constructor.partition(":")
-            assert callable(getattr(importlib.import_module(module_name), function)), name
-            module = importlib.import_module(spec.module)
+            assert callable(getattr(import_named_module(module_name), function)), name
+            module = import_named_module(spec.module)
         else:
             assert hasattr(keras.applications, spec.constructor), name
             module = importlib.import_module(f"keras.applications.{spec.module}")
