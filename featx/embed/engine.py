@@ -464,10 +464,12 @@ def _loader(network: Network, resize: str) -> Callable[[Item], np.ndarray]:
         return load_vector
     size = network.sample_shape[:2]
     channels = network.channels
+    decoder = network.config.decoder
 
     def load_image(item: Item) -> np.ndarray:
         return load_pixels(
             item, (size[0], size[1]), channels=channels, resize=resize, max_pixels=MAX_PIXELS,
+            decoder=decoder,
         )
 
     return load_image

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from featx._faults import fault_point
+from featx.embed.jpeg import decode_fast, fast_available
 from featx.exceptions import FeatxError, ImageLoadError
 
 __all__ = [
@@ -167,6 +168,7 @@ def load_pixels(
     channels: int = 3,
     resize: str = "resize",
     max_pixels: int | None = None,
+    decoder: str = "auto",
 ) -> np.ndarray:
     """Decode ``item`` and resize it to ``size`` = (height, width).
 
@@ -175,6 +177,10 @@ def load_pixels(
     :class:`ImageLoadError` naming the item when it cannot be read or decoded, and, with
     ``max_pixels``, when an encoded image has more pixels than that (a decompression bomb: a small
     file that decodes to gigabytes); the size is read from the header, before any decoding.
+    ``decoder="fast"`` decodes plain RGB and greyscale JPEGs (three channels) with
+    :func:`featx.embed.jpeg.decode_fast`; everything else, and every JPEG it refuses, goes
+    through Pillow as with ``decoder="pillow"``. ``"auto"`` is ``"fast"`` when simplejpeg and
+    OpenCV are installed (what ``ImageEmbedder(decoder="auto")`` embeds with).
 
     Examples
     --------
@@ -189,12 +195,23 @@ def load_pixels(
     try:
         if item.kind == "pil":
             return _pil_pixels(_upright(item.value), size, channels, resize)
-        src = item.value if item.kind == "path" else io.BytesIO(item.value)
+        if decoder == "auto":
+            decoder = "fast" if fast_available() else "pillow"
+        data = item.value if item.kind == "bytes" else None
+        if decoder == "fast" and channels == 3 and data is None:
+            with open(item.value, "rb") as f:  # a JPEG is read once, for Pillow and simplejpeg
+                head = f.read(3)
+                data = head + f.read() if head == b"\xff\xd8\xff" else None
+        src = item.value if data is None else io.BytesIO(data)
         with Image.open(src) as opened:  # closed on errors too
             if max_pixels is not None and opened.width * opened.height > max_pixels:
                 raise ImageLoadError(item.name, _too_large(
                     f"image is {opened.width}x{opened.height} pixels", max_pixels
                 ))
+            if opened.format == "JPEG" and decoder == "fast" and channels == 3 and data:
+                pixels = decode_fast(opened, data, size, resize)
+                if pixels is not None:
+                    return pixels
             if opened.format == "JPEG":
                 # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: cheap big photos.
                 opened.draft("RGB", (size[1], size[0]))

@@ -40,7 +40,14 @@ __all__ = [
 
 #: Version of the embedding format; part of every fingerprint. Bump it when a change in featx
 #: (decoding, resizing, preprocessing) would change the numbers an unchanged backbone produces.
-EMBEDDING_FORMAT_VERSION = 1
+#: 2: JPEGs decoded by libjpeg-turbo's scaled decode and resized by OpenCV
+#: (``featx.embed.jpeg``, ``decoder="fast"``). Format 1 is the Pillow path (``decoder="pillow"``),
+#: kept as it was, so that caches made with it stay valid for it.
+EMBEDDING_FORMAT_VERSION = 2
+
+#: The embedding format each JPEG decoder gives (see :data:`EMBEDDING_FORMAT_VERSION`).
+DECODER_FORMATS = {"pillow": 1, "fast": EMBEDDING_FORMAT_VERSION}
+DECODERS = ("auto", "fast", "pillow")
 
 POOLINGS = ("avg", "max", "flatten", "none")
 PREPROCESS_MODES = ("auto", "none", "scale", "tf", "caffe", "torch")
@@ -236,12 +243,14 @@ class BackboneConfig:
     engine: str = "keras"
     engine_auto: bool = field(default=False, compare=False)
     engine_note: str = field(default="", compare=False)
+    decoder: str = "pillow"
+    calibration_id: str = ""
 
     @property
     def fingerprint_fields(self) -> dict[str, Any]:
         """Everything that decides the numbers an image turns into."""
         return {
-            "format": EMBEDDING_FORMAT_VERSION,
+            "format": DECODER_FORMATS[self.decoder],
             "backbone": self.name if self.kind == "registry" else f"{self.kind}:{self.source_id}",
             "weights": self.weights_id,
             "layer": self.layer,
@@ -250,7 +259,8 @@ class BackboneConfig:
             "resize": self.resize if self.input_size else None,
             "preprocess": self.preprocess,
             "precision": self.precision if self.engine == "keras" or self.precision == "float32"
-            else f"{self.precision}@{self.engine}",
+            else f"{self.precision}@{self.engine}"
+            + (f":{self.calibration_id}" if self.calibration_id else ""),
         }
 
     @property
@@ -375,6 +385,7 @@ def resolve_backbone(
     precision: str = "float32",
     safe_mode: bool = True,
     engine: str = "keras",
+    decoder: str = "auto",
 ) -> BackboneConfig:
     """Turn an embedder's backbone parameters into a :class:`BackboneConfig`, building nothing.
 
@@ -386,6 +397,10 @@ def resolve_backbone(
         deterministic model for samples of ``input_shape``.
     weights, layer, pooling, input_size, resize, preprocess, precision, safe_mode, engine
         As in :class:`featx.ImageEmbedder`; the engine defaults to ``"keras"`` here.
+    decoder : {"auto", "fast", "pillow"}
+        How JPEGs are decoded: ``"fast"`` (libjpeg-turbo's scaled decode and OpenCV's resize,
+        embedding format 2), ``"pillow"`` (format 1, as featx 0.1 did), ``"auto"``: ``"fast"``
+        when ``simplejpeg`` and OpenCV are installed.
 
     Examples
     --------
@@ -420,7 +435,23 @@ def resolve_backbone(
         )
     return replace(config, precision=precision_s, safe_mode=bool(safe_mode),
                    preprocess_fn=preprocess if callable(preprocess) else None,
-                   engine=engine_s, engine_auto=engine == "auto", engine_note=engine_note)
+                   engine=engine_s, engine_auto=engine == "auto", engine_note=engine_note,
+                   decoder=_resolve_decoder(decoder))
+
+
+def _resolve_decoder(decoder: Any) -> str:
+    """``"auto"`` is ``"fast"`` when its packages are installed (checked without importing)."""
+    decoder_s = _check_choice("decoder", decoder, DECODERS)
+    missing = [m for m in ("simplejpeg", "cv2") if importlib.util.find_spec(m) is None]
+    if decoder_s == "auto":
+        return "pillow" if missing else "fast"
+    if decoder_s == "fast" and missing:
+        raise ValueError(
+            f"decoder='fast' needs simplejpeg and OpenCV; {', '.join(missing)} is not installed. "
+            "Install them (pip install simplejpeg opencv-python-headless, both featx "
+            "dependencies) or pass decoder='pillow'."
+        )
+    return decoder_s
 
 
 #: The precisions OpenVINO's CPU plugin runs (float16 is for GPUs: the Keras engine).
