@@ -224,16 +224,17 @@ def featx_run(
     return run
 
 
-def featx_pixels(backbone: str, paths: list[str], **_: Any) -> Any:
-    """featx's loading alone, no network: read, decode (JPEG draft mode) and resize with
-    Pillow's antialiased BILINEAR, in featx's default number of threads."""
+def featx_pixels(backbone: str, paths: list[str], decoder: str = "auto", **_: Any) -> Any:
+    """featx's loading alone, no network: read, decode and resize (antialiased) with
+    ``decoder`` (fast: simplejpeg + OpenCV; pillow: draft mode + BILINEAR), in featx's default
+    number of threads."""
     from concurrent.futures import ThreadPoolExecutor
 
     from featx.embed.engine import default_workers
     from featx.embed.images import Item, load_pixels
 
     def load(path: str) -> np.ndarray:
-        return load_pixels(Item("path", path, path), (SIZE, SIZE))
+        return load_pixels(Item("path", path, path), (SIZE, SIZE), decoder=decoder)
 
     def run() -> None:
         with ThreadPoolExecutor(default_workers()) as pool:
@@ -284,12 +285,14 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["float32", "mixed_float16", "mixed_bfloat16"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--engine", default="auto", choices=["auto", "keras", "openvino"])
+    parser.add_argument("--decoder", default="auto", choices=["auto", "fast", "pillow"])
     args = parser.parse_args(argv)
     paths = _paths(args.folder, args.n)
     try:
         run = METHODS[args.method](
             args.backbone, paths, folder=args.folder, cache=args.cache, full=args.full_cache,
             batch=args.batch_size, precision=args.precision, engine=args.engine,
+            decoder=args.decoder,
         )
     except Skipped as why:
         print(json.dumps({"method": args.method, "backbone": args.backbone, "skipped": str(why)}))

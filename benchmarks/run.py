@@ -207,12 +207,15 @@ def pixels_table(folder: Path, n: int, repeats: int) -> list[str]:
     """Getting pixels ready without a network: what each way costs the CPU per image."""
     rows = ["| no network, mobilenet preprocessing | images | images/s | CPU ms per image |",
             "|---|---:|---:|---:|"]
-    for method, label in (
-        ("featx_pixels", "featx: Pillow decode (draft mode) + antialiased resize"),
+    for method, label, decoder in (
+        ("featx_pixels", "featx, decoder='fast': simplejpeg scaled decode + OpenCV antialiased "
+                         "resize", "fast"),
+        ("featx_pixels", "featx, decoder='pillow': Pillow decode (draft mode) + antialiased "
+                         "resize", "pillow"),
         ("keras_pixels", "Keras: tf.data decode + bilinear resize (no antialiasing) "
-                         "+ preprocess_input"),
+                         "+ preprocess_input", None),
     ):
-        r = measure(method, "mobilenet", folder, n, repeats)
+        r = measure(method, "mobilenet", folder, n, repeats, decoder=decoder)
         if "skipped" in r:
             rows.append(f"| {label} | | skipped: {r['skipped']} | |")
         else:
