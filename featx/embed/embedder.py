@@ -17,6 +17,7 @@ from sklearn.base import (
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
+from featx.embed.calibration import calibrated_config
 from featx.embed.engine import MAX_PIXELS, EmbeddingReport, embed_items, output_widths
 from featx.embed.images import as_items, warn_if_unit_scale
 from featx.exceptions import ImageLoadError
@@ -86,7 +87,9 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     preprocess : {"auto", "none", "scale", "tf", "caffe", "torch"} or callable, default="auto"
         ``"auto"`` applies the registry backbone's own ``preprocess_input`` and nothing for a
         user's model; ``"scale"`` divides by 255; the others are Keras's ImageNet modes.
-    precision : {"float32", "mixed_float16", "mixed_bfloat16"}, default="float32"
+    precision : {"float32", "mixed_float16", "mixed_bfloat16", "int8"}, default="float32"
+        ``"int8"``: NNCF's post-training quantization on the OpenVINO engine (CPUs with VNNI or
+        AMX; the ``featx[int8]`` extra), calibrated on ``calibration``.
         ``"mixed_bfloat16"`` runs bfloat16 inference: on the OpenVINO engine on CPUs that have
         bfloat16 units (about 2x float32), or under a Keras mixed-precision policy on
         accelerators, like ``"mixed_float16"`` (GPUs). Embeddings are returned as float32 either
@@ -125,6 +128,12 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         (CMYK, damaged), go through Pillow either way. The two differ by about 0.5 of 255 per
         pixel, so each has its own cache group (embedding format 2 and 1). ``"auto"``: ``"fast"``
         when simplejpeg and OpenCV are installed (featx depends on both).
+    calibration : images or None, default=None
+        For ``precision="int8"``: 32 to 300 images like those to embed, on which NNCF calibrates
+        the quantized network (``None``: the first 300 images of each ``transform``; pass a
+        fixed set when several calls, such as a grid search's folds, should share one cache
+        group). Their content digest is part of the fingerprint (``"int8@openvino:<digest>"``);
+        the quantized network is kept on disk under featx's home.
 
     Attributes
     ----------
@@ -166,6 +175,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         "verbose": ["verbose"],
         "safe_mode": ["boolean"],
         "decoder": [StrOptions(set(DECODERS))],
+        "calibration": ["array-like", None],
     }
 
     def __init__(
@@ -188,6 +198,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         verbose: bool = False,
         safe_mode: bool = True,
         decoder: str = "auto",
+        calibration: Any = None,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -203,6 +214,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.on_error = on_error
         self.retry_failed = retry_failed
         self.decoder = decoder
+        self.calibration = calibration
         self.n_workers = n_workers
         self.verbose = verbose
         self.safe_mode = safe_mode
@@ -265,6 +277,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             warn_if_unit_scale(X)
             items, kind = as_items(X)
             sample_shape = None
+            if config.precision == "int8":
+                config = calibrated_config(config, self.calibration, items)
         result = embed_items(
             config, items, kind=kind, sample_shape=sample_shape, cache=self.cache,
             batch_size=self.batch_size, n_workers=self.n_workers,

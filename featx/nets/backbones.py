@@ -52,7 +52,7 @@ DECODERS = ("auto", "fast", "pillow")
 POOLINGS = ("avg", "max", "flatten", "none")
 PREPROCESS_MODES = ("auto", "none", "scale", "tf", "caffe", "torch")
 RESIZE_POLICIES = ("resize", "center_crop")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "int8")
 ENGINES = ("auto", "keras", "openvino")
 
 
@@ -435,7 +435,8 @@ def resolve_backbone(
         )
     return replace(config, precision=precision_s, safe_mode=bool(safe_mode),
                    preprocess_fn=preprocess if callable(preprocess) else None,
-                   engine=engine_s, engine_auto=engine == "auto", engine_note=engine_note,
+                   engine=engine_s, engine_note=engine_note,
+                   engine_auto=engine == "auto" and precision_s != "int8",  # no Keras int8
                    decoder=_resolve_decoder(decoder))
 
 
@@ -455,18 +456,32 @@ def _resolve_decoder(decoder: Any) -> str:
 
 
 #: The precisions OpenVINO's CPU plugin runs (float16 is for GPUs: the Keras engine).
-OPENVINO_PRECISIONS = ("float32", "mixed_bfloat16")
+OPENVINO_PRECISIONS = ("float32", "mixed_bfloat16", "int8")
 
 
 def _resolve_engine(engine: Any, precision: str) -> tuple[str, str]:
     """The engine that runs the forward pass, and why "auto" chose Keras (or "")."""
     engine_s = _check_choice("engine", engine, ENGINES)
+    if precision == "int8":
+        # NNCF's post-training quantization of the converted network: OpenVINO only.
+        unavailable = (keras_backend_name() != "tensorflow"
+                       or importlib.util.find_spec("openvino") is None)
+        if engine_s == "keras" or (engine_s == "auto" and unavailable):
+            raise ValueError(
+                f"precision='int8' runs on the OpenVINO engine (TensorFlow backend, OpenVINO "
+                f"installed); got engine={engine_s!r} with Keras on {keras_backend_name()!r}. "
+                "Pass engine='openvino', or precision='mixed_bfloat16' / 'float32'."
+            )
+        from featx.nets.quantize import check_int8_cpu
+
+        check_int8_cpu()
+        return "openvino", ""
     if engine_s == "keras":
         return "keras", ""
     if engine_s == "openvino":
         if precision not in OPENVINO_PRECISIONS:
             raise ValueError(
-                f"engine='openvino' runs precision 'float32' or 'mixed_bfloat16', not "
+                f"engine='openvino' runs precision 'float32', 'mixed_bfloat16' or 'int8', not "
                 f"{precision!r}; pass engine='keras' for {precision!r} (a GPU's half precision)."
             )
         return "openvino", ""

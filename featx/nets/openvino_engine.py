@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ class NotConvertible(Exception):
 
 
 #: OpenVINO's inference precision per featx precision.
-_OPENVINO_PRECISION = {"float32": "f32", "mixed_bfloat16": "bf16"}
+_OPENVINO_PRECISION = {"float32": "f32", "mixed_bfloat16": "bf16", "int8": "f32"}
 
 
 def openvino_network(
@@ -67,7 +68,8 @@ def openvino_network(
             ov_model = compiled = None
             _remove_openvino_files(path)
     if ov_model is None:
-        ov_model = _convert(configs, sample_shape)
+        ov_model = (_quantized(configs, sample_shape) if config.precision == "int8"
+                    else _convert(configs, sample_shape))
         # Kept on disk only when the model file loaded in safe mode: a later process reads the
         # converted model without loading the file, so it must not skip the file's refusal.
         if path is not None and config.safe_mode and not _keras_unsafe_switch_on():
@@ -76,6 +78,26 @@ def openvino_network(
     widths = [int(list(o.get_partial_shape())[-1].get_length()) for o in ov_model.outputs]
     forward = _openvino_forward(core, ov_model, options, {dtype: compiled} if compiled else {})
     return Network(configs, shape, widths, forward, engine="openvino")
+
+
+def _quantized(configs: list[BackboneConfig], sample_shape: tuple[int, ...] | None) -> Any:
+    """The INT8 model: the float32 converted model (from disk, or converted and kept), quantized
+    by NNCF on the calibration images of ``configs[0].calibration_id``."""
+    import openvino as ov
+
+    from featx.nets.quantize import quantize
+
+    floats = [replace(c, precision="float32", calibration_id="") for c in configs]
+    path = _openvino_path(floats, sample_shape)
+    ov_model = None
+    if path is not None and path.is_file():
+        with contextlib.suppress(Exception):
+            ov_model = _openvino_core().read_model(str(path))
+    if ov_model is None:
+        ov_model = _convert(floats, sample_shape)
+        if path is not None and configs[0].safe_mode and not _keras_unsafe_switch_on():
+            _save_openvino_model(ov, ov_model, path)
+    return quantize(ov_model, configs[0].calibration_id)
 
 
 def _keras_unsafe_switch_on() -> bool:

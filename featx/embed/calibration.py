@@ -1,0 +1,64 @@
+"""The calibration set of ``precision="int8"``: which images, their digest, their pixels.
+
+:func:`calibrated_config` decodes the calibration images (the ``calibration=`` set, or the first
+images of the run) as the embedder would, registers them with :mod:`featx.nets.quantize` and
+returns the configuration whose fingerprint names them (``"int8@openvino:<digest>"``): the same
+images give the same digest, whatever their order or names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from featx.embed.images import Item, as_items, load_pixels
+from featx.exceptions import FeatxError, ImageLoadError
+from featx.nets.backbones import BackboneConfig
+from featx.nets.quantize import MAX_CALIBRATION, MIN_CALIBRATION, register_calibration
+
+__all__ = ["calibrated_config"]
+
+
+def calibrated_config(
+    config: BackboneConfig, calibration: Any, items: list[Item]
+) -> BackboneConfig:
+    """``config`` with its calibration digest, the decoded calibration images registered.
+
+    ``calibration`` is a collection of images (as ``X``), or None for the first
+    ``MAX_CALIBRATION`` images of ``items``. Unreadable images are left out; fewer than
+    ``MIN_CALIBRATION`` readable ones raise a :class:`FeatxError` that names the minimum.
+    """
+    if not config.input_size:
+        raise FeatxError(
+            "precision='int8' calibrates on images, and this backbone takes vectors or has no "
+            "input size; pass input_size=, or use precision='float32'."
+        )
+    source = "the first images of the run" if calibration is None else "calibration="
+    chosen = items[:MAX_CALIBRATION] if calibration is None else as_items(calibration)[0]
+    keys: list[str] = []
+    pixels: list[np.ndarray] = []
+    bad: list[str] = []
+    for item in chosen[:MAX_CALIBRATION]:
+        try:
+            keys.append(item.key())
+            pixels.append(load_pixels(item, config.input_size, resize=config.resize,
+                                      decoder=config.decoder))
+        except ImageLoadError as exc:
+            bad.append(f"{exc.source}: {exc.reason}")
+            if len(keys) > len(pixels):
+                keys.pop()
+    if len(pixels) < MIN_CALIBRATION:
+        why = f"; unreadable: {'; '.join(bad[:3])}" if bad else ""
+        raise FeatxError(
+            f"precision='int8' needs at least {MIN_CALIBRATION} readable calibration images; "
+            f"{source} gave {len(pixels)} of {len(chosen)}{why}. Pass calibration= with "
+            f"{MIN_CALIBRATION} to {MAX_CALIBRATION} images like the ones you embed."
+        )
+    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
+    stack = np.stack([p if p.dtype == np.uint8 else np.clip(p, 0, 255).astype(np.uint8)
+                      for p in pixels])
+    register_calibration(digest, stack)
+    return replace(config, calibration_id=digest)
