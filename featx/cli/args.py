@@ -215,8 +215,9 @@ def embedder_flags(backbone_required: bool = True) -> argparse.ArgumentParser:
     add_retry_failed(group)
     group.add_argument("--layer", type=layer, metavar="L", **unset,
                        help="cut the network at this layer name or index")
-    group.add_argument("--pooling", choices=POOLINGS, **({"default": "avg"} | unset),
-                       help="how a feature map becomes a vector (default avg)")
+    group.add_argument("--pooling", choices=POOLINGS, **({"default": "auto"} | unset),
+                       help="how a feature map or tokens become a vector (default auto: avg, or "
+                       "a Keras Hub encoder's own: pooled, cls_avg or cls)")
     group.add_argument("--n-workers", type=positive_int, metavar="N",
                        help="threads decoding images (default: one per core, up to 16)")
     add_path_column(group)

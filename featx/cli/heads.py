@@ -208,8 +208,8 @@ def held_out(y: Any, test_size: float | None, random_state: int) -> tuple[Any, A
 
 
 #: The options that describe a backbone, with their defaults (``featx heads`` may omit them all).
-_BACKBONE_OPTIONS = {"weights": "imagenet", "layer": None, "pooling": "avg", "input_size": None,
-                    "precision": "float32"}
+_BACKBONE_OPTIONS = {"weights": "imagenet", "layer": None, "pooling": "auto",
+                     "input_size": None, "precision": "float32"}
 
 
 def backbone_from_cache(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -84,8 +84,9 @@ def add_probe_command(commands: Any, flags: argparse.ArgumentParser) -> None:
                        help="'imagenet' (default), 'none' for random weights, or a weights file")
     probe.add_argument("--input-size", type=input_size, metavar="N",
                        help="resize images to N x N (or HxW) pixels; default: the backbone's")
-    probe.add_argument("--pooling", choices=[p for p in POOLINGS if p != "none"], default="avg",
-                       help="how each layer's feature map becomes a vector (default avg; "
+    probe.add_argument("--pooling", choices=[p for p in POOLINGS if p != "none"], default="auto",
+                       help="how each layer's feature map becomes a vector (default auto: avg, or "
+                       "a Keras Hub encoder's class token; "
                        f"flatten is refused above {MAX_FLATTEN_WIDTH:,} features)")
     probe.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                        help="images per network call (default 32)")

@@ -68,7 +68,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     Parameters
     ----------
     backbone : str, path, keras.Model or callable, default="mobilenet"
-        A registry name (:func:`featx.list_backbones`), the path of a ``.keras``/``.h5`` model,
+        A registry name (:func:`featx.list_backbones`), ``"keras_hub:<preset>"`` (a Keras Hub
+        preset name or directory; the ``featx[hub]`` extra), the path of a ``.keras``/``.h5`` model,
         a ``keras.Model``, or a function ``f(input_shape) -> keras.Model`` that builds a
         deterministic network for samples of that shape.
     weights : {"imagenet"}, path or None, default="imagenet"
@@ -77,8 +78,13 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     layer : str, int or None, default=None
         Where to cut the network: a layer name or index. ``None`` keeps the layer that feeds
         the classifier (registry backbones) or the model's own output.
-    pooling : {"avg", "max", "flatten", "none"}, default="avg"
+    pooling : {"auto", "avg", "max", "flatten", "none", "cls", "cls_avg", "pooled"}, default="auto"
         How a spatial feature map becomes a vector; ignored when the cut layer is already flat.
+        ``"auto"`` is ``"avg"``, except for a Keras Hub encoder (``"keras_hub:<preset>"``),
+        whose tokens are pooled as its paper does: SigLIP's attention-pooling head
+        (``"pooled"``), DINOv2's class token concatenated with the patch mean (``"cls_avg"``),
+        CLIP's and ViT's class token (``"cls"``); ``"avg"`` is the mean of the patch tokens
+        (class and register tokens left out). See :mod:`featx.nets.hub_model`.
     input_size : int, (height, width) or None, default=None
         The size images are resized to; ``None`` uses the backbone's native size.
     resize : {"resize", "center_crop"}, default="resize"
@@ -184,7 +190,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         *,
         weights: Any = "imagenet",
         layer: str | int | None = None,
-        pooling: str | None = "avg",
+        pooling: str | None = "auto",
         input_size: Any = None,
         resize: str = "resize",
         preprocess: Any = "auto",

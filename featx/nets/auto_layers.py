@@ -10,6 +10,9 @@ records (EfficientNet-Lite's come from :func:`featx.nets.efficientnet_lite.block
 build one network per family (``weights=None``) and check every name exists;
 ``scripts/dev/check_auto_layers.py`` builds all of them.
 
+A Keras Hub encoder's picks are five of its transformer blocks, spread evenly
+(:func:`featx.nets.hub.hub_auto_layers`).
+
 The default cut is ``None`` in :func:`auto_layers`: probing it caches its rows in the group of
 ``ImageEmbedder(backbone)`` with no ``layer``, so a later default embedder reads them all.
 """
@@ -17,6 +20,7 @@ The default cut is ``None`` in :func:`auto_layers`: probing it caches its rows i
 from __future__ import annotations
 
 from featx.nets.backbones import get_backbone
+from featx.nets.hub import hub_auto_layers, is_hub
 
 __all__ = ["auto_layers", "default_cut_name"]
 
@@ -117,7 +121,8 @@ def auto_layers(backbone: str) -> list[str | None]:
     Parameters
     ----------
     backbone : str
-        A registry name (see :func:`featx.list_backbones`).
+        A registry name (see :func:`featx.list_backbones`), or ``"keras_hub:<preset>"``: five
+        transformer blocks (``"block_<i>"``) spread from early to late.
 
     Returns
     -------
@@ -133,6 +138,8 @@ def auto_layers(backbone: str) -> list[str | None]:
     >>> auto_layers("resnet152")[:3]
     ['conv2_block3_out', 'conv3_block8_out', 'conv4_block18_out']
     """
+    if is_hub(backbone):
+        return hub_auto_layers(backbone)
     spec = get_backbone(backbone)
     return [*_intermediate(spec.name, spec.module), None]
 
@@ -147,5 +154,7 @@ def default_cut_name(backbone: str) -> str:
     >>> default_cut_name("mobilenet"), default_cut_name("convnext_tiny")
     ('conv_pw_13_relu', 'default')
     """
+    if is_hub(backbone):
+        return "output"  # the encoder's output after its final norm (its pooling says the rest)
     spec = get_backbone(backbone)
     return _DEFAULT_NAMES.get(spec.module, "default")

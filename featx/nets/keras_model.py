@@ -78,6 +78,12 @@ def build_model(
     # Mixed precision is Keras's; OpenVINO converts the float32 network and runs it in bfloat16.
     precision = config.precision if config.engine == "keras" else "float32"
     with _dtype_policy(precision):
+        if config.kind == "hub":  # a Keras Hub encoder: its tokens cut and pooled there
+            from featx.nets.hub_model import build_hub_model
+
+            model = build_hub_model(configs, _seeded)
+            model.trainable = False
+            return model
         base = base_model(config, sample_shape)
         outputs = []
         for c in configs:
@@ -115,6 +121,12 @@ def base_model(config: BackboneConfig, sample_shape: tuple[int, ...] | None) -> 
         return load_model_file(config.source, safe_mode=config.safe_mode)
     if config.kind == "model":
         return config.source
+    if config.kind == "hub":
+        raise FeatxError(
+            f"{config.name} is a Keras Hub encoder, which featx builds cut and pooled in one "
+            "piece (build_model); fine-tuning one is not supported yet. Expected a registry "
+            "backbone or a model file."
+        )
     assert sample_shape is not None
     try:
         with _seeded():
@@ -288,7 +300,13 @@ def _pool(model: Any, pooling: str) -> Any:
 
 def graph_preprocess_of(config: BackboneConfig) -> Callable[[Any], Any] | None:
     """The preprocessing that runs inside the compiled function (None: a NumPy one runs first)."""
-    return None if config.preprocess_fn is not None else graph_preprocess(config.preprocess)
+    if config.preprocess_fn is not None:
+        return None
+    if config.kind == "hub" and config.preprocess == "keras_hub.image_converter":
+        from featx.nets.hub_model import converter_preprocess
+
+        return converter_preprocess(config)
+    return graph_preprocess(config.preprocess)
 
 
 def graph_preprocess(mode: str) -> Callable[[Any], Any]:

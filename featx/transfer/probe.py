@@ -223,7 +223,7 @@ def probe_layers(
     cv: int = 5,
     test_size: float | None = None,
     test: tuple[Any, Any] | None = None,
-    pooling: str = "avg",
+    pooling: str = "auto",
     weights: Any = "imagenet",
     input_size: Any = None,
     resize: str = "resize",
@@ -308,10 +308,10 @@ def probe_layers(
     from featx.heads.tuning import tune_heads
 
     say = log or (lambda line: None)
-    if pooling not in ("avg", "max", "flatten"):
+    if pooling not in ("auto", "avg", "max", "flatten", "cls", "cls_avg", "pooled"):
         raise FeatxError(
             f"pooling={pooling!r} cannot be probed: heads need one vector per image. Expected "
-            "'avg', 'max' or 'flatten'."
+            "'auto', 'avg', 'max' or 'flatten' ('cls', 'cls_avg' for a Keras Hub encoder)."
         )
     if on_error not in ("raise", "skip"):
         raise FeatxError(f"on_error={on_error!r} is not valid. Expected 'raise' or 'skip'.")
