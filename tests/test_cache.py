@@ -431,6 +431,7 @@ _APPEND_CRASHES = {  # the step the child is killed at -> whether the batch is c
     "cache.segment_committed": True,
 }
 _COMPACT_CRASHES = ("cache.compact_copied", "cache.compact_replaced")
+_MERGE_CRASHES = ("cache.merge_written", "cache.merge_committed", *_COMPACT_CRASHES)
 CRASHES_SIMULATED = {"killed": 0}
 
 
@@ -471,6 +472,9 @@ _crash_operations = st.lists(
                   st.lists(st.integers(0, len(_KEY_POOL) - 1), max_size=8)),
         st.tuples(st.just("reopen")),
         st.tuples(st.just("compact"), st.sampled_from([None, *_COMPACT_CRASHES])),
+        # Tier merges as a long run makes them, here with 2-3 files a tier of 1-2 rows a file.
+        st.tuples(st.just("merge"), st.sampled_from([2, 3]), st.sampled_from([1, 2]),
+                  st.sampled_from([None, *_MERGE_CRASHES])),
         st.tuples(st.just("junk"), st.sampled_from(["segment", "compaction"])),
     ),
     max_size=14,
@@ -533,6 +537,14 @@ def test_crashes_never_lose_or_duplicate_a_row(tmp_path_factory, ops) -> None:
                 cache.compact()
             else:
                 _in_killed_child(op[1], cache.compact)
+        elif op[0] == "merge":
+            _, fanin, base, crash = op
+            cache.merge_fanin, cache.merge_base_rows = fanin, base
+            if crash is None:
+                cache.maintain()
+            else:
+                _in_killed_child(crash, cache.maintain)
+            assert len(cache._files.segments()) < 40  # merges keep the files few
         else:  # leftovers of a writer that died some other way: a half-written temporary file
             pid = _dead_pid()
             source = next(iter(folder.rglob("*.h5")), None)

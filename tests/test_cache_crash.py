@@ -49,6 +49,8 @@ class Kill:
     expect: str = "some"
     #: A glob (under the cache's folder) of the leftover the kill must have left, if any.
     leftover: str = ""
+    #: Files per tier before a merge, for the run (``FEATX_MERGE_FANIN``).
+    fanin: int = 10
 
 
 SCENARIOS = [
@@ -59,10 +61,16 @@ SCENARIOS = [
          leftover="*.segments/.tmp-*"),
     Kill("segment just renamed", point="cache.segment_committed:2"),
     Kill("first batch just linked as the main file", point="cache.segment_committed:1"),
-    Kill("compaction copied, not renamed", point="cache.compact_copied:1", expect="all",
-         leftover=".emb.h5.compact-*.tmp"),
-    Kill("compaction renamed, segments not deleted", point="cache.compact_replaced:1",
-         expect="all", leftover="*.segments/*.h5"),
+    # Merges run as commits go; with two files a tier (tiers of 1, 2, 4, ... rows), from the
+    # second commit on.
+    Kill("merge into the main file written, not renamed", point="cache.compact_copied:1",
+         leftover=".emb.h5.compact-*.tmp", fanin=2),
+    Kill("merge into the main file renamed, segments not deleted",
+         point="cache.compact_replaced:1", leftover="*.segments/*.h5", fanin=2),
+    Kill("merge of segments written, not renamed", point="cache.merge_written:1",
+         leftover="*.segments/.tmp-*", fanin=2),
+    Kill("merge of segments renamed, inputs not deleted", point="cache.merge_committed:1",
+         fanin=2),
     Kill("from outside after the 1st commit", after_files=1, expect="any"),
     Kill("from outside after the 2nd commit", after_files=2, expect="any"),
     Kill("from outside after the 4th commit", after_files=4, expect="any"),
@@ -119,7 +127,8 @@ def run_and_kill(workspace: Path, kill: Kill) -> Outcome:
     folder = workspace / "runs" / kill.name.replace(" ", "-")
     folder.mkdir(parents=True)
     cache = folder / "emb.h5"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "FEATX_MERGE_FANIN": str(kill.fanin),
+           "FEATX_MERGE_BASE_ROWS": "1"}
     if kill.point:
         env["FEATX_FAULT_INJECT"] = kill.point
     child = subprocess.Popen(embed_command(workspace, cache), env=env, stdout=subprocess.PIPE,

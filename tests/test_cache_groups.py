@@ -16,7 +16,7 @@ from featx.cache.groups import (
     embedder_params_from_cache,
     embedder_params_from_group,
 )
-from featx.cache.store import GroupInfo
+from featx.cache.store import EmbeddingCache, GroupInfo
 from featx.exceptions import CacheGroupError, FeatxError
 from featx.nets.backbones import resolve_backbone
 from tests.conftest import tiny_convnet
@@ -129,7 +129,7 @@ def test_a_missing_or_empty_cache_says_so(tmp_path):
         ({"preprocess": "callable:mine.prep"}, "preprocessed by 'callable:mine.prep'"),
         ({"weights": "imagenet@keras-0.1"}, r"weights: 'imagenet@keras-0.1' in the cache, "
                                             r"'imagenet@keras-3[^']*' here"),
-        ({"format": 0}, "format: 0 in the cache, 1 here.*another version"),
+        ({"format": 0}, "format: 0 in the cache, 2 here.*another version"),
     ],
 )
 def test_fields_that_cannot_be_rebuilt_say_what_to_pass(change, message):
@@ -150,3 +150,16 @@ def test_a_group_whose_name_is_not_its_fields_is_refused():
 def test_a_group_without_fields_is_an_error():
     with pytest.raises(FeatxError, match="stores no fingerprint fields"):
         embedder_params_from_group(GroupInfo("ab", {}, "", 8, 3))
+
+
+def test_a_group_made_by_the_pillow_decoder_is_read_back_with_it(tmp_path) -> None:
+    # Embedding format 1 is Pillow's decoding: featx heads on such a cache must embed new
+    # images the same way, not refuse the group or mix in the fast decoder's rows.
+    config = resolve_backbone("mobilenet", decoder="pillow", engine="keras")
+    assert config.fingerprint_fields["format"] == 1
+    path = tmp_path / "emb.h5"
+    EmbeddingCache(path).append(config.fingerprint, ["a" * 64], np.zeros((1, 1024), np.float32),
+                                ["x.png"], fields=config.fingerprint_fields, label=config.label)
+    params = embedder_params_from_cache(path)
+    assert params["decoder"] == "pillow"
+    assert ImageEmbedder(**params).backbone_config().fingerprint == config.fingerprint

@@ -399,7 +399,7 @@ def test_cache_group_whose_contents_do_not_match_its_name(tmp_path, images):
 def test_damaged_segment_is_skipped_with_a_warning_and_moved_aside(tmp_path, images,
                                                                   monkeypatch):
     cache = tmp_path / "emb.h5"
-    monkeypatch.setattr(EmbeddingCache, "compact_fraction", 1e9)  # keep the segments
+    monkeypatch.setattr(EmbeddingCache, "merge", False)  # keep the segments
     embedder(cache=cache).fit_transform(images[:1])  # the main file
     embedder(cache=cache).fit_transform(images[1:3])  # a segment
     (segment,) = EmbeddingCache(cache)._files.segments()

@@ -31,13 +31,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import threading
 import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +43,10 @@ import h5py
 import numpy as np
 
 from featx._faults import fault_point
+from featx.cache.index import GroupIndex, digests_of
 from featx.exceptions import CacheError
 
-__all__ = ["CACHE_FORMAT_VERSION", "CacheFiles", "FileIndex", "GroupIndex", "file_size"]
+__all__ = ["CACHE_FORMAT_VERSION", "CacheFiles", "FileIndex", "file_size"]
 
 CACHE_FORMAT_VERSION = 1
 _KEY_DTYPE = "S64"
@@ -73,18 +72,7 @@ except ImportError:  # pragma: no cover
         pass
 
 
-@dataclass
-class GroupIndex:
-    """One group of one file: its settings, and each key's first row (insertion order = rows')."""
-
-    width: int
-    fields: dict[str, Any]
-    label: str
-    rows: dict[str, int]
-    failed: dict[str, str]
-
-
-class _UnreadableFile(CacheError):
+class UnreadableFile(CacheError):
     """A file that is not (or no longer) a readable HDF5 cache file: truncated or damaged."""
 
     def __init__(self, message: str, reason: str):
@@ -93,47 +81,59 @@ class _UnreadableFile(CacheError):
 
 
 class FileIndex:
-    """The keys of one immutable HDF5 file, per group; valid while the file is unchanged."""
+    """The key index of one immutable HDF5 file, per group; valid while the file is unchanged.
 
-    def __init__(self, path: Path, stamp: tuple[int, int, int]):
+    Built from the file's ``keys`` datasets when a process first sees the file, or handed over
+    by the commit that wrote it (:meth:`CacheFiles.write_segment`), which knows its keys.
+    """
+
+    def __init__(self, path: Path, stamp: tuple[int, int, int], groups: dict[str, GroupIndex]):
         self.path = path
         self.stamp = stamp
-        self.groups: dict[str, GroupIndex] = {}
-        with _open_h5(path, "r") as f, _reading(path):
+        self.groups = groups
+
+    @classmethod
+    def from_file(cls, path: Path, stamp: tuple[int, int, int]) -> FileIndex:
+        """Read the keys (never the vectors) of every group of ``path``."""
+        groups: dict[str, GroupIndex] = {}
+        with open_h5(path, "r") as f, reading(path):
             for fp, grp in f.get("embeddings", {}).items():
                 n = int(grp.attrs["count"])
-                rows: dict[str, int] = {}
-                for i, k in enumerate(grp["keys"][:n]):
-                    rows.setdefault(k.decode("ascii"), i)
                 failed: dict[str, str] = {}
                 if "failed_keys" in grp:
                     for k, r in zip(grp["failed_keys"][:], grp["failed_reasons"][:], strict=True):
-                        failed.setdefault(k.decode("ascii"), _text(r))
-                self.groups[fp] = GroupIndex(
+                        failed.setdefault(k.decode("ascii"), text(r))
+                groups[fp] = GroupIndex(
                     width=int(grp.attrs["width"]),
                     fields=json.loads(grp.attrs.get("fingerprint", "{}")),
                     label=str(grp.attrs.get("label", "")),
-                    rows=rows,
+                    keys=digests_of(np.asarray(grp["keys"][:n], dtype="S64")),
                     failed=failed,
                 )
+        return cls(path, stamp, groups)
+
+    @property
+    def rows(self) -> int:
+        """Rows and remembered failures in the file, over its groups."""
+        return sum(g.n + len(g.failed) for g in self.groups.values())
 
     def read(
         self, fingerprint: str, rows: np.ndarray, *, sources: bool = False
     ) -> tuple[np.ndarray, list[str]]:
         """The vectors of ``rows`` (any order, repeats allowed) of one group, and their sources
         when asked (otherwise an empty list)."""
-        with _open_h5(self.path, "r") as f, _reading(self.path):
+        with open_h5(self.path, "r") as f, reading(self.path):
             grp = f[f"embeddings/{fingerprint}"]
-            vectors = _read_rows(grp["vectors"], rows)
+            vectors = read_rows(grp["vectors"], rows)
             names: list[str] = []
-            if sources:
+            if sources and len(rows):
                 stored = grp["sources"][: int(grp.attrs["count"])]
-                names = [_text(stored[i]) for i in rows]
+                names = [text(stored[i]) for i in rows]
             return vectors, names
 
 
 @contextlib.contextmanager
-def _reading(path: Path) -> Iterator[None]:
+def reading(path: Path) -> Iterator[None]:
     """Turn the errors h5py raises on a damaged file's contents into one clear CacheError."""
     try:
         yield
@@ -141,18 +141,18 @@ def _reading(path: Path) -> Iterator[None]:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
-        raise _UnreadableFile(
+        raise UnreadableFile(
             f"cache file {str(path)!r} is damaged ({reason}). Move it aside (its rows will be "
             "embedded again) or pass another cache= path.",
             reason,
         ) from None
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+def stamp_of(path: Path) -> tuple[int, int, int] | None:
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -162,15 +162,15 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 def file_size(path: Path) -> int | None:
     """The size of ``path`` in bytes; None when it does not exist."""
-    stamp = _stamp(path)
+    stamp = stamp_of(path)
     return None if stamp is None else stamp[1]
 
 
-def _open_h5(path: Path, mode: str) -> h5py.File:
+def open_h5(path: Path, mode: str) -> h5py.File:
     try:
         f = h5py.File(path, mode)
     except OSError as exc:
-        raise _UnreadableFile(
+        raise UnreadableFile(
             f"cache file {str(path)!r} cannot be opened as HDF5 ({exc}). It may be truncated or "
             "not a featx cache; move it aside or pass another cache= path.",
             str(exc),
@@ -205,7 +205,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -214,13 +214,18 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
 
 
 class CacheFiles:
     """The main file, the committed segments and the lock file of one cache, and their indexes.
+
+    The object keeps each file's key index between calls: a file is read only the first time
+    this process sees it (or, for the main file, when compaction replaced it), and a segment this
+    object commits is indexed from the keys it wrote. Listing the segment folder costs one
+    ``scandir`` of O(log N) names, as merges keep that many (:mod:`featx.cache.merge`).
 
     Parameters
     ----------
@@ -235,6 +240,8 @@ class CacheFiles:
         self._mutex = threading.RLock()
         self._indexes: dict[Path, FileIndex] = {}
         self._damaged: set[tuple[Path, tuple[int, int, int]]] = set()
+        #: Bytes this object wrote to committed files (segments, merges), for the benchmarks.
+        self.bytes_written = 0
 
     @contextlib.contextmanager
     def locked(self, exclusive: bool) -> Iterator[None]:
@@ -258,9 +265,13 @@ class CacheFiles:
 
     def segments(self) -> list[Path]:
         """The committed segment files, oldest first (temporary files are never listed)."""
-        if not self.segment_dir.is_dir():
+        try:
+            with os.scandir(self.segment_dir) as entries:
+                names = [e.name for e in entries
+                         if e.name.endswith(".h5") and not e.name.startswith(".")]
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(p for p in self.segment_dir.glob("*.h5") if not p.name.startswith("."))
+        return [self.segment_dir / name for name in sorted(names)]
 
     def exists(self) -> bool:
         """True when the main file or any committed segment exists."""
@@ -269,36 +280,53 @@ class CacheFiles:
     def indexes(self) -> list[FileIndex]:
         """Indexes of the main file and every committed segment, oldest first (lock held).
 
-        An index is rebuilt only when its file's inode, size or mtime changed. A damaged main
-        file raises :class:`CacheError`; a damaged segment is skipped with a warning.
+        A segment is indexed once (its name is never reused and its content never changes);
+        the main file again when its inode, size or mtime changed. A damaged main file raises
+        :class:`CacheError`; a damaged segment is skipped with a warning.
         """
         out = []
         live = set()
         for path in [self.path, *self.segments()]:
-            stamp = _stamp(path)
+            index = self._indexes.get(path)
+            if index is not None and path != self.path:
+                live.add(path)
+                out.append(index)
+                continue
+            stamp = stamp_of(path)
             if stamp is None:
                 continue
             live.add(path)
-            index = self._indexes.get(path)
+            if (path, stamp) in self._damaged:
+                continue
             if index is None or index.stamp != stamp:
                 try:
-                    index = FileIndex(path, stamp)
-                except _UnreadableFile as exc:
+                    index = FileIndex.from_file(path, stamp)
+                except UnreadableFile as exc:
                     if path == self.path:
                         raise
                     self._skip_damaged(path, stamp, exc)
                     continue
                 self._indexes[path] = index
             out.append(index)
-        for stale in set(self._indexes) - live:
-            del self._indexes[stale]
+        if len(self._indexes) > len(live):
+            for stale in set(self._indexes) - live:
+                del self._indexes[stale]
         return out
 
-    def _skip_damaged(self, path: Path, stamp: tuple[int, int, int], exc: _UnreadableFile) -> None:
+    def forget(self, paths: Sequence[Path]) -> None:
+        """Drop the indexes of files that a merge replaced."""
+        for path in paths:
+            self._indexes.pop(path, None)
+
+    def remember(self, index: FileIndex) -> None:
+        """Keep the index of a file this object just committed."""
+        self._indexes[index.path] = index
+
+    def skip_damaged(self, path: Path, stamp: tuple[int, int, int], exc: UnreadableFile) -> None:
         """A committed segment that cannot be read (disk damage, not a crash): warn, go on.
 
-        Only that segment's rows are missing; they are embedded again. Compaction moves the
-        file aside (``<segment>.damaged``) so that it is looked at by a person, not deleted.
+        Only that segment's rows are missing; they are embedded again. Merges move the file
+        aside (``<segment>.damaged``) so that it is looked at by a person, not deleted.
         """
         if (path, stamp) not in self._damaged:
             self._damaged.add((path, stamp))
@@ -309,6 +337,13 @@ class CacheFiles:
                 stacklevel=4,
             )
 
+    _skip_damaged = skip_damaged
+
+    def drop_damaged(self, index: FileIndex, exc: UnreadableFile) -> None:
+        """A segment that stopped reading after it was indexed: warn, and index it no more."""
+        self._indexes.pop(index.path, None)
+        self.skip_damaged(index.path, stamp_of(index.path) or index.stamp, exc)
+
     def write_segment(
         self,
         fingerprint: str,
@@ -318,19 +353,20 @@ class CacheFiles:
         fields: dict[str, Any],
         label: str,
         failed: Sequence[tuple[str, str, str]],
-    ) -> None:
+    ) -> Path:
         """Commit one batch as a new segment (or, the very first, as the main file); lock held.
 
         The batch is written to a temporary file, synced, and renamed into place: the rename is
-        the commit, and the batch is durable when this returns.
+        the commit, and the batch is durable when this returns. Returns the committed file,
+        whose index this object keeps without reading it back.
         """
         self.segment_dir.mkdir(parents=True, exist_ok=True)
         token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         tmp = self.segment_dir / f".tmp-{token}.h5"
         try:
             with h5py.File(tmp, "w") as f:
-                _init_file(f)
-                grp = _create_group(f, fingerprint, vectors.shape[1], fields, label, len(keys))
+                init_file(f)
+                grp = create_group(f, fingerprint, vectors.shape[1], fields, label, len(keys))
                 fault_point("cache.segment_partial")
                 if keys:
                     grp["keys"][:] = np.array(keys, dtype=_KEY_DTYPE)
@@ -338,8 +374,8 @@ class CacheFiles:
                     grp["sources"][:] = np.array(sources, dtype=object)
                 grp.attrs["count"] = len(keys)
                 if failed:
-                    _write_failures(grp, failed)
-            _fsync_file(tmp)
+                    write_failures(grp, failed)
+            fsync_file(tmp)
             fault_point("cache.segment_written")
             target = self.segment_dir / f"{time.time_ns():020d}-{token}.h5"
             if not self.path.exists() and not self.segments():
@@ -354,64 +390,19 @@ class CacheFiles:
             if target != self.path:
                 os.replace(tmp, target)
             fault_point("cache.segment_committed")
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        stamp = stamp_of(target)
+        if stamp is not None:
+            self.bytes_written += stamp[1]
+            group = GroupIndex(vectors.shape[1], fields, label, digests_of(keys),
+                               {k: reason for k, _, reason in failed})
+            self.remember(FileIndex(target, stamp, {fingerprint: group}))
+        return target
 
-    def compact(self) -> int:
-        """Fold every committed segment into a copy of the main file that replaces it.
-
-        Takes the exclusive lock; returns the number of segments folded in. Damaged segments
-        are moved aside (``<segment>.damaged``), the others deleted once the copy is in place.
-        """
-        with self.locked(exclusive=True):
-            self._remove_orphans()
-            segments = self.segments()
-            if not segments:
-                return 0
-            tmp = self.path.with_name(f".{self.path.name}.compact-{os.getpid()}.tmp")
-            try:
-                mode = "w"
-                if self.path.exists():
-                    with _open_h5(self.path, "r") as main:  # refuses a damaged main file
-                        is_cache = "featx_cache_format" in main.attrs
-                    if is_cache:
-                        shutil.copyfile(self.path, tmp)
-                        mode = "a"
-                damaged = []
-                with h5py.File(tmp, mode) as out:
-                    if mode == "w":
-                        _init_file(out)
-                    out.attrs["file_id"] = uuid.uuid4().hex
-                    for seg in segments:
-                        try:
-                            with _open_h5(seg, "r") as f, _reading(seg):
-                                for fp, grp in f.get("embeddings", {}).items():
-                                    _merge_group(out, fp, grp)
-                        except _UnreadableFile as exc:
-                            stamp = _stamp(seg)
-                            if stamp is not None:
-                                self._skip_damaged(seg, stamp, exc)
-                            damaged.append(seg)
-                _fsync_file(tmp)
-                fault_point("cache.compact_copied")
-                os.replace(tmp, self.path)
-                fault_point("cache.compact_replaced")
-                _fsync_dir(self.path.parent)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-            for seg in segments:
-                with contextlib.suppress(FileNotFoundError):
-                    if seg in damaged:
-                        seg.rename(seg.with_name(seg.name + ".damaged"))
-                    else:
-                        seg.unlink()
-            self._indexes.clear()
-            return len(segments)
-
-    def _remove_orphans(self) -> None:
+    def remove_orphans(self) -> None:
         """Delete temporary files left by writers that died (exclusive lock held)."""
         candidates = list(self.path.parent.glob(f".{self.path.name}.compact-*.tmp"))
         if self.segment_dir.is_dir():
@@ -427,20 +418,21 @@ class CacheFiles:
                     tmp.unlink()
 
 
-def _init_file(f: h5py.File) -> None:
+def init_file(f: h5py.File) -> None:
     f.attrs["featx_cache_format"] = CACHE_FORMAT_VERSION
     f.attrs["file_id"] = uuid.uuid4().hex
 
 
-def _create_group(
-    f: h5py.File, fingerprint: str, width: int, fields: dict[str, Any], label: str, n: int = 0
+def create_group(
+    f: h5py.File, fingerprint: str, width: int, fields: dict[str, Any], label: str, n: int = 0,
+    *, chunk_rows: int | None = None,
 ) -> h5py.Group:
     grp = f.require_group("embeddings").create_group(fingerprint)
     grp.attrs["fingerprint"] = json.dumps(fields, sort_keys=True)
     grp.attrs["label"] = label
     grp.attrs["width"] = width
     grp.attrs["count"] = 0
-    rows = max(1, min(_CHUNK_ROWS, n))
+    rows = chunk_rows or max(1, min(_CHUNK_ROWS, n))
     grp.create_dataset("keys", shape=(n,), maxshape=(None,), dtype=_KEY_DTYPE,
                        chunks=(max(rows, _CHUNK_ROWS),))
     grp.create_dataset("vectors", shape=(n, width), maxshape=(None, width), dtype="float32",
@@ -450,7 +442,7 @@ def _create_group(
     return grp
 
 
-def _write_failures(grp: h5py.Group, failed: Sequence[tuple[str, str, str]]) -> None:
+def write_failures(grp: h5py.Group, failed: Sequence[tuple[str, str, str]]) -> None:
     existing = len(grp["failed_keys"]) if "failed_keys" in grp else 0
     if not existing:
         for name, dtype in (("failed_keys", _KEY_DTYPE), ("failed_sources", _STR),
@@ -465,45 +457,10 @@ def _write_failures(grp: h5py.Group, failed: Sequence[tuple[str, str, str]]) -> 
         )
 
 
-def _merge_group(out: h5py.File, fingerprint: str, src: h5py.Group) -> None:
-    """Append the rows (and failures) of ``src`` whose keys ``out`` does not hold yet."""
-    dst = out.get(f"embeddings/{fingerprint}")
-    width = int(src.attrs["width"])
-    if dst is None:
-        fields = json.loads(src.attrs.get("fingerprint", "{}"))
-        dst = _create_group(out, fingerprint, width, fields, str(src.attrs.get("label", "")))
-    count = int(dst.attrs["count"])
-    have = {k.decode("ascii") for k in dst["keys"][:count]}
-    n = int(src.attrs["count"])
-    keys = [k.decode("ascii") for k in src["keys"][:n]]
-    take = []
-    for i, k in enumerate(keys):
-        if k not in have:
-            have.add(k)
-            take.append(i)
-    if take:
-        stop = count + len(take)
-        for name in ("keys", "vectors", "sources"):
-            dst[name].resize(stop, axis=0)
-        dst["keys"][count:stop] = np.array([keys[i] for i in take], dtype=_KEY_DTYPE)
-        dst["vectors"][count:stop] = src["vectors"][:n][take]
-        sources = src["sources"][:n]
-        dst["sources"][count:stop] = np.array([_text(sources[i]) for i in take], dtype=object)
-        dst.attrs["count"] = stop
-    if "failed_keys" in src:
-        old = {k.decode("ascii") for k in dst["failed_keys"][:]} if "failed_keys" in dst else set()
-        new = [
-            (k.decode("ascii"), _text(s), _text(r))
-            for k, s, r in zip(src["failed_keys"][:], src["failed_sources"][:],
-                               src["failed_reasons"][:], strict=True)
-            if k.decode("ascii") not in old and k.decode("ascii") not in have
-        ]
-        if new:
-            _write_failures(dst, new)
-
-
-def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+def read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     """Read ``dataset[rows]`` for any order of ``rows`` (h5py wants increasing, unique indices)."""
+    if not len(rows):
+        return np.zeros((0, *dataset.shape[1:]), np.float32)
     unique, inverse = np.unique(rows, return_inverse=True)
     lo, hi = int(unique[0]), int(unique[-1]) + 1
     if len(unique) * 4 >= hi - lo:  # dense enough: one contiguous read is faster

@@ -140,7 +140,12 @@ def embedder_params_from_group(group: GroupInfo) -> dict[str, Any]:
     >>> params["backbone"], params["input_size"], params["pooling"], params["weights"]
     ('mobilenet', 160, 'max', 'imagenet')
     """
-    from featx.nets.backbones import BACKBONES, PREPROCESS_MODES, resolve_backbone
+    from featx.nets.backbones import (
+        BACKBONES,
+        DECODER_FORMATS,
+        PREPROCESS_MODES,
+        resolve_backbone,
+    )
 
     fields = dict(group.fields)
     where = f"cache group {describe_group(group)}"
@@ -187,6 +192,9 @@ def embedder_params_from_group(group: GroupInfo) -> dict[str, Any]:
         # Reduced precision is cached per engine ("mixed_bfloat16@openvino"; Keras unmarked).
         params["precision"], _, engine = precision.partition("@")
         params["engine"] = engine or "keras"
+    # The decoder that made the rows: embedding format 1 is Pillow's, later ones the fast path's.
+    params["decoder"] = next((d for d, f in DECODER_FORMATS.items() if f == fields.get("format")),
+                             "auto")
     accepted = inspect.signature(resolve_backbone).parameters
     config = resolve_backbone(**{k: v for k, v in params.items() if k in accepted})
     if config.fingerprint != group.fingerprint or config.fingerprint_fields != fields:

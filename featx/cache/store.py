@@ -19,10 +19,24 @@ from typing import Any
 
 import numpy as np
 
-from featx.cache.files import CACHE_FORMAT_VERSION, CacheFiles, FileIndex, GroupIndex, file_size
+from featx.cache.files import CACHE_FORMAT_VERSION, CacheFiles, FileIndex, UnreadableFile
+from featx.cache.index import Digests, GroupIndex, digests_of, hex_keys, prefix_of
+from featx.cache.merge import compact_all, merge_newest, plan_merge
 from featx.exceptions import CacheError
 
 __all__ = ["EmbeddingCache", "GroupInfo", "CACHE_FORMAT_VERSION", "open_cache"]
+
+
+def _env_int(name: str, default: int, minimum: int) -> int:
+    """An integer setting from the environment, or ``default``."""
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < minimum:
+        raise CacheError(
+            f"{name}={text!r} is not valid; expected an integer of at least {minimum}."
+        )
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -56,10 +70,15 @@ class EmbeddingCache:
     ([True, False], (1, 3))
     """
 
-    #: Compact when the segments hold at least this fraction of the main file's rows ...
-    compact_fraction = 0.25
-    #: ... or when there are at least this many segment files.
-    compact_segments = 64
+    #: How many files of one tier are merged into one of the next (see
+    #: :mod:`featx.cache.merge`): at most ``merge_fanin - 1`` files per tier stay on disk.
+    #: ``$FEATX_MERGE_FANIN`` sets it for a process (the crash tests merge every 2 files), as
+    #: ``$FEATX_MERGE_BASE_ROWS`` sets the next.
+    merge_fanin = _env_int("FEATX_MERGE_FANIN", 10, 2)
+    #: The rows of a tier-0 file (a batch); tier t holds files of ``base * fanin**t`` rows.
+    merge_base_rows = _env_int("FEATX_MERGE_BASE_ROWS", 32, 1)
+    #: Merge as commits go (False keeps every segment until :meth:`compact`; for tests).
+    merge = True
 
     def __init__(self, path: str | os.PathLike[str]):
         self._files = CacheFiles(Path(path))
@@ -70,6 +89,11 @@ class EmbeddingCache:
         """True when the main file or any committed segment exists."""
         return self._files.exists()
 
+    @property
+    def bytes_written(self) -> int:
+        """Bytes this object committed to disk (segments and merges), for benchmarks."""
+        return self._files.bytes_written
+
     # ---- reading ------------------------------------------------------------
 
     def lookup(
@@ -79,7 +103,7 @@ class EmbeddingCache:
 
         ``fields``, when given, are the settings the group must have been written for; a group
         of that name written for other settings raises :class:`CacheError` rather than serving
-        rows that mean something else.
+        rows that mean something else. Costs O(len(keys) x log N), whatever the cache's size.
 
         Returns
         -------
@@ -88,89 +112,132 @@ class EmbeddingCache:
             The stored rows of the found keys, in the order of ``keys``.
         """
         found = np.zeros(len(keys), dtype=bool)
-        if not keys or not self.exists():
+        if not len(keys) or not self.exists():
             return found, np.zeros((0, 0), np.float32)
+        query = digests_of(keys)
         with self._files.locked(exclusive=False):
             files = self._files.indexes()
             if fields is not None:
                 _check_fields(files, fingerprint, fields)
-            where: list[tuple[int, int]] = []  # (file number, row) per found key
-            for i, k in enumerate(keys):
-                for n, index in enumerate(files):
-                    grp = index.groups.get(fingerprint)
-                    if grp is not None and k in grp.rows:
-                        found[i] = True
-                        where.append((n, grp.rows[k]))
-                        break
-            if not where:
+            where = _where(files, fingerprint, query)
+            found = where[:, 0] >= 0
+            if not found.any():
                 return found, np.zeros((0, 0), np.float32)
-            width = files[where[0][0]].groups[fingerprint].width
-            out = np.empty((len(where), width), np.float32)
-            by_file: dict[int, list[int]] = {}
-            for j, (n, _) in enumerate(where):
-                by_file.setdefault(n, []).append(j)
-            for n, positions in by_file.items():
-                rows = np.array([where[j][1] for j in positions], dtype=np.int64)
-                out[positions] = files[n].read(fingerprint, rows)[0]
+            hits = np.flatnonzero(found)
+            width = next(f.groups[fingerprint].width for f in files if fingerprint in f.groups)
+            out = np.empty((len(hits), width), np.float32)
+            readable = np.ones(len(hits), dtype=bool)
+            for n in np.unique(where[hits, 0]).tolist():
+                mine = np.flatnonzero(where[hits, 0] == n)
+                try:
+                    out[mine] = files[n].read(fingerprint, where[hits[mine], 1])[0]
+                except UnreadableFile as exc:  # damaged on disk since it was indexed
+                    if files[n].path == self.path:
+                        raise
+                    self._files.drop_damaged(files[n], exc)
+                    readable[mine] = False
+            if not readable.all():
+                found[hits[~readable]] = False
+                out = out[readable]
             return found, out
+
+    def contains(
+        self, fingerprint: str, keys: Sequence[str], *, fields: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        """Which of ``keys`` the group stores a row for; reads no vector. ``fields`` as in
+        :meth:`lookup`."""
+        if not len(keys) or not self.exists():
+            return np.zeros(len(keys), dtype=bool)
+        query = digests_of(keys)
+        with self._files.locked(exclusive=False):
+            files = self._files.indexes()
+            if fields is not None:
+                _check_fields(files, fingerprint, fields)
+            return _where(files, fingerprint, query)[:, 0] >= 0
 
     def failures(self, fingerprint: str, keys: Sequence[str]) -> dict[str, str]:
         """Reasons recorded for the ``keys`` that failed to decode before: key -> reason."""
         if not keys or not self.exists():
             return {}
         with self._files.locked(exclusive=False):
-            failed: dict[str, str] = {}
-            for index in self._files.indexes():
-                grp = index.groups.get(fingerprint)
-                if grp is not None:
-                    for k, reason in grp.failed.items():
-                        failed.setdefault(k, reason)
-            return {k: failed[k] for k in keys if k in failed}
+            out: dict[str, str] = {}
+            groups = [f.groups[fingerprint] for f in self._files.indexes()
+                      if fingerprint in f.groups and f.groups[fingerprint].failed]
+            for k in keys:
+                for grp in groups:
+                    if k in grp.failed:
+                        out.setdefault(k, grp.failed[k])
+                        break
+            return out
 
     def known_keys(
         self, fingerprint: str, *, fields: dict[str, Any] | None = None
     ) -> tuple[list[str], dict[str, str]]:
-        """Every key the group stores a row for, and every remembered failure (key -> reason)
-        whose key has no row; read from the key index, never from the vectors.
+        """Every key the group stores a row for (sorted), and every remembered failure (key ->
+        reason) whose key has no row; read from the key index, never from the vectors.
 
-        For callers that look keys up elsewhere (the Ray workers get them once per run).
-        ``fields`` as in :meth:`lookup`.
+        For callers that look keys up elsewhere (the Ray workers get them once per run); see
+        :meth:`known_key_array` for the same keys as one array. ``fields`` as in :meth:`lookup`.
         """
+        keys, failed = self.known_key_array(fingerprint, fields=fields)
+        return [k.decode("ascii") for k in keys], failed
+
+    def known_key_array(
+        self, fingerprint: str, *, fields: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, str]]:
+        """:meth:`known_keys` as a sorted ``S64`` array (64 bytes a key, no Python strings)."""
         if not self.exists():
-            return [], {}
+            return np.zeros(0, "S64"), {}
         with self._files.locked(exclusive=False):
             files = self._files.indexes()
             if fields is not None:
                 _check_fields(files, fingerprint, fields)
-            keys: set[str] = set()
+            parts = [f.groups[fingerprint].digests_in_row_order() for f in files
+                     if fingerprint in f.groups]
+            keys = np.unique(hex_keys(np.concatenate(parts))) if parts else np.zeros(0, "S64")
             failed: dict[str, str] = {}
-            for index in files:
-                grp = index.groups.get(fingerprint)
+            for f in files:
+                grp = f.groups.get(fingerprint)
                 if grp is not None:
-                    keys.update(grp.rows)
                     for k, reason in grp.failed.items():
                         failed.setdefault(k, reason)
-            return sorted(keys), {k: r for k, r in failed.items() if k not in keys}
+            if failed:
+                stored = _where(files, fingerprint, digests_of(list(failed)))[:, 0] >= 0
+                failed = {k: r for (k, r), s in zip(failed.items(), stored, strict=True)
+                          if not s}
+            return keys, failed
 
     def groups(self) -> list[GroupInfo]:
-        """Describe every group; rows are counted once across the main file and segments."""
+        """Describe every group; rows are counted once across the main file and segments.
+
+        Costs O(N): each file's keys are looked up in the files before it.
+        """
         if not self.exists():
             return []
         with self._files.locked(exclusive=False):
-            merged: dict[str, tuple[GroupIndex, set[str], set[str]]] = {}
-            for index in self._files.indexes():
-                for fp, grp in index.groups.items():
-                    first, keys, failed = merged.setdefault(fp, (grp, set(), set()))
-                    keys.update(grp.rows)
-                    failed.update(grp.failed)
-            return [
-                GroupInfo(fingerprint=fp, fields=g.fields, label=g.label, width=g.width,
-                          rows=len(keys), failures=len(failed - keys))
-                for fp, (g, keys, failed) in merged.items()
-            ]
+            files = self._files.indexes()
+            out: dict[str, GroupInfo] = {}
+            for fp in dict.fromkeys(fp for f in files for fp in f.groups):
+                mine = [f.groups[fp] for f in files if fp in f.groups]
+                rows = sum(len(_first_rows(g, mine[:i])) for i, g in enumerate(mine))
+                failed: set[str] = set()
+                for g in mine:
+                    failed.update(g.failed)
+                if failed:
+                    stored = _where(files, fp, digests_of(sorted(failed)))[:, 0] >= 0
+                    n_failed = int((~stored).sum())
+                else:
+                    n_failed = 0
+                first = mine[0]
+                out[fp] = GroupInfo(fingerprint=fp, fields=first.fields, label=first.label,
+                                    width=first.width, rows=rows, failures=n_failed)
+            return list(out.values())
 
     def read_group(self, fingerprint: str) -> tuple[list[str], np.ndarray, list[str]]:
-        """Return every stored ``keys``, ``vectors`` and ``sources`` of one group, each key once."""
+        """Return every stored ``keys``, ``vectors`` and ``sources`` of one group, each key once.
+
+        The whole group in memory: to read more than fits, see ``docs/cache-format.md``.
+        """
         with self._files.locked(exclusive=False):
             every = self._files.indexes()
             files = [i for i in every if fingerprint in i.groups]
@@ -182,18 +249,16 @@ class EmbeddingCache:
             keys: list[str] = []
             parts: list[np.ndarray] = []
             sources: list[str] = []
-            seen: set[str] = set()
-            for index in files:
-                # The index holds each key's first row, in the order of the rows.
-                take = {k: i for k, i in index.groups[fingerprint].rows.items() if k not in seen}
-                if take:
-                    seen.update(take)
-                    keys += list(take)
-                    rows = np.fromiter(take.values(), dtype=np.int64, count=len(take))
+            groups = [f.groups[fingerprint] for f in files]
+            for i, index in enumerate(files):
+                rows = _first_rows(groups[i], groups[:i])
+                if len(rows):
+                    raw = groups[i].digests_in_row_order()[rows]
+                    keys += [k.decode("ascii") for k in hex_keys(raw)]
                     vectors, names = index.read(fingerprint, rows, sources=True)
                     parts.append(vectors)
                     sources += names
-            width = files[0].groups[fingerprint].width
+            width = groups[0].width
             vectors = np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
             return keys, vectors.astype(np.float32, copy=False), sources
 
@@ -212,7 +277,9 @@ class EmbeddingCache:
     ) -> int:
         """Commit one batch: rows for ``keys`` not yet stored, and ``failed`` (key, source, reason).
 
-        Returns the number of rows written. The batch is durable when this returns.
+        Returns the number of rows written. The batch is durable when this returns. Costs
+        O(len(keys) x log N) plus the write; then the newest files are merged when they make a
+        full tier (:mod:`featx.cache.merge`), which costs O(log N) per row over a run.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         if (len(keys) and (vectors.ndim != 2 or len(vectors) != len(keys))) or len(sources) != len(
@@ -222,13 +289,13 @@ class EmbeddingCache:
                 f"append needs as many keys ({len(keys)}), sources ({len(sources)}) and vector "
                 f"rows ({vectors.shape}) as each other"
             )
+        query = digests_of(keys)
         with self._files.locked(exclusive=False):
-            known: set[str] = set()
-            known_failed: set[str] = set()
             width = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] > 0 else None
             files = self._files.indexes()
             if fields:
                 _check_fields(files, fingerprint, fields)
+            known_failed: set[str] = set()
             for index in files:
                 grp = index.groups.get(fingerprint)
                 if grp is not None:
@@ -239,14 +306,20 @@ class EmbeddingCache:
                             "changing."
                         )
                     width = grp.width
-                    known.update(grp.rows)
-                    known_failed.update(grp.failed)
+                    if grp.failed:
+                        known_failed.update(k for k, _, _ in failed if k in grp.failed)
+            stored = _where(files, fingerprint, query)[:, 0] >= 0
             keep, seen = [], set()
-            for i, k in enumerate(keys):
-                if k not in known and k not in seen:
+            for i in np.flatnonzero(~stored).tolist():
+                k = keys[i]
+                if k not in seen:
                     keep.append(i)
                     seen.add(k)
-            new_failed = [f for f in failed if f[0] not in known and f[0] not in known_failed]
+            new_failed = []
+            if failed:
+                failed_stored = self._stored(files, fingerprint, [f[0] for f in failed])
+                new_failed = [f for f, has_row in zip(failed, failed_stored, strict=True)
+                              if not has_row and f[0] not in known_failed]
             if not keep and not new_failed:
                 return 0
             if width is None:
@@ -260,30 +333,64 @@ class EmbeddingCache:
                 label,
                 new_failed,
             )
-            return len(keep)
+        if self.merge:
+            merge_newest(self._files, self.merge_fanin, self.merge_base_rows)
+        return len(keep)
+
+    @staticmethod
+    def _stored(files: list[FileIndex], fingerprint: str, keys: list[str]) -> np.ndarray:
+        return _where(files, fingerprint, digests_of(keys))[:, 0] >= 0
+
+    def maintain(self) -> int:
+        """Merge the newest files while they make a full tier; return how many were merged.
+
+        :meth:`append` does this after each commit (unless :attr:`merge` is False).
+        """
+        return merge_newest(self._files, self.merge_fanin, self.merge_base_rows)
 
     def needs_compaction(self) -> bool:
-        """True when the segments are numerous or large enough to be worth folding in."""
-        segments = self._files.segments()
-        if not segments:
-            return False
-        if len(segments) >= self.compact_segments:
-            return True
-        main = file_size(self.path)
-        seg_bytes = sum(size for size in map(file_size, segments) if size is not None)
-        return main is None or seg_bytes >= self.compact_fraction * main
+        """True when the newest files make a full tier and would be merged."""
+        with self._files.locked(exclusive=False):
+            return bool(plan_merge(self._files.indexes(), self.merge_fanin, self.merge_base_rows))
 
     def compact(self) -> int:
         """Fold every committed segment into the main file, keeping each key once.
 
-        The main file is copied, the segments are appended to the copy, and the copy replaces
-        the main file atomically; a crash at any point loses nothing. Returns the number of
-        segments folded in.
+        The main file and the segments are written to a new file that replaces the main file
+        atomically; a crash at any point loses nothing. Returns the number of segments folded
+        in. Rarely needed: commits merge as they go, keeping O(log N) files.
         """
-        return self._files.compact()
+        return compact_all(self._files)
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r})"
+
+
+def _where(files: list[FileIndex], fingerprint: str, query: Digests) -> np.ndarray:
+    """``(len(query), 2)``: the first file (by number) holding each key and its row there, or
+    -1, -1."""
+    where = np.full((len(query), 2), -1, dtype=np.int64)
+    todo = np.arange(len(query))
+    for n, index in enumerate(files):
+        grp = index.groups.get(fingerprint)
+        if grp is None or not len(todo):
+            continue
+        rows = grp.find(query.take(todo))
+        hit = rows >= 0
+        where[todo[hit], 0] = n
+        where[todo[hit], 1] = rows[hit]
+        todo = todo[~hit]
+    return where
+
+
+def _first_rows(group: GroupIndex, earlier: list[GroupIndex]) -> np.ndarray:
+    """The rows of ``group`` whose keys no earlier file holds (each key's first row)."""
+    raw = group.digests_in_row_order()
+    query = Digests(raw, prefix_of(raw))
+    keep = group.find(query) == np.arange(group.n)
+    for other in earlier:
+        keep &= ~other.contains(query)
+    return np.flatnonzero(keep)
 
 
 def _normal(fields: dict[str, Any]) -> str:

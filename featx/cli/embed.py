@@ -93,7 +93,7 @@ def _embed_here(args: argparse.Namespace, paths: list[str], embedder: Any) -> An
         # The failures are printed below, with their reasons.
         warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
         try:
-            embedder.transform(paths)
+            embedder.embed_to_cache(paths)  # the rows stay in the cache, not in memory
         except ImageLoadError:
             errors = embedder.report_.errors
             if not errors:

@@ -252,8 +252,8 @@ def embed_on_ray(
     group = cache_group(config, sample_shape)
     store = _TimedCache(cache_path)
     retry = bool(getattr(embedder, "retry_failed", False))
-    known_keys, known_failed = store.known_keys(group, fields=config.fingerprint_fields)
-    known = KnownKeys(np.array(known_keys, dtype="S64"), {} if retry else known_failed)
+    known_keys, known_failed = store.known_key_array(group, fields=config.fingerprint_fields)
+    known = KnownKeys(known_keys, {} if retry else known_failed)
     batch_size = int(getattr(embedder, "batch_size", 32))
     shard = int(shard_size or SHARD_BATCHES * batch_size)
     if shard < 1:
@@ -346,7 +346,7 @@ class _Driver:
         report: RayEmbeddingReport,
         *,
         shard_size: int,
-        store: EmbeddingCache,
+        store: _TimedCache,
         group: str,
         config: BackboneConfig,
         max_deaths: int,
@@ -366,7 +366,6 @@ class _Driver:
         report.n_shards = len(self.todo)
         self.inflight: dict[Any, tuple[int, _Shard]] = {}
         self.queues: list[list[Any]] = [[] for _ in handles]  # per actor, in submission order
-        self.embedded: set[str] = set()
         self.failures: list[ImageLoadError] = []
         self.writer = CacheWriter(store, group, config)
         self.progress = progress_bar(len(items), show, desc="embedding on Ray")
@@ -387,12 +386,10 @@ class _Driver:
             self.writer.close()  # commits what arrived, even when the run failed
         failures = sorted(self.failures, key=lambda e: e.index or 0)
         report = self.report
-        report.n_embedded = len(self.embedded)
+        report.n_embedded = self.store.rows  # rows this run committed: each key once
         report.n_failed = len(failures)
         report.failures = [(int(e.index or 0), e.source, e.describe()) for e in failures]
         report.errors = failures
-        if self.store.needs_compaction():
-            self.store.compact()
 
     def _loop(self) -> None:
         ray = self.ray
@@ -447,7 +444,6 @@ class _Driver:
         self.report.n_hits += result.n_hits
         self.report.n_misses += result.n_misses
         self.failures.extend(result.failed)
-        self.embedded.update(result.keys)
         self.writer.put(result.keys, result.vectors, result.sources, result.remember)
         self.progress(len(s.positions))
 

@@ -298,6 +298,60 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             return self._apply_error_policy(out, failed, report)
         return out
 
+    def embed_to_cache(self, X: Any) -> EmbeddingReport:
+        """Embed ``X`` into the cache and return the run's report, keeping no rows.
+
+        What ``featx embed`` runs: items stream through in chunks, each batch is committed as it
+        comes, cached items are only checked for (their vectors are not read), and nothing
+        grows with the number of items but the report's failures. Read the rows afterwards
+        with :meth:`transform` (every item is a hit) or, for more than fits in memory, by parts
+        (``docs/cache-format.md``).
+
+        Parameters
+        ----------
+        X : as in :meth:`transform`
+
+        Returns
+        -------
+        EmbeddingReport
+            Also kept as ``report_``.
+
+        Raises
+        ------
+        ValueError
+            If the embedder has no ``cache``.
+        ImageLoadError
+            With ``on_error="raise"``, when an item could not be loaded (the others are cached).
+        """
+        if self.cache is None:
+            raise ValueError(
+                "embed_to_cache writes to the cache, and this embedder has none; pass cache= "
+                "(or call transform to get the rows)."
+            )
+        config = self.backbone_config()
+        X = _as_input(X)
+        if _is_table(X):
+            X = validate_data(self, X, dtype=np.float32, reset=not hasattr(self, "n_features_in_"))
+            items, kind = as_items(X)
+            sample_shape: tuple[int, ...] | None = (X.shape[1],)
+        else:
+            warn_if_unit_scale(X)
+            items, kind = as_items(X)
+            sample_shape = None
+            if config.precision == "int8":
+                config = calibrated_config(config, self.calibration, items)
+        result = embed_items(
+            config, items, kind=kind, sample_shape=sample_shape, cache=self.cache,
+            batch_size=self.batch_size, n_workers=self.n_workers,
+            retry_failed=self.retry_failed, verbose=bool(self.verbose), keep_rows=False,
+        )
+        if not hasattr(self, "report_"):
+            self.report_ = EmbeddingReport()
+        self.report_._replace_with(result.report)
+        if result.failed and self.on_error == "raise":
+            self._apply_error_policy(np.zeros((0, 0), np.float32), result.failed, result.report)
+        return self.report_
+
     def _apply_error_policy(
         self, out: np.ndarray, failed: list[ImageLoadError], report: EmbeddingReport
     ) -> np.ndarray:

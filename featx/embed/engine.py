@@ -108,6 +108,7 @@ def embed_items(
     n_workers: int | None = None,
     retry_failed: bool = False,
     verbose: bool = False,
+    keep_rows: bool = True,
 ) -> EngineResult:
     """Embed ``items`` with one configuration, or with several cuts of one backbone at once.
 
@@ -127,6 +128,10 @@ def embed_items(
         Where embeddings are looked up and committed, a batch at a time.
     batch_size, n_workers, retry_failed, verbose
         As in :class:`featx.ImageEmbedder`.
+    keep_rows : bool, default=True
+        False commits and counts without returning vectors (``outputs`` is empty): memory stays
+        flat however many items stream through, and cached items are only checked for, never
+        read. Needs a cache.
 
     Returns
     -------
@@ -135,13 +140,16 @@ def embed_items(
         and listed in ``failed`` (sorted by position) and in the report.
     """
     configs = [configs] if isinstance(configs, BackboneConfig) else list(configs)
+    if cache is None and not keep_rows:
+        raise ValueError("keep_rows=False only commits to a cache, and none was given; pass "
+                         "cache=.")
     if isinstance(cache, EmbeddingCache) or cache is None:
         store = cache
     else:
         store = open_cache(cache)
     groups = [cache_group(c, sample_shape) for c in configs]
     run = _Run(configs, groups, kind, sample_shape, store, batch_size, n_workers, retry_failed,
-               verbose)
+               verbose, keep_rows)
     report = EmbeddingReport(n_items=len(items))
     outputs: list[np.ndarray] | None = None
     failed: list[ImageLoadError] = []
@@ -153,7 +161,9 @@ def embed_items(
         for e in part_failed:
             e.index = (e.index or 0) + start
         failed.extend(part_failed)
-        if len(chunk) == len(items):
+        if not keep_rows:
+            outputs = []
+        elif len(chunk) == len(items):
             outputs = parts
         else:
             if outputs is None:
@@ -161,8 +171,6 @@ def embed_items(
             for out, part in zip(outputs, parts, strict=True):
                 out[start : start + len(chunk)] = part
     assert outputs is not None
-    if store is not None and wrote and store.needs_compaction():
-        store.compact()
     failed.sort(key=lambda e: e.index if e.index is not None else -1)
     report.n_failed = len(failed)
     report.failures = [(int(e.index or 0), e.source, e.describe()) for e in failed]
@@ -228,6 +236,7 @@ class _Run:
         n_workers: int | None,
         retry_failed: bool,
         verbose: bool,
+        keep_rows: bool = True,
     ):
         self.configs = configs
         self.groups = groups
@@ -238,6 +247,7 @@ class _Run:
         self.n_workers = n_workers or default_workers()
         self.retry_failed = retry_failed
         self.verbose = verbose
+        self.keep_rows = keep_rows
 
     def chunk(
         self, items: list[Item], report: EmbeddingReport
@@ -266,8 +276,11 @@ class _Run:
                 known = [i for i in range(n) if keys[i] is not None]
                 known_keys = [str(keys[i]) for i in known]
                 for c, (config, group) in enumerate(zip(self.configs, self.groups, strict=True)):
-                    mask, hits[c] = cache.lookup(group, known_keys,
-                                                 fields=config.fingerprint_fields)
+                    if self.keep_rows:
+                        mask, hits[c] = cache.lookup(group, known_keys,
+                                                     fields=config.fingerprint_fields)
+                    else:  # only whether it is there: no vector is read
+                        mask = cache.contains(group, known_keys, fields=config.fingerprint_fields)
                     found[c][np.asarray(known, dtype=np.int64)[mask]] = True
                 if not self.retry_failed:
                     missing = [i for i in known if not all(f[i] for f in found)]
@@ -305,8 +318,11 @@ class _Run:
                 if cache is not None:
                     writers = [CacheWriter(cache, g, c) for c, g in
                                zip(network.configs, self.groups, strict=True)]
-                self._embed(network, items, unique, pool, failed, keys, found, rows, writers)
-                report.n_embedded += len(rows[0])
+                report.n_embedded += self._embed(network, items, unique, pool, failed, keys,
+                                                 found, rows, writers)
+            if not self.keep_rows:
+                return [], failed + self._failed_duplicates(items, todo, keys, first_of, failed), \
+                    any(w is not None for w in writers)
             if widths is None:
                 widths = output_widths(self.configs, self.kind, self.sample_shape)
             outs = [np.full((n, w), np.nan, dtype=np.float32) for w in widths]
@@ -318,18 +334,24 @@ class _Run:
                     src = first_of.get(key, i) if key is not None else i
                     if src in rows[c]:
                         outs[c][i] = rows[c][src]
-            # Duplicates of an item that failed fail too.
-            bad_first = {e.index for e in failed}
-            for i in todo:
-                key = keys[i]
-                if key is not None and first_of.get(key, i) in bad_first and i not in bad_first:
-                    failed.append(ImageLoadError(items[i].name, "same content as a failed item", i))
+            failed += self._failed_duplicates(items, todo, keys, first_of, failed)
         finally:
             pool.shutdown(wait=True)
             for writer in writers:
                 if writer is not None:
                     writer.close()  # commits what was embedded, even when the run failed
         return outs, failed, any(w is not None for w in writers)
+
+    @staticmethod
+    def _failed_duplicates(items: list[Item], todo: list[int], keys: list[str | None],
+                           first_of: dict[str, int], failed: list[ImageLoadError]
+                           ) -> list[ImageLoadError]:
+        """Duplicates of an item that failed fail too."""
+        bad_first = {e.index for e in failed}
+        return [ImageLoadError(items[i].name, "same content as a failed item", i)
+                for i in todo
+                if (key := keys[i]) is not None and first_of.get(key, i) in bad_first
+                and i not in bad_first]
 
     def _embed(
         self,
@@ -342,8 +364,11 @@ class _Run:
         found: list[np.ndarray],
         rows: list[dict[int, np.ndarray]],
         writers: list[CacheWriter | None],
-    ) -> None:
+    ) -> int:
+        """Embed ``unique`` positions, keeping their rows (``keep_rows``) and committing them;
+        return how many were embedded."""
         n_failed_before = len(failed)
+        n_embedded = 0
 
         def commit(positions: list[int], outputs: list[np.ndarray]) -> None:
             nonlocal n_failed_before
@@ -365,13 +390,16 @@ class _Run:
                 network, items, unique, pool=pool, failed=failed, batch_size=self.batch_size,
                 resize=self.configs[0].resize, progress=progress,
             ):
-                for c in range(len(rows)):
-                    for p, v in zip(positions, outputs[c], strict=True):
-                        rows[c][p] = v
+                n_embedded += len(positions)
+                if self.keep_rows:
+                    for c in range(len(rows)):
+                        for p, v in zip(positions, outputs[c], strict=True):
+                            rows[c][p] = v
                 commit(positions, outputs)
             commit([], [np.zeros((0, w), np.float32) for w in network.widths])
         finally:
             progress(None)
+        return n_embedded
 
 
 def run_network(
