@@ -70,7 +70,12 @@ def test_non_square_target_keeps_its_orientation() -> None:
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_every_exif_orientation_as_pillow(orientation: int) -> None:
+def test_every_exif_orientation_as_pillow(orientation: int, monkeypatch) -> None:
+    # Turned photos go through Pillow by default (jpeg._ORIENT_FAST); the fast path's own
+    # orientation code is checked here with it switched on.
+    import featx.embed.jpeg as jpeg_module
+
+    monkeypatch.setattr(jpeg_module, "_ORIENT_FAST", True)
     arr = photo(300, 500, seed=orientation)
     arr[:40, :60] = 0  # a dark corner shows where the top-left went
     exif = Image.Exif()

@@ -55,6 +55,13 @@ def dct_reduction(width: int, height: int, target: tuple[int, int]) -> int:
     return next(r for r in (8, 4, 2, 1) if r <= max(1, scale))
 
 
+#: Whether photos with an EXIF orientation other than 1 take the fast path (the orientation
+#: applied to the decoded array). Off: they go through Pillow, so that a turned file embeds
+#: exactly like its upright pixels given as an array (which Pillow resizes), as featx promised
+#: before the fast decoder; ``tests/test_embed_jpeg.py`` checks the fast path for all eight.
+_ORIENT_FAST = False
+
+
 def decode_fast(opened: Any, data: bytes, size: tuple[int, int], resize: str) -> np.ndarray | None:
     """Decode the JPEG ``data`` (``opened`` is its Pillow header) to ``size`` = (height, width).
 
@@ -65,6 +72,8 @@ def decode_fast(opened: Any, data: bytes, size: tuple[int, int], resize: str) ->
     import simplejpeg
 
     orientation = opened.getexif().get(0x0112, 1) or 1
+    if orientation != 1 and not _ORIENT_FAST:
+        return None  # a turned photo embeds exactly like its upright pixels through Pillow
     turned = orientation in (5, 6, 7, 8)
     stored_w, stored_h = opened.size
     upright_w, upright_h = (stored_h, stored_w) if turned else (stored_w, stored_h)
