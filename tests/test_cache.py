@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -562,3 +564,75 @@ def test_crashes_never_lose_or_duplicate_a_row(tmp_path_factory, ops) -> None:
     leftovers = [p.name for p in folder.rglob("*") if p.name.startswith(".")]
     assert leftovers == [], leftovers  # compaction removes what dead writers left
     shutil.rmtree(folder)
+
+
+# ---- a full disk ---------------------------------------------------------------------------------
+
+
+def _append_until_full(path: Path, limit: int, sizes: list[int], merge: bool, out: Path) -> None:
+    """In a forked child: the kernel refuses writes past ``limit`` bytes in any one file (as a
+    full disk refuses them); append batches of ``sizes`` rows until a commit fails."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    cache = EmbeddingCache(path)
+    cache.merge = merge
+    cache.merge_fanin, cache.merge_base_rows = 2, 1  # merges grow the files quickly
+    done = 0
+    try:
+        for b, n in enumerate(sizes):
+            cache.append("fp", [key((b, i)) for i in range(n)], vecs(n, width=64, start=b),
+                         ["s"] * n)
+            done = b + 1
+    except CacheError as exc:
+        out.write_text(json.dumps({"done": done, "error": str(exc)}))
+        return
+    out.write_text(json.dumps({"done": done, "error": None}))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="sets a file size limit in a forked child")
+@pytest.mark.parametrize(
+    ("merge", "sizes", "what"),
+    [
+        # A batch bigger than the limit: its write() really fails (EFBIG, as ENOSPC would).
+        (False, [4] * 5 + [400] + [4] * 5, "while writing .tmp-"),
+        # Merges grow the files until the next one would not fit: refused before it starts.
+        (True, [4] * 60, "for a merge of about"),
+    ],
+    ids=["a commit's write fails", "a merge would not fit"],
+)
+def test_a_full_disk_ends_the_run_with_one_line_and_keeps_every_commit(
+    tmp_path, merge, sizes, what
+) -> None:
+    path, out = tmp_path / "emb.h5", tmp_path / "outcome.json"
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            _append_until_full(path, 60_000, sizes, merge, out)
+        except BaseException:  # noqa: BLE001 - reported as exit status 3
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    outcome = json.loads(out.read_text())
+    error, done = outcome["error"], outcome["done"]
+    assert error is not None, "no write failed"
+    assert "\n" not in error
+    assert re.search(r"cache '.*emb\.h5': the file size limit was reached .*Every batch "
+                     r"committed before is kept; free space in .* and run again", error), error
+    assert what in error
+    assert 0 < done < len(sizes)
+    # Every batch that append returned for is there; the failed write left nothing behind.
+    cache = EmbeddingCache(path)
+    committed = [key((b, i)) for b in range(done) for i in range(sizes[b])]
+    found, vectors = cache.lookup("fp", committed)
+    assert found.all()
+    np.testing.assert_array_equal(vectors[: sizes[0]], vecs(sizes[0], width=64, start=0))
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]
+    # With space again, a rerun completes: every batch, each key once.
+    for b, n in enumerate(sizes):
+        cache.append("fp", [key((b, i)) for i in range(n)], vecs(n, width=64, start=b),
+                     ["s"] * n)
+    keys, _, _ = EmbeddingCache(path).read_group("fp")
+    assert sorted(keys) == sorted(key((b, i)) for b, n in enumerate(sizes) for i in range(n))

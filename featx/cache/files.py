@@ -29,6 +29,8 @@ kill a process at.
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import threading
@@ -46,13 +48,18 @@ from featx._faults import fault_point
 from featx.cache.index import GroupIndex, digests_of
 from featx.exceptions import CacheError
 
-__all__ = ["CACHE_FORMAT_VERSION", "CacheFiles", "FileIndex", "file_size"]
+__all__ = ["CACHE_FORMAT_VERSION", "CacheFiles", "FileIndex", "check_room", "file_size", "writing"]
 
 CACHE_FORMAT_VERSION = 1
 _KEY_DTYPE = "S64"
 _CHUNK_ROWS = 256
 _STR = h5py.string_dtype("utf-8")
 
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Windows
+    resource = None  # type: ignore[assignment]
 
 try:  # POSIX advisory locks; on other systems a process-local lock is the best we have.
     import fcntl
@@ -191,6 +198,52 @@ def open_h5(path: Path, mode: str) -> h5py.File:
             f"featx reads format {CACHE_FORMAT_VERSION}. Upgrade featx."
         )
     return f
+
+
+_FULL = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file size limit was reached",
+         errno.EDQUOT: "the disk quota is used up"}
+
+
+@contextlib.contextmanager
+def writing(cache: Path, tmp: Path, nbytes: int) -> Iterator[None]:
+    """Turn a write that failed for lack of space (a full disk, the file size limit, a quota)
+    into one :class:`CacheError` naming the cache and what to free; other errors pass."""
+    try:
+        yield
+    except OSError as exc:
+        text_ = str(exc)
+        why = _FULL.get(exc.errno or 0) or next(
+            (why for code, why in _FULL.items() if os.strerror(code) in text_), None)
+        if why is None:
+            raise
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CacheError(
+            f"cache {str(cache)!r}: {why} while writing {tmp.name} (about "
+            f"{max(1, nbytes >> 20)} MB). Every batch committed before is kept; free space in "
+            f"{str(cache.parent)!r} (or raise the limit) and run again to embed the rest."
+        ) from None
+
+
+def check_room(cache: Path, nbytes: int) -> None:
+    """Refuse to start writing a file of about ``nbytes`` that the disk or the file size limit
+    cannot take: HDF5 does not recover from a failed write as plain writes do."""
+    need = nbytes + (1 << 20)
+    why = None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE) if resource else (-1, -1)
+    if resource and soft != resource.RLIM_INFINITY and need > soft:
+        why = _FULL[errno.EFBIG]
+    else:
+        with contextlib.suppress(OSError):
+            st = os.statvfs(cache.parent)
+            if need > st.f_bavail * st.f_frsize:
+                why = _FULL[errno.ENOSPC]
+    if why is not None:
+        raise CacheError(
+            f"cache {str(cache)!r}: {why} for a merge of about {max(1, nbytes >> 20)} MB. "
+            f"Every batch committed before is kept; free space in {str(cache.parent)!r} (or "
+            "raise the limit) and run again to embed the rest."
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -364,10 +417,12 @@ class CacheFiles:
         token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         tmp = self.segment_dir / f".tmp-{token}.h5"
         try:
-            with h5py.File(tmp, "w") as f:
+            # Built in memory, then written with plain writes: a full disk or the file size
+            # limit fails a write() (and raises OSError), never HDF5's own close.
+            image = io.BytesIO()
+            with h5py.File(image, "w") as f:
                 init_file(f)
                 grp = create_group(f, fingerprint, vectors.shape[1], fields, label, len(keys))
-                fault_point("cache.segment_partial")
                 if keys:
                     grp["keys"][:] = np.array(keys, dtype=_KEY_DTYPE)
                     grp["vectors"][:] = vectors
@@ -375,7 +430,15 @@ class CacheFiles:
                 grp.attrs["count"] = len(keys)
                 if failed:
                     write_failures(grp, failed)
-            fsync_file(tmp)
+            data = image.getbuffer()
+            with writing(self.path, tmp, len(data)), open(tmp, "wb") as fh:
+                half = len(data) // 2
+                fh.write(data[:half])
+                fh.flush()
+                fault_point("cache.segment_partial")
+                fh.write(data[half:])
+                fh.flush()
+                os.fsync(fh.fileno())
             fault_point("cache.segment_written")
             target = self.segment_dir / f"{time.time_ns():020d}-{token}.h5"
             if not self.path.exists() and not self.segments():

@@ -33,6 +33,7 @@ from featx._faults import fault_point
 from featx.cache.files import (
     CacheFiles,
     FileIndex,
+    check_room,
     create_group,
     fsync_dir,
     fsync_file,
@@ -42,6 +43,7 @@ from featx.cache.files import (
     stamp_of,
     text,
     write_failures,
+    writing,
 )
 from featx.cache.index import Digests, GroupIndex, digests_of, prefix_of
 
@@ -122,11 +124,13 @@ def _merge_segments(files: CacheFiles, run: list[FileIndex]) -> None:
     tmp = files.segment_dir / f".tmp-{token}.h5"
     # The merged file takes the oldest input's place in the order (names sort by commit time).
     target = files.segment_dir / f"{run[0].path.name.split('-', 1)[0]}-{token}.h5"
+    check_room(files.path, _bytes(run))
     try:
-        with h5py.File(tmp, "w") as out:
-            init_file(out)
-            _fold(out, run, {})
-        fsync_file(tmp)
+        with writing(files.path, tmp, _bytes(run)):
+            with h5py.File(tmp, "w") as out:
+                init_file(out)
+                _fold(out, run, {})
+            fsync_file(tmp)
         fault_point("cache.merge_written")
         os.replace(tmp, target)
         fault_point("cache.merge_committed")
@@ -140,11 +144,13 @@ def _merge_segments(files: CacheFiles, run: list[FileIndex]) -> None:
 def _fold_into_main(files: CacheFiles, sources: list[FileIndex]) -> None:
     """Write the main file (if any) and segments as a new main file, and rename it into place."""
     tmp = files.path.with_name(f".{files.path.name}.compact-{os.getpid()}.tmp")
+    check_room(files.path, _bytes(sources))
     try:
-        with h5py.File(tmp, "w") as out:
-            init_file(out)
-            _fold(out, sources, {})
-        fsync_file(tmp)
+        with writing(files.path, tmp, _bytes(sources)):
+            with h5py.File(tmp, "w") as out:
+                init_file(out)
+                _fold(out, sources, {})
+            fsync_file(tmp)
         fault_point("cache.compact_copied")
         os.replace(tmp, files.path)
         fault_point("cache.compact_replaced")
@@ -153,6 +159,10 @@ def _fold_into_main(files: CacheFiles, sources: list[FileIndex]) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     _done(files, files.path, [index.path for index in sources if index.path != files.path])
+
+
+def _bytes(run: list[FileIndex]) -> int:
+    return sum(index.stamp[1] for index in run)
 
 
 def _done(files: CacheFiles, target: Path, inputs: list[Path]) -> None:
