@@ -367,7 +367,7 @@ def test_jax_backend(backbone_file, tmp_path):
         from featx import ImageEmbedder
         from featx.transfer.finetune import fine_tune
         from featx.nets.tuned_file import read_tuned_metadata
-        from tests.test_finetune import striped_images
+        from tests.test_transfer_finetune import striped_images
         assert keras.backend.backend() == "jax"
         images, y = striped_images(30)
         out = fine_tune(images, y, out={str(tmp_path / 'jax.keras')!r},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.test_auto_layers import check, layer_names  # noqa: E402
+from tests.test_nets_auto_layers import check, layer_names  # noqa: E402
 
 from featx import list_backbones  # noqa: E402
 
