@@ -121,6 +121,26 @@ def test_cache_only_embeds_the_misses(pixels, tmp_path, rng):
     np.testing.assert_allclose(out[2:], make_embedder().transform(pixels), atol=1e-6)
 
 
+def test_embed_to_cache_fills_the_cache_and_returns_no_rows(pixels, tmp_path, monkeypatch):
+    from featx.cache.store import EmbeddingCache
+
+    emb = make_embedder(cache=tmp_path / "emb.h5")
+    emb.fit(pixels)
+    report = emb.embed_to_cache(np.concatenate([pixels[:4], pixels[:2]]))
+    assert report is emb.report_
+    assert (report.n_items, report.n_hits, report.n_embedded) == (6, 0, 4)
+    # A second run only checks the cache: it never reads a vector back.
+    monkeypatch.setattr(EmbeddingCache, "lookup", None)
+    again = emb.embed_to_cache(pixels)
+    assert (again.n_hits, again.n_embedded) == (4, 2)
+    monkeypatch.undo()
+    out = emb.transform(pixels)
+    assert emb.report_.n_hits == 6
+    np.testing.assert_allclose(out, make_embedder().transform(pixels), atol=1e-6)
+    with pytest.raises(ValueError, match="embed_to_cache writes to the cache.*pass cache="):
+        make_embedder().embed_to_cache(pixels)
+
+
 def test_duplicates_in_one_call_are_embedded_once(pixels, tmp_path):
     emb = make_embedder(cache=tmp_path / "emb.h5")
     X = np.concatenate([pixels, pixels[:3]])
