@@ -1,6 +1,7 @@
 """featx on Ray: its overhead on this machine, its scaling, and the driver's commit rate.
 
     .venv/bin/python -m benchmarks.distributed [--images 2000] [--sleep 0.5] [--batches 64]
+        [--parts overhead,scaling,writer] [--writer-rows 40000]
 
 1. Overhead: the same JPEG photos (benchmarks/photos.py) embedded by single-process featx
    (ImageEmbedder, empty cache) and by ``embed_on_ray`` with 1 worker (2 CPUs) and with 2 workers
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sleep", type=float, default=0.5, help="seconds per batch (scaling)")
     parser.add_argument("--batches", type=int, default=64, help="batches of 32 (scaling)")
     parser.add_argument("--workers", default="1,2,4,8", help="worker counts (scaling)")
+    parser.add_argument("--writer-rows", type=int, default=40_000,
+                        help="rows the driver's writer commits (writer)")
     parser.add_argument("--parts", default="overhead,scaling,writer",
                         help="which measurements to run")
     args = parser.parse_args(argv)
@@ -194,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
             out()
         ray.shutdown()
         # ---- 3. the driver's writer alone -------------------------------------------------
-        rate = _writer_rate(tmp) if "writer" in parts else float("nan")
+        rate = _writer_rate(tmp, args.writer_rows) if "writer" in parts else float("nan")
         if "writer" in parts:
             out("#### The driver's cache writer alone")
             out()
-            out(f"40,000 rows of 1,024 float32 arriving in shards of 256: **{rate:,.0f} rows/s** "
-                "committed (a segment file per commit; shards that queue up during a commit are "
-                "committed together).")
+            out(f"{args.writer_rows:,} rows of 1,024 float32 arriving in shards of 256: "
+                f"**{rate:,.0f} rows/s** committed (a segment file per commit; shards that queue "
+                "up during a commit are committed together; files merged in tiers as they go).")
             out()
         total = time.perf_counter() - started
         out(f"Total: {total:.0f} s. Command: `.venv/bin/python -m benchmarks.distributed "

@@ -3,7 +3,7 @@
 Every commit adds a segment file. Left alone, a long run would leave one file per batch, and
 every lookup would look in each. Merges keep the files few, log-structured and size-tiered: a
 file's *tier* is ``floor(log_F(rows / 32))`` (``F``, the fan-in, is
-:attr:`featx.cache.EmbeddingCache.merge_fanin`; 32 rows, a batch, is
+:attr:`featx.cache.EmbeddingCache.merge_fanin`, 16; 32 rows, a batch, is
 :attr:`~featx.cache.EmbeddingCache.merge_base_rows`); when the newest ``F`` files are of one
 tier (or smaller), they are merged into one file of the next tier, which takes the place of the
 oldest of them. So a cache holds at most ``F - 1`` files per tier, O(log N) files in all, and

@@ -71,10 +71,12 @@ class EmbeddingCache:
     """
 
     #: How many files of one tier are merged into one of the next (see
-    #: :mod:`featx.cache.merge`): at most ``merge_fanin - 1`` files per tier stay on disk.
+    #: :mod:`featx.cache.merge`): at most ``merge_fanin - 1`` files per tier stay on disk. 16:
+    #: a million rows in batches of 32 are written about 4.5 times in all (10: 5.8 times,
+    #: measured with ``python -m benchmarks.scale``), in at most 61 files.
     #: ``$FEATX_MERGE_FANIN`` sets it for a process (the crash tests merge every 2 files), as
     #: ``$FEATX_MERGE_BASE_ROWS`` sets the next.
-    merge_fanin = _env_int("FEATX_MERGE_FANIN", 10, 2)
+    merge_fanin = _env_int("FEATX_MERGE_FANIN", 16, 2)
     #: The rows of a tier-0 file (a batch); tier t holds files of ``base * fanin**t`` rows.
     merge_base_rows = _env_int("FEATX_MERGE_BASE_ROWS", 32, 1)
     #: Merge as commits go (False keeps every segment until :meth:`compact`; for tests).
