@@ -1,7 +1,7 @@
 """Scale: the cache's cost per row against its size, and featx embed's time and memory per image.
 
     .venv/bin/python -m benchmarks.scale [--rows 1000000] [--width 1024] [--files 10000,100000]
-        [--items 1000000] [--skip embed]
+        [--items 1000000] [--open-rows 10000000] [--skip embed]
 
 Each part runs in a fresh process and prints ratios against baselines measured in the same run:
 
@@ -13,6 +13,8 @@ Each part runs in a fresh process and prints ratios against baselines measured i
              (merges included), files left, bytes written against the final size
   lookup     a new process opening the 32-batch cache and finding 1,000 random keys (with their
              vectors), then every key (EmbeddingCache.contains, batches of 4,096)
+  open       a new process opening a --open-rows cache (width 4) and finding 1,000 keys; the
+             key index's memory
   embed      featx embed of N small PNG files (a tiny network at 32 px, a warm-up run first):
              seconds per image and peak RSS per N; the library path (embed_to_cache) on
              --items rows of a table through a tiny dense network
@@ -138,6 +140,39 @@ def part_lookup(folder: Path, rows: int) -> dict[str, Any]:
     return {"open_and_1000_s": first, "all_keys_per_s": rows / all_keys}
 
 
+def part_build_narrow(folder: Path, rows: int) -> dict[str, Any]:
+    """A cache of ``rows`` keys at width 4, in commits of 100,000 (for the open time)."""
+    import numpy as np
+
+    from featx.cache import EmbeddingCache
+
+    cache = EmbeddingCache(folder / "narrow.h5")
+    started = time.perf_counter()
+    for lo in range(0, rows, 100_000):
+        n = min(100_000, rows - lo)
+        cache.append("g", keys_for(lo, n), np.zeros((n, 4), np.float32), [""] * n)
+    return {"rows": rows, "seconds": time.perf_counter() - started}
+
+
+def part_open(folder: Path, name: str, rows: int) -> dict[str, Any]:
+    """A new process: open ``name``, find 1,000 random keys; the index's memory."""
+    import numpy as np
+
+    from featx.cache import EmbeddingCache
+
+    picks = np.random.default_rng(1).choice(rows, 1000, replace=False)
+    wanted = [hashlib.sha256(str(int(i)).encode()).hexdigest() for i in picks]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    cache = EmbeddingCache(folder / name)
+    found, _ = cache.lookup("g", wanted)
+    seconds = time.perf_counter() - started
+    assert found.all()
+    index_bytes = sum(g.nbytes for f in cache._files.indexes() for g in f.groups.values())
+    return {"rows": rows, "open_and_1000_s": seconds, "index_mb": index_bytes / 1e6,
+            "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}
+
+
 def _tiny_model(path: Path) -> None:
     import keras
 
@@ -202,7 +237,8 @@ def part_library(folder: Path, items: int) -> dict[str, Any]:
 
 
 PARTS = {"ceilings": part_ceilings, "append": part_append, "lookup": part_lookup,
-         "embed": part_embed, "library": part_library}
+         "embed": part_embed, "library": part_library, "build_narrow": part_build_narrow,
+         "open": part_open}
 
 
 def _run_part(name: str, folder: Path, *args: Any) -> dict[str, Any]:
@@ -225,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--files", default="10000,100000")
     parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--open-rows", type=int, default=10_000_000,
+                        help="keys of the narrow cache whose opening is timed")
     parser.add_argument("--skip", default="", help="parts to leave out, comma-separated")
     parser.add_argument("--dir", default=None,
                         help="where to write (default: a temporary folder)")
@@ -243,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(results[f"append-{batch}"]), flush=True)
             if "lookup" not in skip:
                 results["lookup"] = _run_part("lookup", folder, args.rows)
+        if "open" not in skip:
+            results["build_narrow"] = _run_part("build_narrow", folder, args.open_rows)
+            results["open"] = _run_part("open", folder, "narrow.h5", args.open_rows)
         if "embed" not in skip:
             counts = [int(c) for c in args.files.split(",")]
             results["embed"] = _run_part("embed", folder, counts)
@@ -295,6 +336,13 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         lines += ["", f"A new process opens the {args.rows:,}-row cache and finds 1,000 random "
                   f"keys (with vectors) in {lk['open_and_1000_s']:.2f} s (target <= 0.5 s); "
                   f"every key at {lk['all_keys_per_s']:,.0f} keys/s (target >= 200,000)."]
+    if "open" in r:
+        o = r["open"]
+        lines += ["", f"A new process opens a {o['rows']:,}-key cache (width 4, built in "
+                  f"{r['build_narrow']['seconds']:.0f} s) and finds 1,000 random keys in "
+                  f"{o['open_and_1000_s']:.2f} s; its key index holds {o['index_mb']:.0f} MB "
+                  f"({o['index_mb'] / o['rows'] * 1e6:.0f} MB per million keys; the process grew "
+                  f"by {o['rss_growth_mb']:.0f} MB)."]
     if "embed" in r:
         e = r["embed"]
         counts = [int(c) for c in args.files.split(",")]
