@@ -24,6 +24,7 @@ import math
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -342,7 +343,7 @@ class _Driver:
         ray: Any,
         handles: list[Any],
         known: list[Any],
-        items: list[Item],
+        items: Sequence[Item],
         report: RayEmbeddingReport,
         *,
         shard_size: int,

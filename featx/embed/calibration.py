@@ -9,6 +9,7 @@ images give the same digest, whatever their order or names.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +24,7 @@ __all__ = ["calibrated_config"]
 
 
 def calibrated_config(
-    config: BackboneConfig, calibration: Any, items: list[Item]
+    config: BackboneConfig, calibration: Any, items: Sequence[Item]
 ) -> BackboneConfig:
     """``config`` with its calibration digest, the decoded calibration images registered.
 

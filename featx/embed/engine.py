@@ -99,7 +99,7 @@ class EngineResult:
 
 def embed_items(
     configs: BackboneConfig | Sequence[BackboneConfig],
-    items: list[Item],
+    items: Sequence[Item],
     *,
     kind: str = "images",
     sample_shape: tuple[int, ...] | None = None,
@@ -155,7 +155,7 @@ def embed_items(
     failed: list[ImageLoadError] = []
     wrote = False
     for start in range(0, max(len(items), 1), CHUNK):
-        chunk = items[start : start + CHUNK]
+        chunk = list(items[start : start + CHUNK])
         parts, part_failed, part_wrote = run.chunk(chunk, report)
         wrote = wrote or part_wrote
         for e in part_failed:

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -81,7 +81,7 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def as_items(X: Any) -> tuple[list[Item], str]:
+def as_items(X: Any) -> tuple[Sequence[Item], str]:
     """Split an input into items and say what kind of input it was.
 
     Returns
@@ -125,13 +125,43 @@ def as_items(X: Any) -> tuple[list[Item], str]:
     return items, "images"
 
 
-def _array_items(X: np.ndarray) -> tuple[list[Item], str]:
+class ArrayItems(Sequence[Item]):
+    """The rows of an array as items, made when asked for (a slice makes a list): a million
+    rows cost nothing until a chunk of them is embedded."""
+
+    def __init__(self, X: np.ndarray, label: str):
+        self._X = X
+        self._label = label
+
+    def __len__(self) -> int:
+        return len(self._X)
+
+    @overload
+    def __getitem__(self, i: int) -> Item: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Item]: ...
+
+    def __getitem__(self, i: int | slice) -> Item | list[Item]:
+        if isinstance(i, slice):
+            return [self._item(j) for j in range(*i.indices(len(self._X)))]
+        if i < 0:
+            i += len(self._X)
+        if not 0 <= i < len(self._X):
+            raise IndexError(i)
+        return self._item(i)
+
+    def _item(self, i: int) -> Item:
+        return Item("array", self._X[i], f"{self._label}[{i}]")
+
+
+def _array_items(X: np.ndarray) -> tuple[Sequence[Item], str]:
     if X.dtype.kind == "c":
         raise ValueError(f"complex data is not supported; got an array of dtype {X.dtype}.")
     if X.dtype.kind not in "uifb":
         raise ValueError(f"expected a numeric array; got dtype {X.dtype}.")
     if X.ndim == 2:
-        return [Item("array", X[i], f"row[{i}]") for i in range(len(X))], "vectors"
+        return ArrayItems(X, "row"), "vectors"
     if X.ndim < 2:
         raise ValueError(
             f"expected a 2-D array of samples or an array of images; got a {X.ndim}-D array of "
@@ -139,7 +169,7 @@ def _array_items(X: np.ndarray) -> tuple[list[Item], str]:
             "or X.reshape(-1, 1) for one feature."
         )
     if X.ndim == 3 or (X.ndim == 4 and X.shape[-1] in (1, 3, 4)):
-        return [Item("array", X[i], f"array[{i}]") for i in range(len(X))], "images"
+        return ArrayItems(X, "array"), "images"
     raise ValueError(
         f"expected an image array of shape (N, H, W), (N, H, W, 1) or (N, H, W, 3), or a 2-D "
         f"array (N, features) for a non-image model; got shape {X.shape}."

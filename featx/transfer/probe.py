@@ -333,7 +333,7 @@ def probe_layers(
         if test_size:
             raise FeatxError("pass test=(images, y) or test_size=, not both.")
         test_items, test_labels = _test_set(test, kind)
-        items, labels = items + test_items, np.concatenate([labels, test_labels])
+        items, labels = [*items, *test_items], np.concatenate([labels, test_labels])
     names = [_label(backbone, lay) for lay in wanted]
     if pooling == "flatten":
         widths = output_widths(configs, kind, None)
@@ -409,5 +409,5 @@ def _test_set(test: Any, kind: str) -> tuple[list[Any], np.ndarray]:
         raise FeatxError(
             f"test= must hold one label per image ({len(items)}); got shape {labels.shape}."
         )
-    return items, labels
+    return list(items), labels
 
