@@ -311,3 +311,29 @@ def test_saved_model_predicts_from_a_preset(presets, images, tmp_path):
     save_model(pipe, tmp_path / "m.featx")
     model = load_model(tmp_path / "m.featx")
     assert list(model.predict(images)) == list(pipe.predict(images))
+
+
+def test_featx_probe_and_predict_on_a_preset_directory(presets, tmp_path, capsys):
+    from PIL import Image
+
+    from featx.cli.main import main
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for c, cls in enumerate(["dark", "light"]):
+        (root / cls).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.integers(0, 90, size=(40, 40, 3)) + 40 + 100 * c
+            Image.fromarray(pixels.astype(np.uint8)).save(root / cls / f"{cls}{i}.png")
+    path, _, _ = presets["dinov2"]
+    out = tmp_path / "out"
+    code = main(["probe", str(root), "--backbone", f"keras_hub:{path}", "--cache",
+                 str(tmp_path / "emb.h5"), "--heads", "logreg", "--cv", "2", "--n-jobs", "1",
+                 "--engine", "keras", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "block_0" in printed and "output" in printed
+    images = sorted(str(p) for p in root.rglob("*.png"))
+    assert main(["predict", str(out / "model.featx"), *images[:2], "--out",
+                 str(tmp_path / "pred.csv")]) == 0
+    assert (tmp_path / "pred.csv").read_text().count("\n") == 3
+

@@ -74,7 +74,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         deterministic network for samples of that shape.
     weights : {"imagenet"}, path or None, default="imagenet"
         For registry backbones: ImageNet weights, a weights file (without the classifier), or
-        ``None`` for a random initialisation (seeded, so it is the same in every process).
+        ``None`` for a random initialisation (seeded, so it is the same in every process). For
+        a Keras Hub preset: its own weights (``"imagenet"`` or ``"preset"``), or ``None``.
     layer : str, int or None, default=None
         Where to cut the network: a layer name or index. ``None`` keeps the layer that feeds
         the classifier (registry backbones) or the model's own output.

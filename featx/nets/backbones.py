@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from featx.exceptions import FeatxError, UnknownBackboneError, WeightsNotFoundError
+from featx.nets.hub import feature_map_pooling, is_hub, resolve_hub
 
 __all__ = [
     "BackboneSpec",
@@ -49,8 +50,7 @@ EMBEDDING_FORMAT_VERSION = 2
 DECODER_FORMATS = {"pillow": 1, "fast": EMBEDDING_FORMAT_VERSION}
 DECODERS = ("auto", "fast", "pillow")
 
-#: "auto": the backbone's own default ("avg" for a CNN); "cls", "cls_avg", "pooled": tokens of a
-#: Keras Hub encoder (:mod:`featx.nets.hub_model`).
+#: "auto": "avg", or a Keras Hub encoder's own; "cls", "cls_avg", "pooled": its tokens (hub.py).
 POOLINGS = ("auto", "avg", "max", "flatten", "none", "cls", "cls_avg", "pooled")
 PREPROCESS_MODES = ("auto", "none", "scale", "tf", "caffe", "torch")
 RESIZE_POLICIES = ("resize", "center_crop")
@@ -152,31 +152,19 @@ BACKBONES: dict[str, BackboneSpec] = _specs()
 
 
 def list_backbones(*, hub: bool = False, network: bool | None = None) -> list[str]:
-    """Return the names of the registered backbones, sorted.
-
-    ``hub=True`` adds the Keras Hub presets featx knows (``"keras_hub:dinov2_small"``, ...),
-    whose weights come from Kaggle (or a preset directory: ``"keras_hub:/path"``).
-    ``network=False`` keeps the backbones whose weights featx installs offline (``featx weights
-    install``), ``network=True`` those whose weights need a network (Keras, Keras Hub).
+    """Return the names of the registered backbones, sorted; ``hub=True`` adds Keras Hub presets,
+    ``network=False``/``True`` keeps those whose weights need no network / need one
+    (:func:`featx.nets.hub.backbone_names`).
 
     Examples
     --------
     >>> from featx import list_backbones
     >>> "mobilenet" in list_backbones() and "resnet50" in list_backbones()
     True
-    >>> list_backbones(network=False)
-    ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'mobilenet']
     """
-    from featx._home import INSTALLABLE
+    from featx.nets.hub import backbone_names
 
-    names = sorted(BACKBONES)
-    if hub:
-        from featx.nets.hub import HUB_PREFIX, PRESETS
-
-        names += [HUB_PREFIX + p for p in sorted(PRESETS)]
-    if network is None:
-        return names
-    return [n for n in names if (n not in INSTALLABLE) == network]
+    return backbone_names(sorted(BACKBONES), hub=hub, network=network)
 
 
 def get_backbone(name: str) -> BackboneSpec:
@@ -541,8 +529,6 @@ def _resolve_source(
     resize_s: str,
     prep: str,
 ) -> BackboneConfig:
-    from featx.nets.hub import feature_map_pooling, is_hub, resolve_hub
-
     if is_hub(backbone):
         return resolve_hub(backbone, weights=weights, layer=layer, pooling=pooling_s, size=size,
                            resize=resize_s, prep=prep)

