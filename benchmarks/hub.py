@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -187,11 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         _measure(args)
         return 0
 
+    work = Path(tempfile.mkdtemp(prefix="featx-hub-bench-"))
+    os.environ.setdefault("FEATX_HOME", str(work / "home"))
+    try:
+        return _tables(args, work)
+    finally:  # presets and converted models: about 3.5 GB with every shape
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _tables(args: argparse.Namespace, work: Path) -> int:
     from benchmarks.photos import make_photo_folder
     from benchmarks.run import machine
 
-    work = Path(tempfile.mkdtemp(prefix="featx-hub-bench-"))
-    os.environ.setdefault("FEATX_HOME", str(work / "home"))
     folder = work / "photos"
     make_photo_folder(folder, args.images)
     main_preset = make_preset("dinov2_small", work)
