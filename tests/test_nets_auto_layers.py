@@ -7,7 +7,8 @@ import pytest
 
 from featx import list_backbones
 from featx.nets.auto_layers import auto_layers, default_cut_name
-from featx.nets.backbones import get_backbone, import_named_module
+from featx.nets.backbones import get_backbone
+from featx.nets.identity import import_named_module
 
 # Keras's smallest input for the Inception family and Xception; 32 px for the others.
 _MIN_SIZE = {"inception_v3": 75, "inception_resnet_v2": 75, "xception": 71}

@@ -14,7 +14,8 @@ from featx import (
     WeightsNotFoundError,
     list_backbones,
 )
-from featx.nets.backbones import BACKBONES, get_backbone, import_named_module, resolve_backbone
+from featx.nets.backbones import BACKBONES, get_backbone, resolve_backbone
+from featx.nets.identity import import_named_module
 
 REQUIRED = [
     "mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",

@@ -249,7 +249,7 @@ def _model_file(group: GroupInfo, source_id: str, where: str) -> str:
     ``"file <path>, "``. Each ``", "``-separated prefix is tried as a path (a path may hold a
     comma), and only a file with the stored digest is taken.
     """
-    from featx.nets.backbones import file_sha256
+    from featx.nets.identity import file_sha256
 
     label = group.label.removeprefix("file ")
     parts = label.split(", ")

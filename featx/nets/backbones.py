@@ -23,8 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from featx.exceptions import FeatxError, UnknownBackboneError, WeightsNotFoundError
-from featx.nets.hub import feature_map_pooling, is_hub, resolve_hub
+from featx.exceptions import FeatxError, UnknownBackboneError
+from featx.nets.hub import feature_map_pooling, hub_fields, is_hub
+from featx.nets.identity import (
+    file_sha256,
+    is_keras_model,
+    keras_backend_name,
+    model_identity,
+    weights_identity,
+)
 
 __all__ = [
     "BackboneSpec",
@@ -132,19 +139,6 @@ def _specs() -> dict[str, BackboneSpec]:
         rows.append((f"efficientnet_lite{i}", f"featx.efficientnet_lite:EfficientNetLite{i}",
                      "featx.efficientnet_lite", size, 1280))
     return {r[0]: BackboneSpec(*r) for r in rows}
-
-
-#: featx's own networks are named in fingerprints (so in caches, saved models and tuned files)
-#: by the module path they had in featx 0.1. A name is an identity: it stays when the code moves,
-#: and this table says where the module lives now.
-_MODULE_HOMES = {"featx.efficientnet_lite": "featx.nets.efficientnet_lite"}
-
-
-def import_named_module(name: str) -> Any:
-    """Import the module a registry entry or a preprocessing name calls ``name``."""
-    import importlib
-
-    return importlib.import_module(_MODULE_HOMES.get(name, name))
 
 
 #: The registry: friendly name -> :class:`BackboneSpec`.
@@ -286,71 +280,6 @@ class BackboneConfig:
         parts.append(f"pool={self.pooling}")
         parts.append(f"weights={self.weights_id}")
         return ", ".join(parts)
-
-
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes, remembered per (path, size, mtime) for this process."""
-    p = Path(path)
-    st = p.stat()
-    memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if memo_key not in _HASH_MEMO:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _HASH_MEMO[memo_key] = h.hexdigest()
-    return _HASH_MEMO[memo_key]
-
-
-def _keras_version() -> str:
-    try:
-        return importlib.metadata.version("keras")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
-        return "unknown"
-
-
-def keras_backend_name() -> str:
-    """The Keras backend in use, found without importing Keras when it is not imported yet."""
-    import sys
-
-    if "keras" in sys.modules:
-        return str(sys.modules["keras"].backend.backend())
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"]
-    config = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "keras.json"
-    try:
-        return str(json.loads(config.read_text()).get("backend", "tensorflow"))
-    except (OSError, ValueError):
-        return "tensorflow"
-
-
-def _weights_identity(weights: Any) -> str:
-    if weights is None:
-        # Seeded random initialisers draw different numbers on different backends.
-        return f"random@seed0:{keras_backend_name()}"
-    if isinstance(weights, str) and weights == "imagenet":
-        return f"imagenet@keras-{_keras_version()}"
-    if isinstance(weights, (str, os.PathLike)):
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsNotFoundError(
-                f"weights file {str(path)!r} does not exist. Expected weights='imagenet', "
-                "weights=None (random initialisation) or the path of an existing weights file."
-            )
-        return f"sha256:{file_sha256(path)}"
-    raise FeatxError(
-        f"weights={weights!r} is not understood. Expected 'imagenet', None or a file path."
-    )
-
-
-def _model_identity(model: Any) -> str:
-    h = hashlib.sha256(model.to_json().encode())
-    for w in model.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -530,8 +459,9 @@ def _resolve_source(
     prep: str,
 ) -> BackboneConfig:
     if is_hub(backbone):
-        return resolve_hub(backbone, weights=weights, layer=layer, pooling=pooling_s, size=size,
-                           resize=resize_s, prep=prep)
+        return BackboneConfig(**hub_fields(backbone, weights=weights, layer=layer,
+                                           pooling=pooling_s, size=size, resize=resize_s,
+                                           prep=prep))
     pooling_s = feature_map_pooling(pooling_s)
     if isinstance(backbone, str) and not _looks_like_path(backbone):
         spec = get_backbone(backbone)
@@ -539,7 +469,7 @@ def _resolve_source(
             prep = spec.preprocess
         return BackboneConfig(
             kind="registry", name=spec.name, weights=weights,
-            weights_id=_weights_identity(weights), layer=layer, pooling=pooling_s,
+            weights_id=weights_identity(weights), layer=layer, pooling=pooling_s,
             input_size=size or (spec.input_size, spec.input_size), resize=resize_s,
             preprocess=prep, source=spec, source_id=spec.name,
         )
@@ -562,7 +492,7 @@ def _resolve_source(
             kind="model", name=getattr(backbone, "name", "model"), weights=None,
             weights_id="in-model", layer=layer, pooling=pooling_s, input_size=size,
             resize=resize_s, preprocess="none" if prep == "auto" else prep, source=backbone,
-            source_id=f"sha256:{_model_identity(backbone)}",
+            source_id=f"sha256:{model_identity(backbone)}",
         )
     if callable(backbone):
         qual = f"{backbone.__module__}.{getattr(backbone, '__qualname__', repr(backbone))}"
@@ -603,13 +533,3 @@ def _tuned_file_defaults(
 
 def _looks_like_path(text: str) -> bool:
     return text.endswith((".keras", ".h5", ".hdf5")) or os.sep in text or "/" in text
-
-
-def is_keras_model(obj: Any) -> bool:
-    # Checked by class name so that resolving a registry name never imports Keras.
-    return any(
-        c.__module__.startswith("keras") and c.__name__ in ("Model", "Functional", "Sequential")
-        for c in type(obj).__mro__
-    )
-
-

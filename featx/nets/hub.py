@@ -23,15 +23,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from featx.exceptions import FeatxError, UnknownBackboneError
+from featx.nets.identity import file_sha256, keras_backend_name
 
-if TYPE_CHECKING:
-    from featx.nets.backbones import BackboneConfig
-
-# The registry (featx.nets.backbones) imports this module; what this module needs from the
-# registry is imported where it is used.
+# The registry (featx.nets.backbones) imports this module, never the other way round: a preset
+# resolves into the fields of a BackboneConfig, which the registry builds.
 
 __all__ = [
     "FAMILIES",
@@ -49,7 +47,7 @@ __all__ = [
     "hub_auto_layers",
     "is_hub",
     "missing_extra_message",
-    "resolve_hub",
+    "hub_fields",
 ]
 
 HUB_PREFIX = "keras_hub:"
@@ -302,8 +300,6 @@ def download_hint(preset: str) -> str:
 
 
 def _dir_digest(path: Path, names: list[str]) -> str:
-    from featx.nets.backbones import file_sha256
-
     h = hashlib.sha256()
     for name in names:
         h.update(name.encode() + b"\0" + file_sha256(path / name).encode() + b"\0")
@@ -331,8 +327,6 @@ def _identity(preset: HubPreset, weights: Any) -> tuple[str, str]:
             "'preset' (or the default 'imagenet'): the preset's own weights, or None for a "
             "seeded random initialisation of its architecture."
         )
-    from featx.nets.backbones import keras_backend_name
-
     random_id = f"random@seed0:{keras_backend_name()}"
     if not preset.is_dir:
         version = keras_hub_version()
@@ -411,7 +405,7 @@ def _check_pooling(preset: HubPreset, layer: str | int | None, pooling: str) -> 
     return pooling
 
 
-def resolve_hub(
+def hub_fields(
     backbone: str,
     *,
     weights: Any,
@@ -420,10 +414,8 @@ def resolve_hub(
     size: tuple[int, int] | None,
     resize: str,
     prep: str,
-) -> BackboneConfig:
-    """The configuration of ``"keras_hub:<preset>"``, built from files only."""
-    from featx.nets.backbones import BackboneConfig
-
+) -> dict[str, Any]:
+    """The fields of ``"keras_hub:<preset>"``'s ``BackboneConfig``, found from files only."""
     preset = describe_preset(backbone[len(HUB_PREFIX):])
     source_id, weights_id = _identity(preset, weights)
     if size is None:
@@ -442,7 +434,7 @@ def resolve_hub(
             "'block_<i>' (transformer block i, from 0), an int i (block i; -1 the last) or "
             "None (the encoder's output after its final norm)."
         )
-    return BackboneConfig(
+    return dict(
         kind="hub", name=backbone, weights=weights, weights_id=weights_id, layer=layer,
         pooling=_check_pooling(preset, layer, pooling), input_size=size, resize=resize,
         preprocess=HUB_PREPROCESS if prep == "auto" else prep, source=preset,

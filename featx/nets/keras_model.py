@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from featx.exceptions import FeatxError, UnknownBackboneError, WeightsNotFoundError
-from featx.nets.backbones import BackboneConfig, BackboneSpec, import_named_module, is_keras_model
+from featx.nets.backbones import BackboneConfig, BackboneSpec
+from featx.nets.identity import import_named_module, is_keras_model
 from featx.nets.network import Forward, Network
 
 __all__ = [
