@@ -54,3 +54,34 @@ def test_a_forbidden_import_breaks_them(
     result = _lint(tmp_path)
     assert result.returncode == 1, result.stdout
     assert message in result.stdout
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    # The layers keep subpackages from circling; this keeps modules from it, inside a subpackage
+    # too (imports inside functions and under TYPE_CHECKING count). A package's face is left
+    # out: featx/__init__.py and each subpackage's __init__ import their modules by design.
+    import grimp
+
+    graph = grimp.build_graph("featx")
+    faces = {m for m in graph.modules if m == "featx" or graph.find_children(m)}
+    edges = {m: graph.find_modules_directly_imported_by(m) - faces
+             for m in graph.modules - faces}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(edges.get(module, ())):
+            if state.get(target) == 1:
+                return [*path[path.index(target):], target]
+            if target not in state and (found := visit(target)) is not None:
+                return found
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(edges):
+        if module not in state:
+            cycle = visit(module)
+            assert cycle is None, " -> ".join(cycle)
