@@ -163,3 +163,15 @@ def test_a_group_made_by_the_pillow_decoder_is_read_back_with_it(tmp_path) -> No
     params = embedder_params_from_cache(path)
     assert params["decoder"] == "pillow"
     assert ImageEmbedder(**params).backbone_config().fingerprint == config.fingerprint
+
+
+def test_a_keras_hub_group_names_its_preset_or_asks_for_the_directory(tmp_path) -> None:
+    # featx heads without --backbone on a cache of Keras Hub embeddings: a preset name is rebuilt
+    # from the fingerprint (nothing is downloaded to resolve it); a directory's path is not kept.
+    config = resolve_backbone("keras_hub:dinov2_small", engine="keras")
+    params = embedder_params_from_group(group_of("keras_hub:dinov2_small", engine="keras"))
+    assert params["backbone"] == "keras_hub:dinov2_small"
+    assert ImageEmbedder(**params).backbone_config().fingerprint == config.fingerprint
+    fields = dict(config.fingerprint_fields, backbone="hub:sha256:" + "2" * 64)
+    with pytest.raises(FeatxError, match=r"Keras Hub preset directory .*--backbone keras_hub:"):
+        embedder_params_from_group(GroupInfo("1" * 24, fields, "dinov2", 8, 3))

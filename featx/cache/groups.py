@@ -146,6 +146,7 @@ def embedder_params_from_group(group: GroupInfo) -> dict[str, Any]:
         PREPROCESS_MODES,
         resolve_backbone,
     )
+    from featx.nets.hub import HUB_PREPROCESS
 
     fields = dict(group.fields)
     where = f"cache group {describe_group(group)}"
@@ -163,6 +164,15 @@ def embedder_params_from_group(group: GroupInfo) -> dict[str, Any]:
         params["backbone"] = stored
     elif kind == "file":
         params["backbone"] = _model_file(group, source_id, where)
+    elif kind == "hub":
+        name, by_name, _ = source_id.partition("@keras-hub-")
+        if not by_name:
+            raise FeatxError(
+                f"{where} was made from a Keras Hub preset directory ({source_id[:19]}...), whose "
+                "path the cache does not keep; pass the same backbone yourself "
+                "(--backbone keras_hub:<the directory>)."
+            )
+        params["backbone"] = f"keras_hub:{name}"
     else:
         what = "a keras.Model" if kind == "model" else "a backbone function"
         raise FeatxError(
@@ -178,7 +188,9 @@ def embedder_params_from_group(group: GroupInfo) -> dict[str, Any]:
     )
     params["resize"] = fields.get("resize") or "resize"
     preprocess = str(fields.get("preprocess", "auto"))
-    if kind == "registry" and preprocess == BACKBONES[stored].preprocess:
+    if (kind == "registry" and preprocess == BACKBONES[stored].preprocess) or (
+        kind == "hub" and preprocess == HUB_PREPROCESS
+    ):
         preprocess = "auto"
     elif preprocess not in PREPROCESS_MODES:
         raise FeatxError(
@@ -276,6 +288,8 @@ def _weights(weights_id: str, kind: str, where: str) -> Any:
         return "imagenet"
     if weights_id.startswith("random@"):
         return None
+    if kind == "hub" and weights_id.startswith("preset@"):
+        return "preset"
     raise FeatxError(
         f"{where} was made with a weights file ({weights_id[:19]}...), whose path the cache does "
         "not keep; name the backbone and pass the same weights file."
