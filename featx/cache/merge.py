@@ -121,29 +121,23 @@ def _merge(files: CacheFiles, run: list[FileIndex]) -> int:
 
 def _merge_segments(files: CacheFiles, run: list[FileIndex]) -> None:
     token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    tmp = files.segment_dir / f".tmp-{token}.h5"
     # The merged file takes the oldest input's place in the order (names sort by commit time).
     target = files.segment_dir / f"{run[0].path.name.split('-', 1)[0]}-{token}.h5"
-    check_room(files.path, _bytes(run))
-    try:
-        with writing(files.path, tmp, _bytes(run)):
-            with h5py.File(tmp, "w") as out:
-                init_file(out)
-                _fold(out, run, {})
-            fsync_file(tmp)
-        fault_point("cache.merge_written")
-        os.replace(tmp, target)
-        fault_point("cache.merge_committed")
-        fsync_dir(target.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    _done(files, target, [index.path for index in run])
+    _write_merged(files, run, files.segment_dir / f".tmp-{token}.h5", target,
+                  ("cache.merge_written", "cache.merge_committed"))
 
 
 def _fold_into_main(files: CacheFiles, sources: list[FileIndex]) -> None:
     """Write the main file (if any) and segments as a new main file, and rename it into place."""
     tmp = files.path.with_name(f".{files.path.name}.compact-{os.getpid()}.tmp")
+    _write_merged(files, sources, tmp, files.path,
+                  ("cache.compact_copied", "cache.compact_replaced"))
+
+
+def _write_merged(files: CacheFiles, sources: list[FileIndex], tmp: Path, target: Path,
+                  points: tuple[str, str]) -> None:
+    """Fold ``sources`` into ``tmp``, sync it, rename it to ``target`` (the commit), then delete
+    the inputs; ``points`` are the crash points after the sync and after the rename."""
     check_room(files.path, _bytes(sources))
     try:
         with writing(files.path, tmp, _bytes(sources)):
@@ -151,14 +145,14 @@ def _fold_into_main(files: CacheFiles, sources: list[FileIndex]) -> None:
                 init_file(out)
                 _fold(out, sources, {})
             fsync_file(tmp)
-        fault_point("cache.compact_copied")
-        os.replace(tmp, files.path)
-        fault_point("cache.compact_replaced")
-        fsync_dir(files.path.parent)
+        fault_point(points[0])
+        os.replace(tmp, target)
+        fault_point(points[1])
+        fsync_dir(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _done(files, files.path, [index.path for index in sources if index.path != files.path])
+    _done(files, target, [index.path for index in sources if index.path != target])
 
 
 def _bytes(run: list[FileIndex]) -> int:

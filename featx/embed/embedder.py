@@ -18,7 +18,13 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
 from featx.embed.calibration import calibrated_config
-from featx.embed.engine import MAX_PIXELS, EmbeddingReport, embed_items, output_widths
+from featx.embed.engine import (
+    MAX_PIXELS,
+    EmbeddingReport,
+    EngineResult,
+    embed_items,
+    output_widths,
+)
 from featx.embed.images import as_items, warn_if_unit_scale
 from featx.exceptions import ImageLoadError
 from featx.nets.backbones import (
@@ -274,23 +280,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         embeddings : ndarray of float32, shape (n_items, width)
             With ``on_error="skip"`` the failed items' rows are left out (see ``report_.dropped``).
         """
-        config = self.backbone_config()
-        X = _as_input(X)
-        if _is_table(X):
-            X = validate_data(self, X, dtype=np.float32, reset=not hasattr(self, "n_features_in_"))
-            items, kind = as_items(X)
-            sample_shape: tuple[int, ...] | None = (X.shape[1],)
-        else:
-            warn_if_unit_scale(X)
-            items, kind = as_items(X)
-            sample_shape = None
-            if config.precision == "int8":
-                config = calibrated_config(config, self.calibration, items)
-        result = embed_items(
-            config, items, kind=kind, sample_shape=sample_shape, cache=self.cache,
-            batch_size=self.batch_size, n_workers=self.n_workers,
-            retry_failed=self.retry_failed, verbose=bool(self.verbose),
-        )
+        result = self._embed(X, keep_rows=True)
         out, failed, report = result.outputs[0], result.failed, result.report
         if not hasattr(self, "report_"):
             self.report_ = EmbeddingReport()
@@ -329,6 +319,16 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 "embed_to_cache writes to the cache, and this embedder has none; pass cache= "
                 "(or call transform to get the rows)."
             )
+        result = self._embed(X, keep_rows=False)
+        if not hasattr(self, "report_"):
+            self.report_ = EmbeddingReport()
+        self.report_._replace_with(result.report)
+        if result.failed and self.on_error == "raise":
+            self._apply_error_policy(np.zeros((0, 0), np.float32), result.failed, result.report)
+        return self.report_
+
+    def _embed(self, X: Any, *, keep_rows: bool) -> EngineResult:
+        """Run the engine on ``X`` as :meth:`transform` and :meth:`embed_to_cache` take it."""
         config = self.backbone_config()
         X = _as_input(X)
         if _is_table(X):
@@ -341,17 +341,11 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             sample_shape = None
             if config.precision == "int8":
                 config = calibrated_config(config, self.calibration, items)
-        result = embed_items(
+        return embed_items(
             config, items, kind=kind, sample_shape=sample_shape, cache=self.cache,
             batch_size=self.batch_size, n_workers=self.n_workers,
-            retry_failed=self.retry_failed, verbose=bool(self.verbose), keep_rows=False,
+            retry_failed=self.retry_failed, verbose=bool(self.verbose), keep_rows=keep_rows,
         )
-        if not hasattr(self, "report_"):
-            self.report_ = EmbeddingReport()
-        self.report_._replace_with(result.report)
-        if result.failed and self.on_error == "raise":
-            self._apply_error_policy(np.zeros((0, 0), np.float32), result.failed, result.report)
-        return self.report_
 
     def _apply_error_policy(
         self, out: np.ndarray, failed: list[ImageLoadError], report: EmbeddingReport
