@@ -48,7 +48,7 @@ from featx._faults import fault_point
 from featx.cache.index import GroupIndex, digests_of
 from featx.exceptions import CacheError
 
-__all__ = ["CACHE_FORMAT_VERSION", "CacheFiles", "FileIndex", "check_room", "file_size", "writing"]
+__all__ = ["CACHE_FORMAT_VERSION", "CacheFiles", "FileIndex", "check_room", "writing"]
 
 CACHE_FORMAT_VERSION = 1
 _KEY_DTYPE = "S64"
@@ -166,12 +166,6 @@ def stamp_of(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def file_size(path: Path) -> int | None:
-    """The size of ``path`` in bytes; None when it does not exist."""
-    stamp = stamp_of(path)
-    return None if stamp is None else stamp[1]
 
 
 def open_h5(path: Path, mode: str) -> h5py.File:
@@ -358,7 +352,7 @@ class CacheFiles:
                 except UnreadableFile as exc:
                     if path == self.path:
                         raise
-                    self._skip_damaged(path, stamp, exc)
+                    self.skip_damaged(path, stamp, exc)
                     continue
                 self._indexes[path] = index
             out.append(index)
@@ -390,8 +384,6 @@ class CacheFiles:
                 RuntimeWarning,
                 stacklevel=4,
             )
-
-    _skip_damaged = skip_damaged
 
     def drop_damaged(self, index: FileIndex, exc: UnreadableFile) -> None:
         """A segment that stopped reading after it was indexed: warn, and index it no more."""

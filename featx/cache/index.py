@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Digests", "GroupIndex", "digests_of", "hex_keys", "prefix_of"]
+__all__ = ["Digests", "GroupIndex", "digests_of", "first_rows", "hex_keys", "prefix_of"]
 
 #: Digest bytes per key.
 DIGEST = 32
@@ -134,3 +134,14 @@ class GroupIndex:
     def nbytes(self) -> int:
         """Memory held by the index (not counting failures)."""
         return self._prefix.nbytes + self._raw.nbytes + self._rows.nbytes
+
+
+def first_rows(group: GroupIndex, earlier: list[GroupIndex]) -> np.ndarray:
+    """The rows of ``group`` whose keys no earlier file holds, each key's first row only: what
+    a reader sees of this file (first file wins) and what a merge copies of it."""
+    raw = group.digests_in_row_order()
+    query = Digests(raw, prefix_of(raw))
+    keep = group.find(query) == np.arange(group.n)
+    for other in earlier:
+        keep &= ~other.contains(query)
+    return np.flatnonzero(keep)

@@ -45,7 +45,7 @@ from featx.cache.files import (
     write_failures,
     writing,
 )
-from featx.cache.index import Digests, GroupIndex, digests_of, prefix_of
+from featx.cache.index import GroupIndex, digests_of, first_rows
 
 __all__ = ["compact_all", "merge_newest", "plan_merge", "tier"]
 
@@ -138,9 +138,10 @@ def _write_merged(files: CacheFiles, sources: list[FileIndex], tmp: Path, target
                   points: tuple[str, str]) -> None:
     """Fold ``sources`` into ``tmp``, sync it, rename it to ``target`` (the commit), then delete
     the inputs; ``points`` are the crash points after the sync and after the rename."""
-    check_room(files.path, _bytes(sources))
+    nbytes = sum(index.stamp[1] for index in sources)
+    check_room(files.path, nbytes)
     try:
-        with writing(files.path, tmp, _bytes(sources)):
+        with writing(files.path, tmp, nbytes):
             with h5py.File(tmp, "w") as out:
                 init_file(out)
                 _fold(out, sources, {})
@@ -153,10 +154,6 @@ def _write_merged(files: CacheFiles, sources: list[FileIndex], tmp: Path, target
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     _done(files, target, [index.path for index in sources if index.path != target])
-
-
-def _bytes(run: list[FileIndex]) -> int:
-    return sum(index.stamp[1] for index in run)
 
 
 def _done(files: CacheFiles, target: Path, inputs: list[Path]) -> None:
@@ -179,7 +176,7 @@ def _fold(out: h5py.File, sources: list[FileIndex], have: dict[str, list[GroupIn
                 if group is None:
                     continue
                 earlier = have.setdefault(fp, [])
-                take = _fresh_rows(group, earlier)
+                take = first_rows(group, earlier)
                 dst = out.get(f"embeddings/{fp}")
                 if dst is None:
                     dst = create_group(out, fp, group.width, group.fields, group.label,
@@ -187,15 +184,6 @@ def _fold(out: h5py.File, sources: list[FileIndex], have: dict[str, list[GroupIn
                 _copy_rows(src, dst, take)
                 _copy_failures(src, dst, earlier, group)
                 earlier.append(group)
-
-
-def _fresh_rows(group: GroupIndex, earlier: list[GroupIndex]) -> np.ndarray:
-    raw = group.digests_in_row_order()
-    query = Digests(raw, prefix_of(raw))
-    keep = group.find(query) == np.arange(group.n)  # a key's first row in this file
-    for other in earlier:
-        keep &= ~other.contains(query)
-    return np.flatnonzero(keep)
 
 
 def _copy_rows(src: h5py.Group, dst: h5py.Group, take: np.ndarray) -> None:

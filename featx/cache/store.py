@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from featx.cache.files import CACHE_FORMAT_VERSION, CacheFiles, FileIndex, UnreadableFile
-from featx.cache.index import Digests, GroupIndex, digests_of, hex_keys, prefix_of
-from featx.cache.merge import compact_all, merge_newest, plan_merge
+from featx.cache.index import Digests, digests_of, first_rows, hex_keys
+from featx.cache.merge import compact_all, merge_newest
 from featx.exceptions import CacheError
 
 __all__ = ["EmbeddingCache", "GroupInfo", "CACHE_FORMAT_VERSION", "open_cache"]
@@ -72,7 +72,7 @@ class EmbeddingCache:
 
     #: How many files of one tier are merged into one of the next (see
     #: :mod:`featx.cache.merge`): at most ``merge_fanin - 1`` files per tier stay on disk. 16:
-    #: a million rows in batches of 32 are written about 4.5 times in all (10: 5.8 times,
+    #: a million rows in batches of 32 were written 4.65 times in all (10: 5.83 times,
     #: measured with ``python -m benchmarks.scale``), in at most 61 files.
     #: ``$FEATX_MERGE_FANIN`` sets it for a process (the crash tests merge every 2 files), as
     #: ``$FEATX_MERGE_BASE_ROWS`` sets the next.
@@ -155,7 +155,7 @@ class EmbeddingCache:
             files = self._files.indexes()
             if fields is not None:
                 _check_fields(files, fingerprint, fields)
-            return _where(files, fingerprint, query)[:, 0] >= 0
+            return _stored(files, fingerprint, query)
 
     def failures(self, fingerprint: str, keys: Sequence[str]) -> dict[str, str]:
         """Reasons recorded for the ``keys`` that failed to decode before: key -> reason."""
@@ -197,17 +197,7 @@ class EmbeddingCache:
             parts = [f.groups[fingerprint].digests_in_row_order() for f in files
                      if fingerprint in f.groups]
             keys = np.unique(hex_keys(np.concatenate(parts))) if parts else np.zeros(0, "S64")
-            failed: dict[str, str] = {}
-            for f in files:
-                grp = f.groups.get(fingerprint)
-                if grp is not None:
-                    for k, reason in grp.failed.items():
-                        failed.setdefault(k, reason)
-            if failed:
-                stored = _where(files, fingerprint, digests_of(list(failed)))[:, 0] >= 0
-                failed = {k: r for (k, r), s in zip(failed.items(), stored, strict=True)
-                          if not s}
-            return keys, failed
+            return keys, _failures_without_rows(files, fingerprint)
 
     def groups(self) -> list[GroupInfo]:
         """Describe every group; rows are counted once across the main file and segments.
@@ -221,18 +211,11 @@ class EmbeddingCache:
             out: dict[str, GroupInfo] = {}
             for fp in dict.fromkeys(fp for f in files for fp in f.groups):
                 mine = [f.groups[fp] for f in files if fp in f.groups]
-                rows = sum(len(_first_rows(g, mine[:i])) for i, g in enumerate(mine))
-                failed: set[str] = set()
-                for g in mine:
-                    failed.update(g.failed)
-                if failed:
-                    stored = _where(files, fp, digests_of(sorted(failed)))[:, 0] >= 0
-                    n_failed = int((~stored).sum())
-                else:
-                    n_failed = 0
+                rows = sum(len(first_rows(g, mine[:i])) for i, g in enumerate(mine))
                 first = mine[0]
                 out[fp] = GroupInfo(fingerprint=fp, fields=first.fields, label=first.label,
-                                    width=first.width, rows=rows, failures=n_failed)
+                                    width=first.width, rows=rows,
+                                    failures=len(_failures_without_rows(files, fp)))
             return list(out.values())
 
     def read_group(self, fingerprint: str) -> tuple[list[str], np.ndarray, list[str]]:
@@ -253,7 +236,7 @@ class EmbeddingCache:
             sources: list[str] = []
             groups = [f.groups[fingerprint] for f in files]
             for i, index in enumerate(files):
-                rows = _first_rows(groups[i], groups[:i])
+                rows = first_rows(groups[i], groups[:i])
                 if len(rows):
                     raw = groups[i].digests_in_row_order()[rows]
                     keys += [k.decode("ascii") for k in hex_keys(raw)]
@@ -310,7 +293,7 @@ class EmbeddingCache:
                     width = grp.width
                     if grp.failed:
                         known_failed.update(k for k, _, _ in failed if k in grp.failed)
-            stored = _where(files, fingerprint, query)[:, 0] >= 0
+            stored = _stored(files, fingerprint, query)
             keep, seen = [], set()
             for i in np.flatnonzero(~stored).tolist():
                 k = keys[i]
@@ -319,7 +302,7 @@ class EmbeddingCache:
                     seen.add(k)
             new_failed = []
             if failed:
-                failed_stored = self._stored(files, fingerprint, [f[0] for f in failed])
+                failed_stored = _stored(files, fingerprint, digests_of([f[0] for f in failed]))
                 new_failed = [f for f, has_row in zip(failed, failed_stored, strict=True)
                               if not has_row and f[0] not in known_failed]
             if not keep and not new_failed:
@@ -339,21 +322,12 @@ class EmbeddingCache:
             merge_newest(self._files, self.merge_fanin, self.merge_base_rows)
         return len(keep)
 
-    @staticmethod
-    def _stored(files: list[FileIndex], fingerprint: str, keys: list[str]) -> np.ndarray:
-        return _where(files, fingerprint, digests_of(keys))[:, 0] >= 0
-
     def maintain(self) -> int:
         """Merge the newest files while they make a full tier; return how many were merged.
 
         :meth:`append` does this after each commit (unless :attr:`merge` is False).
         """
         return merge_newest(self._files, self.merge_fanin, self.merge_base_rows)
-
-    def needs_compaction(self) -> bool:
-        """True when the newest files make a full tier and would be merged."""
-        with self._files.locked(exclusive=False):
-            return bool(plan_merge(self._files.indexes(), self.merge_fanin, self.merge_base_rows))
 
     def compact(self) -> int:
         """Fold every committed segment into the main file, keeping each key once.
@@ -366,6 +340,25 @@ class EmbeddingCache:
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r})"
+
+
+def _stored(files: list[FileIndex], fingerprint: str, query: Digests) -> np.ndarray:
+    """Which queried keys some file holds a row for."""
+    return _where(files, fingerprint, query)[:, 0] >= 0
+
+
+def _failures_without_rows(files: list[FileIndex], fingerprint: str) -> dict[str, str]:
+    """Every remembered failure (key -> its first reason) whose key no file has a row for."""
+    failed: dict[str, str] = {}
+    for f in files:
+        grp = f.groups.get(fingerprint)
+        if grp is not None:
+            for k, reason in grp.failed.items():
+                failed.setdefault(k, reason)
+    if not failed:
+        return failed
+    stored = _stored(files, fingerprint, digests_of(list(failed)))
+    return {k: r for (k, r), has_row in zip(failed.items(), stored, strict=True) if not has_row}
 
 
 def _where(files: list[FileIndex], fingerprint: str, query: Digests) -> np.ndarray:
@@ -383,16 +376,6 @@ def _where(files: list[FileIndex], fingerprint: str, query: Digests) -> np.ndarr
         where[todo[hit], 1] = rows[hit]
         todo = todo[~hit]
     return where
-
-
-def _first_rows(group: GroupIndex, earlier: list[GroupIndex]) -> np.ndarray:
-    """The rows of ``group`` whose keys no earlier file holds (each key's first row)."""
-    raw = group.digests_in_row_order()
-    query = Digests(raw, prefix_of(raw))
-    keep = group.find(query) == np.arange(group.n)
-    for other in earlier:
-        keep &= ~other.contains(query)
-    return np.flatnonzero(keep)
 
 
 def _normal(fields: dict[str, Any]) -> str:
