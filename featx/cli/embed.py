@@ -41,6 +41,14 @@ def make_embedder(args: argparse.Namespace, on_error: str,
                       pooling=args.pooling, input_size=args.input_size,
                       precision=args.precision)
     params = {"engine": args.engine, **params}  # a cache group's reduced precision names one
+    calibration = getattr(args, "calibration", None)
+    if calibration is not None:
+        if params.get("precision") != "int8":
+            raise FeatxError(
+                "--calibration is for --precision int8 (the quantized network is calibrated "
+                "on it); add --precision int8, or leave --calibration out."
+            )
+        params["calibration"] = list_source(calibration, args.path_column)
     return ImageEmbedder(
         **params, batch_size=args.batch_size, cache=args.cache,
         on_error=on_error, n_workers=args.n_workers, verbose=progress(args),

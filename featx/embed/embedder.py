@@ -37,6 +37,7 @@ from featx.nets.backbones import (
     BackboneConfig,
     resolve_backbone,
 )
+from featx.nets.quantize import is_registered
 
 __all__ = ["ImageEmbedder", "EmbeddingReport", "MAX_PIXELS"]
 
@@ -143,10 +144,11 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         when simplejpeg and OpenCV are installed (featx depends on both).
     calibration : images or None, default=None
         For ``precision="int8"``: 32 to 300 images like those to embed, on which NNCF calibrates
-        the quantized network (``None``: the first 300 images of each ``transform``; pass a
-        fixed set when several calls, such as a grid search's folds, should share one cache
-        group). Their content digest is part of the fingerprint (``"int8@openvino:<digest>"``);
-        the quantized network is kept on disk under featx's home.
+        the quantized network (``None``: the first 300 images given to ``fit``, or to the first
+        ``transform`` when not fitted; later calls reuse that calibration. Pass a fixed set when
+        separate fits, such as a grid search's folds, should share one quantized network and
+        one cache group). Their content digest is part of the fingerprint
+        (``"int8@openvino:<digest>"``); the quantized network is kept on disk under featx's home.
 
     Attributes
     ----------
@@ -262,7 +264,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         if _is_table(X):
             validate_data(self, X, dtype=np.float32, reset=True)
         else:
-            as_items(X)  # fail early on input that is not a collection of images
+            items, _ = as_items(X)  # fail early on input that is not a collection of images
+            if self.config_.precision == "int8":
+                self._calibration_of: tuple[Any, str, BackboneConfig] | None = None
+                self.config_ = self._calibrated(self.config_, items)
         self.report_ = EmbeddingReport()
         return self
 
@@ -340,12 +345,26 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             items, kind = as_items(X)
             sample_shape = None
             if config.precision == "int8":
-                config = calibrated_config(config, self.calibration, items)
+                config = self._calibrated(config, items)
         return embed_items(
             config, items, kind=kind, sample_shape=sample_shape, cache=self.cache,
             batch_size=self.batch_size, n_workers=self.n_workers,
             retry_failed=self.retry_failed, verbose=bool(self.verbose), keep_rows=keep_rows,
         )
+
+    def _calibrated(self, config: BackboneConfig, items: Any) -> BackboneConfig:
+        """``config`` calibrated for INT8: on ``calibration=``, else on the first images of the
+        first call (``fit``'s, or the first ``transform``'s when not fitted), once, so that later
+        calls share one quantized network and one cache group."""
+        memo = getattr(self, "_calibration_of", None)
+        if memo is not None:
+            source, base, calibrated = memo
+            if (source is self.calibration and base == config.fingerprint
+                    and is_registered(calibrated.calibration_id)):
+                return calibrated
+        calibrated = calibrated_config(config, self.calibration, items)
+        self._calibration_of = (self.calibration, config.fingerprint, calibrated)
+        return calibrated
 
     def _apply_error_policy(
         self, out: np.ndarray, failed: list[ImageLoadError], report: EmbeddingReport

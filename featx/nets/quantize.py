@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_CALIBRATION", "int8_units", "register_calibration", "quantize",
-           "check_int8_cpu"]
+__all__ = ["MIN_CALIBRATION", "int8_units", "register_calibration", "is_registered",
+           "quantize", "check_int8_cpu"]
 
 #: The fewest calibration images accepted (NNCF's statistics are unstable below this).
 MIN_CALIBRATION = 32
@@ -29,6 +29,11 @@ _CALIBRATION: dict[str, np.ndarray] = {}
 def register_calibration(digest: str, pixels: np.ndarray) -> None:
     """Keep the decoded calibration images (uint8, N x H x W x C) of ``digest`` for this process."""
     _CALIBRATION[digest] = pixels
+
+
+def is_registered(digest: str) -> bool:
+    """Whether this process holds the calibration images of ``digest``."""
+    return digest in _CALIBRATION
 
 
 @functools.cache
