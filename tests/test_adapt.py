@@ -344,6 +344,31 @@ def test_tune_heads_adapts_every_head_and_ranks_by_reverse_validation(rng):
     assert unadapted.best.test_score == 0.5
 
 
+def test_choosing_with_a_target_uses_no_target_label(rng):
+    """The target's labels (given only as ``test=``) never choose: permuted, they give the same
+    grids' choices, the same reverse-validation scores and the same ranking; only the test
+    metrics, which they are for, change."""
+    from featx import tune_heads
+
+    Xs, y, Xt = shifted(rng, n=120)
+    kw = dict(heads=["logreg", "knn"], cv=3, target=Xt,
+              grids={"knn": {"clf__n_neighbors": [3, 15]}})
+    true = tune_heads(Xs, y, test=(Xt, y), **kw)
+    permuted = tune_heads(Xs, y, test=(Xt, rng.permutation(y)), **kw)
+    flipped = tune_heads(Xs, y, test=(Xt, 1 - y), **kw)
+    unlabelled = tune_heads(Xs, y, **kw)
+
+    def choices(board):
+        return [(r.head, r.best_params, r.cv_mean, r.cv_std) for r in board]
+
+    assert choices(true) == choices(permuted) == choices(flipped) == choices(unlabelled)
+    for a, b in zip(true, flipped, strict=True):
+        np.testing.assert_array_equal(a.estimator.predict(Xt), b.estimator.predict(Xt))
+    # The labels did reach the test metrics: flipped labels turn every hit into a miss.
+    assert true.best.test_score > 0.9
+    assert [r.test_score for r in flipped] == pytest.approx([1 - r.test_score for r in true])
+
+
 def test_tune_heads_target_without_labels_reports_no_target_metrics(rng):
     from featx import tune_heads
 
