@@ -285,6 +285,35 @@ def test_failures_are_remembered_until_retry_failed(tmp_path, rng, monkeypatch):
     assert (group.rows, group.failures) == (2, 0)
 
 
+def test_a_missing_file_is_not_remembered_and_is_embedded_once_it_appears(tmp_path, rng):
+    """docs/robustness.md: items without content (a missing file) are not remembered, since the
+    file may appear later; a decode failure in the same run is."""
+    good, later, corrupt = tmp_path / "good.png", tmp_path / "later.png", tmp_path / "bad.png"
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(good)
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    X = [str(good), str(later), str(corrupt)]
+    cache = tmp_path / "emb.h5"
+    for run in range(2):  # the second run meets the same missing file, and tries it again
+        emb = embedder(cache=cache, on_error="nan")
+        emb.fit_transform(X)
+        reasons = {source: reason for _, source, reason in emb.report_.failures}
+        assert reasons[str(later)] == "file not found", run  # not "remembered from ..."
+        assert ("remembered from an earlier run" in reasons[str(corrupt)]) == (run == 1)
+        assert [e.retry_param for e in emb.report_.errors
+                if e.source == str(later)] == [None]
+        (group,) = EmbeddingCache(cache).groups()
+        assert (group.rows, group.failures) == (1, 1)  # only the corrupt file's failure
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(later)
+    appeared = embedder(cache=cache, on_error="nan")  # no retry_failed needed
+    out = appeared.fit_transform(X)
+    assert appeared.report_.n_embedded == 1 and appeared.report_.n_hits == 1
+    assert [source for _, source, _ in appeared.report_.failures] == [str(corrupt)]
+    (group,) = EmbeddingCache(cache).groups()
+    assert (group.rows, group.failures) == (2, 1)
+    np.testing.assert_allclose(out[:2], embedder().fit_transform([str(good), str(later)]),
+                               rtol=1e-5)
+
+
 def test_on_error_raise_lists_every_failure_in_the_report(tmp_path, rng):
     good = tmp_path / "good.png"
     Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(good)
