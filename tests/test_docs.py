@@ -33,3 +33,23 @@ def test_readme_example_runs(code, tmp_path, imagenet_weights, lite0_weights):
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, env=dict(os.environ), timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_readme_coral_example_prints_the_numbers_the_readme_shows():
+    """The domain-adaptation example's comment says what it prints: "0.94 (source only: 0.5)".
+    Run it, plus the source-only head the comment compares with, and read the numbers back."""
+    (code,) = [b for b in BLOCKS if "CORAL(make_head" in b]
+    shown = re.search(
+        r"print\(model\.score\(X_target, y\)\)\s+# ([\d.]+) \(source only: ([\d.]+)\)", code)
+    assert shown, "the README's CORAL example no longer says what it prints"
+    adapted, source_only = shown.group(1), shown.group(2)
+    check = code + 'print(make_head("logreg").fit(X_source, y).score(X_target, y))\n'
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         env=dict(os.environ), timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    printed = run.stdout.strip().splitlines()
+    assert len(printed) == 3, run.stdout
+    # Printed to the precision the README gives (0.94 is two decimals, 0.5 one).
+    assert f"{float(printed[0]):.{len(adapted.split('.')[1])}f}" == adapted
+    assert f"{float(printed[2]):.{len(source_only.split('.')[1])}f}" == source_only
+    assert printed[1].startswith("{") and "'reg'" in printed[1]  # the chosen parameters
