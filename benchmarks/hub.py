@@ -228,7 +228,7 @@ def _tables(args: argparse.Namespace, work: Path) -> int:
                      f"{r['images_per_s'] / own:.2f}x | **{r['images_per_s'] / best:.2f}x** | "
                      f"{r['cpu_ms']:.0f} |")
     lines += ["", "(\"The faster ceiling\" is the faster float32 one; bfloat16 gives other "
-              "numbers, see benchmarks/results/bf16-accuracy.md.)"]
+              "numbers, see benchmarks/results/precision-accuracy.md.)"]
     shapes = [s for s in args.shapes.split(",") if s]
     if shapes:
         lines += ["", f"### Cost per image by preset shape (random weights, model only, "

@@ -71,7 +71,26 @@ def machine() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return (f"{cpu}, {os.cpu_count()} cores, {mem}{'; GPU: ' + gpu if gpu else ''}; "
+            f"{cpu_units()}; "
             f"Python {platform.python_version()}, Keras {keras.__version__} ({backend()} backend)")
+
+
+def cpu_units() -> str:
+    """The CPU's bfloat16 and INT8 units, from /proc/cpuinfo's flags (what OpenVINO's bfloat16
+    and INT8 speeds depend on)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line.split(":", 1)[1].split() for line in f
+                             if line.startswith(("flags", "Features"))))
+    except (OSError, StopIteration):
+        return "CPU units unknown"
+    bf16 = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"),
+                                    ("bf16", "Arm BF16")) if flag in flags]
+    int8 = [name for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"),
+                                    ("avx_vnni", "AVX-VNNI"), ("i8mm", "Arm I8MM"),
+                                    ("asimddp", "Arm dot product")) if flag in flags]
+    return (f"bfloat16 units: {', '.join(bf16) or 'none'}; "
+            f"INT8 units: {', '.join(int8) or 'none'}")
 
 
 def backend() -> str:
@@ -101,18 +120,19 @@ def measure(method: str, backbone: str, folder: Path, n: int, repeats: int,
 
 
 #: Short names of precisions in row labels.
-SHORT = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+SHORT = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16",
+         "int8": "INT8"}
 
 
 def throughput_table(backbones: list[str], precisions: list[str], engines: list[str],
                      batch: int, folder: Path, n: int, n_naive: int, repeats: int,
                      work: Path) -> list[str]:
-    """Per backbone: the model-only ceilings (Keras/TensorFlow per precision, OpenVINO float32
-    and bfloat16), the usual ways, and featx per engine and precision, all in one run."""
+    """Per backbone: the model-only ceilings (Keras/TensorFlow per precision, OpenVINO float32,
+    bfloat16 and INT8), the usual ways, and featx per engine and precision, all in one run."""
     rows = ["| backbone | method | images | images/s | vs TF ceiling | vs OpenVINO ceiling "
             "| vs Keras pipeline | CPU ms per image | peak RSS (MB) |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    ov_precisions = ["float32", "mixed_bfloat16"]
+    ov_precisions = ["float32", "mixed_bfloat16", "int8"]
     for backbone in backbones:
         res: dict[str, dict[str, Any]] = {}
         ceilings: dict[tuple[str, str], float] = {}

@@ -29,7 +29,7 @@ from featx.nets.backbones import BackboneConfig, openvino_version
 from featx.nets.keras_model import build_model, graph_preprocess_of, model_shapes, outputs_of
 from featx.nets.network import Forward, Network
 
-__all__ = ["openvino_network", "NotConvertible"]
+__all__ = ["openvino_network", "openvino_options", "NotConvertible"]
 
 
 
@@ -54,7 +54,7 @@ def openvino_network(
             "arm64 Linux, Windows and macOS)"
         ) from exc
     core = _openvino_core()
-    options = _openvino_options(config)
+    options = openvino_options(config)
     # Decoded images arrive as uint8 (a quarter of the bytes), other input as float32.
     dtype = "uint8" if config.input_size and config.preprocess_fn is None else "float32"
     path = _openvino_path(configs, sample_shape)
@@ -70,6 +70,14 @@ def openvino_network(
     if ov_model is None:
         ov_model = (_quantized(configs, sample_shape) if config.precision == "int8"
                     else _convert(configs, sample_shape))
+        # Compiled before it is kept, so that a model the plugin refuses never reaches the disk.
+        try:
+            compiled = _compile_variant(core, ov_model, dtype, options)
+        except Exception as exc:
+            raise NotConvertible(
+                f"OpenVINO converted the network but its CPU plugin refused it: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            ) from exc
         # Kept on disk only when the model file loaded in safe mode: a later process reads the
         # converted model without loading the file, so it must not skip the file's refusal.
         if path is not None and config.safe_mode and not _keras_unsafe_switch_on():
@@ -110,7 +118,7 @@ def _keras_unsafe_switch_on() -> bool:
     return serialization_lib.in_safe_mode() is False
 
 
-def _openvino_options(config: BackboneConfig) -> dict[str, str]:
+def openvino_options(config: BackboneConfig) -> dict[str, str]:
     return {
         "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[config.precision],
         "PERFORMANCE_HINT": "LATENCY",
