@@ -17,7 +17,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
-from featx import ImageEmbedder, ImageLoadError, UnknownBackboneError, load_image_folder
+from featx import (
+    EmbeddingCache,
+    ImageEmbedder,
+    ImageLoadError,
+    UnknownBackboneError,
+    load_image_folder,
+)
 from featx.nets.backbones import resolve_backbone
 from tests.conftest import tiny_convnet, tiny_dense
 
@@ -330,9 +336,27 @@ def test_gridsearch_embeds_each_image_once(image_folder, tmp_path):
     assert search.best_score_ >= 0.5
 
 
-def test_gridsearch_with_two_processes(image_folder, tmp_path):
+def test_gridsearch_with_two_processes_equals_one_process(image_folder, tmp_path):
+    """GridSearchCV(n_jobs=2) over a cached Pipeline: the same search as n_jobs=1 (choice and
+    every fold's score), and its folds, embedding into one cache from two processes, leave each
+    image in it once, with the rows a process without a cache computes."""
     paths, y, _ = load_image_folder(image_folder)
-    pipe = make_pipeline(make_embedder(cache=tmp_path / "emb.h5"), LogisticRegression())
-    search = GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0]}, cv=2, n_jobs=2)
-    search.fit(paths, y)
-    assert search.predict(paths).shape == (8,)
+    paths, y = paths * 2, np.concatenate([y, y])  # repeated content, embedded by both workers
+    grid = {"logisticregression__C": [0.01, 0.1, 1.0, 10.0]}
+    searches = {}
+    for n_jobs in (2, 1):
+        cache = tmp_path / f"emb{n_jobs}.h5"
+        pipe = make_pipeline(make_embedder(cache=cache), LogisticRegression(max_iter=500))
+        searches[n_jobs] = GridSearchCV(pipe, grid, cv=4, n_jobs=n_jobs).fit(paths, y)
+    two, one = searches[2], searches[1]
+    assert two.best_params_ == one.best_params_
+    for name in ("mean_test_score", *(f"split{i}_test_score" for i in range(4))):
+        np.testing.assert_array_equal(two.cv_results_[name], one.cv_results_[name])
+    np.testing.assert_array_equal(two.predict(paths), one.predict(paths))
+    (group,) = EmbeddingCache(tmp_path / "emb2.h5").groups()
+    keys, _, _ = EmbeddingCache(tmp_path / "emb2.h5").read_group(group.fingerprint)
+    assert len(keys) == len(set(keys)) == group.rows == 8  # each image once
+    cached = make_embedder(cache=tmp_path / "emb2.h5")
+    np.testing.assert_allclose(cached.fit_transform(paths[:8]),
+                               make_embedder().fit_transform(paths[:8]), rtol=1e-5)
+    assert (cached.report_.n_hits, cached.report_.n_embedded) == (8, 0)
