@@ -85,12 +85,16 @@ def workspace(tmp_path: Path) -> Path:
 
     tiny((16, 16, 3)).save(tmp_path / "tiny.keras")
     rng = np.random.default_rng(3)
-    for folder, n in (("images", 36), ("calibration", 32)):
-        (tmp_path / folder).mkdir()
+    for folder, n in (("images/a", 18), ("images/b", 18), ("calibration", 32)):
+        (tmp_path / folder).mkdir(parents=True)
         for i in range(n):
             arr = rng.integers(0, 256, (18 + i % 5, 20, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(tmp_path / folder / f"{folder}{i:02d}.png")
+            Image.fromarray(arr).save(tmp_path / folder / f"{folder[-1]}{i:02d}.png")
     return tmp_path
+
+
+def image_paths(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*.png"))
 
 
 def test_the_command_line_calibrates_on_its_calibration_folder(workspace: Path, capsys) -> None:
@@ -104,8 +108,8 @@ def test_the_command_line_calibrates_on_its_calibration_folder(workspace: Path, 
     assert len(from_folder) == len(from_first) == 1 and from_folder != from_first
     # The digest is the calibration folder's content, as the library computes it.
     emb = ImageEmbedder(str(workspace / "tiny.keras"), input_size=16, precision="int8",
-                        calibration=sorted(str(p) for p in (workspace / "calibration").iterdir()))
-    emb.fit(sorted(str(p) for p in (workspace / "images").iterdir()))
+                        calibration=image_paths(workspace / "calibration"))
+    emb.fit(image_paths(workspace / "images"))
     assert from_folder == [f"int8@openvino:{emb.config_.calibration_id}"]
     capsys.readouterr()
     assert main(["embed", str(workspace / "images"), "--backbone",
@@ -123,3 +127,21 @@ def test_int8_on_ray_is_refused_before_any_cluster_starts(tmp_path: Path) -> Non
     with pytest.raises(FeatxError, match="precision='int8' does not run on Ray yet"):
         embed_on_ray(images(4), emb)
     assert not ray.is_initialized()
+
+
+def test_heads_reads_an_int8_group_back_with_its_calibration(workspace: Path, capsys) -> None:
+    """A cache cannot rebuild an INT8 network (it does not hold the calibration images): heads
+    says what to pass, and with them finds every row in the cache."""
+    model, images = str(workspace / "tiny.keras"), str(workspace / "images")
+    calibration, cache = str(workspace / "calibration"), str(workspace / "c.h5")
+    assert main(["embed", images, "--backbone", model, "--input-size", "16", "--cache", cache,
+                 "--precision", "int8", "--calibration", calibration, "-q"]) == 0
+    capsys.readouterr()
+    out = str(workspace / "out")
+    assert main(["heads", images, "--cache", cache, "--out", out, "--heads", "logreg"]) == 1
+    err = capsys.readouterr().err
+    assert "embedded in INT8" in err and "--calibration" in err
+    assert main(["heads", images, "--cache", cache, "--out", out, "--heads", "logreg",
+                 "--cv", "2", "--backbone", model, "--input-size", "16",
+                 "--precision", "int8", "--calibration", calibration]) == 0
+    assert "36 embeddings from the cache" in capsys.readouterr().out

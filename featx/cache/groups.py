@@ -200,6 +200,13 @@ def embedder_params_from_group(group: GroupInfo) -> dict[str, Any]:
     params["preprocess"] = preprocess
     precision = str(fields.get("precision", "float32"))
     params["precision"] = precision
+    if precision.startswith("int8"):
+        raise FeatxError(
+            f"{where} was embedded in INT8, by a network quantized on calibration images "
+            f"({precision!r}) that a cache does not hold; pass --backbone with --precision int8 "
+            "and the same --calibration images (or, in Python, an ImageEmbedder with the same "
+            "calibration=)."
+        )
     if precision != "float32":
         # Reduced precision is cached per engine ("mixed_bfloat16@openvino"; Keras unmarked).
         params["precision"], _, engine = precision.partition("@")

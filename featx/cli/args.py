@@ -214,11 +214,10 @@ def embedder_flags(backbone_required: bool = True) -> argparse.ArgumentParser:
                        "on CPUs that have it, other numbers); mixed_float16 for GPUs; int8 "
                        "(OpenVINO with NNCF's quantization, on CPUs with VNNI or AMX: pip "
                        "install 'featx[int8]')")
-    if backbone_required:
-        group.add_argument("--calibration", metavar="SRC",
-                           help="with --precision int8: 32 to 300 images like the ones to "
-                           "embed (a folder or a CSV file, as SRC), on which the quantized "
-                           "network is calibrated; default: the first 300 images of SRC")
+    group.add_argument("--calibration", metavar="SRC",
+                       help="with --precision int8: 32 to 300 images like the ones to embed (a "
+                       "folder or a CSV file, as SRC), on which the quantized network is "
+                       "calibrated; default: the first 300 images of SRC")
     add_retry_failed(group)
     group.add_argument("--layer", type=layer, metavar="L", **unset,
                        help="cut the network at this layer name or index")
