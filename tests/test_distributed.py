@@ -7,9 +7,11 @@ is what Ray's out-of-memory killer does to a worker.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -106,6 +108,17 @@ def test_two_nodes_embed_into_one_cache_like_one_process(cluster, workspace, tmp
     again = embed_on_ray(paths, _embedder(workspace, cache))
     assert (again.n_hits, again.n_embedded, again.n_failed) == (25, 0, 2)
     assert "remembered from an earlier run" in again.failures[0][2]
+    assert again.failures[1][2] == "file not found"  # a missing file is not remembered
+
+
+def _kills(tmp_path: Path, name: str, n: int) -> str:
+    """A fault spec that kills every worker reaching ``name``, up to ``n`` times, each kill
+    leaving a file ``kill-<name>-<k>`` behind: the test counts kills, it does not guess them."""
+    return ",".join(f"kill-once:{name}:{tmp_path / f'kill-{name}-{k}'}" for k in range(n))
+
+
+def _killed(tmp_path: Path, name: str) -> int:
+    return len(list(tmp_path.glob(f"kill-{name}-*")))
 
 
 def test_dying_workers_lose_nothing_and_the_killer_item_is_reported(cluster, workspace,
@@ -116,15 +129,14 @@ def test_dying_workers_lose_nothing_and_the_killer_item_is_reported(cluster, wor
     paths.insert(9, str(poison))
     cache = tmp_path / "emb.h5"
     # One worker dies once at img005 (then never again); every worker that reaches the poison
-    # item dies, as an out-of-memory kill would.
-    fault = f"kill-once:img005:{tmp_path / 'died-once'},kill:poison"
+    # item dies (up to 6 times), as an out-of-memory kill would. Each kill leaves a file.
+    fault = f"{_kills(tmp_path, 'img005', 1)},{_kills(tmp_path, 'poison', 6)}"
     report = embed_on_ray(paths, _embedder(workspace, cache), shard_size=4,
                           runtime_env={"env_vars": {FAULT_ENV: fault}})
-    assert (tmp_path / "died-once").exists()
-    # The poison item's shard of 4 halves twice, then it kills a worker alone: 3 deaths, and
-    # 1 at img005. (Under load Ray may also lose touch with a live worker for a moment, which
-    # counts as one more: its shards are redone, nothing is lost.)
-    assert 4 <= report.worker_deaths <= 8
+    # The poison item's shard of 4 is halved to 2, then to 1, which kills a worker alone and is
+    # reported: 3 kills, whichever shards the workers held when they died.
+    assert (_killed(tmp_path, "img005"), _killed(tmp_path, "poison")) == (1, 3)
+    assert report.worker_deaths == 1 + 3  # every death counted, once
     assert [(p, Path(s).name) for p, s, _ in report.failures] == [(9, "poison.png")]
     assert "died" in report.failures[0][2] and "out of memory" in report.failures[0][2]
     assert report.n_embedded == 24 and report.n_failed == 1
@@ -135,12 +147,151 @@ def test_dying_workers_lose_nothing_and_the_killer_item_is_reported(cluster, wor
     np.testing.assert_allclose(_embedder(workspace, cache).transform(good), expected, rtol=1e-5)
 
 
+def test_workers_that_keep_dying_stop_the_run_and_keep_what_was_committed(
+    cluster, workspace, tmp_path
+):
+    """docs/distributed.md: after the death limit the run stops with a ClusterError; everything
+    committed stays. One worker, shards of 4 in order: 0-3 and 4-7 are committed, the poison
+    (at 9) kills the worker on its shard 8-11, on 8-9 (after which 8 is embedded alone), on 9:
+    the third death is past max_worker_deaths=2."""
+    poison = tmp_path / "poison.png"
+    Image.fromarray(np.full((20, 20, 3), 7, np.uint8)).save(poison)
+    paths = _paths(workspace)
+    paths.insert(9, str(poison))
+    cache = tmp_path / "emb.h5"
+    with pytest.raises(ClusterError, match=r"Ray workers died 3 times \(last: .*\); stopped\. "
+                                           r"Every shard committed so far is in the cache"):
+        embed_on_ray(paths, _embedder(workspace, cache), shard_size=4, workers=1,
+                     max_worker_deaths=2,
+                     runtime_env={"env_vars": {FAULT_ENV: _kills(tmp_path, "poison", 6)}})
+    assert _killed(tmp_path, "poison") == 3
+    rows = _rows(cache)
+    assert len(rows) == 9  # items 0-8: every shard that finished before the stop
+    expected = ImageEmbedder(str(workspace / "tiny.keras")).transform(paths[:9])
+    np.testing.assert_allclose(_embedder(workspace, cache).transform(paths[:9]), expected,
+                               rtol=1e-5)
+
+
+def _hungry_image() -> Image.Image:
+    """A PIL image whose pixels raise ``MemoryError`` when read (as a huge decode would), on
+    whichever worker reads them. Defined here, so pickled by value: workers need no import."""
+
+    class Hungry(Image.Image):
+        def tobytes(self, *args, **kwargs):
+            raise MemoryError("cannot allocate the decoded image (simulated)")
+
+        def __reduce__(self):
+            return (Hungry, ())
+
+    return Hungry()
+
+
+def test_a_memory_error_in_a_worker_is_handled_like_a_death(cluster, workspace, tmp_path):
+    """docs/distributed.md: a MemoryError in Python is handled as a worker that died: its shard
+    is halved down to the item, which is reported as failed, and the run goes on."""
+    paths: list = _paths(workspace)
+    paths.insert(9, _hungry_image())
+    cache = tmp_path / "emb.h5"
+    report = embed_on_ray(paths, _embedder(workspace, cache), shard_size=4)
+    assert [(p, s) for p, s, _ in report.failures] == [(9, "pil[9]")]
+    assert "died" in report.failures[0][2] and "out of memory" in report.failures[0][2]
+    assert report.worker_deaths == 3  # the shard of 4, its half of 2, the item alone
+    assert (report.n_embedded, report.n_failed) == (24, 1)
+    assert len(_rows(cache)) == 24
+
+
+def test_workers_that_cannot_be_placed_fail_after_ready_timeout(cluster, workspace, tmp_path):
+    """docs/distributed.md: more GPUs than the cluster has: after ready_timeout, an error naming
+    the resources asked for and the cluster's; nothing is left running."""
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=r"1 Ray workers with \d+ CPUs and 1 GPUs each could "
+                                           r"not all start within 3 s; the cluster has \{.*'CPU'"):
+        embed_on_ray(_paths(workspace), _embedder(workspace, tmp_path / "emb.h5"), workers=1,
+                     gpus_per_worker=1, ready_timeout=3)
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "emb.h5").exists()
+    # Without workers=, a CPU cluster has no GPU worker to make: said at once.
+    with pytest.raises(ClusterError, match="has 0 GPUs, too few for one worker with 1 GPUs"):
+        embed_on_ray(_paths(workspace), _embedder(workspace, tmp_path / "emb.h5"),
+                     gpus_per_worker=1)
+    # The unplaceable actor was killed: the cluster's CPUs are free again (bounded wait).
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == 2
+
+
+def test_a_worker_with_another_keras_backend_is_refused_with_both_groups_named(
+    cluster, workspace, tmp_path
+):
+    """docs/distributed.md: workers must resolve the backbone to the driver's cache group (for
+    a backbone function, the same Keras backend); one that does not is refused at start-up."""
+    from featx.embed.engine import cache_group
+
+    def builder(input_shape):  # defined here: pickled by value, the workers import nothing
+        import keras
+
+        inp = keras.Input(input_shape)
+        return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(inp))
+
+    embedder = ImageEmbedder(builder, input_size=SIZE, cache=str(tmp_path / "emb.h5"))
+    driver_group = cache_group(embedder.backbone_config(), None)
+    with pytest.raises(FeatxError, match=r"a Ray worker \(node \w+\) resolves .* to the cache "
+                                         r"group (\w+-?), the driver to (\w+-?): its Keras") as e:
+        embed_on_ray(_paths(workspace), embedder,
+                     runtime_env={"env_vars": {"KERAS_BACKEND": "jax"}})
+    worker_group = re.search(r"cache group (\S+), the driver to (\S+):", str(e.value))
+    assert worker_group and worker_group.group(2) == driver_group != worker_group.group(1)
+    assert not (tmp_path / "emb.h5").exists()  # nothing embedded
+
+
 def test_empty_source_and_no_cache(cluster, workspace, tmp_path):
     report = embed_on_ray([], _embedder(workspace, tmp_path / "emb.h5"))
     assert (report.n_items, report.n_embedded, report.n_failed) == (0, 0, 0)
     assert not (tmp_path / "emb.h5").exists()
     with pytest.raises(FeatxError, match="writes the embeddings to a cache, and none was given"):
         embed_on_ray(_paths(workspace), ImageEmbedder(str(workspace / "tiny.keras")))
+
+
+_JOIN_SCRIPT = """
+import json, os, sys
+import ray
+from featx import ImageEmbedder
+from featx.distributed import embed_on_ray
+
+backbone, cache, address, paths = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+embedder = ImageEmbedder(backbone, cache=cache, batch_size=4)
+out = {}
+assert "RAY_ADDRESS" not in os.environ
+empty = embed_on_ray([], embedder)  # no RAY_ADDRESS: this would start a local cluster
+out["empty"] = [empty.n_items, ray.is_initialized()]
+os.environ["RAY_ADDRESS"] = address
+report = embed_on_ray(paths, embedder)
+out["joined"] = [report.n_nodes, report.n_workers, report.n_embedded, ray.is_initialized()]
+print(json.dumps(out))
+"""
+
+
+def test_an_empty_source_starts_no_cluster_and_ray_address_joins_one(cluster, workspace,
+                                                                      tmp_path):
+    """In a fresh process (this one holds the module's cluster): an empty source returns a
+    report of 0 items without starting Ray; then ``RAY_ADDRESS`` alone, the module's two-node
+    cluster's address, is joined (two nodes: a local cluster here would have one), and left."""
+    ray_tmp = tempfile.mkdtemp(prefix="fxr")  # where a local cluster would put its session
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", _JOIN_SCRIPT, str(workspace / "tiny.keras"),
+             str(tmp_path / "emb.h5"), cluster.address, *_paths(workspace)[:6]],
+            env=_cli_env(ray_tmp), capture_output=True, text=True, timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        assert out["empty"] == [0, False]  # Ray not even initialised
+        assert out["joined"] == [2, 2, 6, False]  # both nodes' workers; disconnected after
+        assert list(Path(ray_tmp).glob("ray/session_*")) == []  # no local cluster, ever
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert len(_rows(tmp_path / "emb.h5")) == 6
 
 
 def test_known_keys_come_from_the_index_and_are_searched_in_place(tmp_path):
