@@ -32,7 +32,11 @@ SETTINGS: dict[str, dict[str, str] | None] = {
     "featx": None,
     "latency, all threads": {"PERFORMANCE_HINT": "LATENCY"},
     "latency, 1 thread": {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "1"},
+    "latency, all threads, unpinned": {"PERFORMANCE_HINT": "LATENCY",
+                                       "ENABLE_CPU_PINNING": "NO"},
     "throughput, 2 streams": {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2"},
+    "throughput, 2 streams, unpinned": {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2",
+                                        "ENABLE_CPU_PINNING": "NO"},
 }
 
 
