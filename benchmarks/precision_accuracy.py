@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from benchmarks.run import cpu_units, machine
+    from benchmarks.run import machine
     from featx import ImageEmbedder, tune_heads
     from featx.data.demo import DEMO_HEADS, load_demo_data
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     best = boards["float32"].best.head
     text = "\n".join([
-        f"Machine: {machine()}; {cpu_units()}", "", *lines, "",
+        f"Machine: {machine()}", "", *lines, "",
         f"{dataset}, {args.train} training and {args.test} test images, MobileNet (ImageNet) at "
         f"{args.size} px, OpenVINO engine, {args.cv}-fold CV", "", *rows, "",
         f"Best head in float32: {best}; its test accuracy per precision: "
