@@ -122,6 +122,21 @@ def image_folder(tmp_path: Path, rng: np.random.Generator) -> Path:
     return root
 
 
+_TINY_MODELS: dict[int, bytes] = {}
+
+
+def save_tiny_convnet(path: Path, size: int) -> Path:
+    """:func:`tiny_convnet` on ``size`` x ``size`` images saved as ``path``: the same bytes every
+    time in a session. Keras writes the time into a ``.keras`` file, so each fresh save would have
+    its own sha256, hence its own fingerprint, and the OpenVINO engine would convert it again."""
+    if size not in _TINY_MODELS:
+        first = _SESSION_DIR / f"tiny-{size}.keras"
+        tiny_convnet((size, size, 3)).save(first)
+        _TINY_MODELS[size] = first.read_bytes()
+    path.write_bytes(_TINY_MODELS[size])
+    return path
+
+
 def write_workspace(base: Path, *, size: int, n_images: int, seed: int,
                     heights: tuple[int, int], widths: tuple[int, int]) -> Path:
     """A tiny saved ``.keras`` backbone and ``n_images`` PNGs of mixed sizes under ``base``.
@@ -130,7 +145,7 @@ def write_workspace(base: Path, *, size: int, n_images: int, seed: int,
     """
     from PIL import Image
 
-    tiny_convnet((size, size, 3)).save(base / "tiny.keras")
+    save_tiny_convnet(base / "tiny.keras", size)
     rng = np.random.default_rng(seed)
     (base / "images").mkdir()
     for i in range(n_images):

@@ -1,4 +1,10 @@
-"""Tests of the installed ``featx`` console script, run in a subprocess as a user runs it.
+"""Tests of the ``featx`` command line.
+
+Most run ``featx.cli.main.main`` in this process (:func:`featx_main`): the text and exit code are
+the same, without the few seconds each child spends importing TensorFlow. What only a child
+shows runs the installed console script (:func:`run_featx`): that it is installed and starts,
+``python -m featx``, a first real embed, an environment variable Keras reads when it is
+imported, and the native start-up lines on file descriptor 2.
 
 conftest.py points KERAS_HOME and FEATX_HOME at a session temp dir at import time; the
 subprocesses inherit that environment, so they never touch the user's real caches.
@@ -31,6 +37,15 @@ def run_featx(*args: str | Path, env: dict[str, str] | None = None) -> subproces
     return subprocess.run(
         [str(FEATX), *map(str, args)], capture_output=True, text=True, env=environ, timeout=300
     )
+
+
+def featx_main(*args: str | Path) -> subprocess.CompletedProcess:
+    """``featx ARGS`` run by ``main()`` in this process, its output captured as a child's is."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(list(map(str, args)))
+    return subprocess.CompletedProcess(["featx", *map(str, args)], code, stdout.getvalue(),
+                                       stderr.getvalue())
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -106,10 +121,10 @@ def test_usage_errors_exit_2(command, message, capsys):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny saved model, a class folder of 6 good images and one corrupt file."""
-    from tests.conftest import tiny_convnet
+    from tests.conftest import save_tiny_convnet
 
     base = tmp_path_factory.mktemp("cli")
-    tiny_convnet((16, 16, 3)).save(base / "tiny.keras")
+    save_tiny_convnet(base / "tiny.keras", 16)
     rng = np.random.default_rng(0)
     for c, cls in enumerate(["cat", "dog"]):
         (base / "images" / cls).mkdir(parents=True)
@@ -143,7 +158,7 @@ def test_embed_reports_counts_and_failures(workspace, first_embed):
 
 def test_second_embed_finds_everything_cached(workspace, first_embed):
     assert first_embed.returncode == 0
-    result = run_featx(
+    result = featx_main(
         "embed", workspace / "images", "--backbone", workspace / "tiny.keras",
         "--input-size", "16", "--cache", workspace / "emb.h5",
     )
@@ -154,7 +169,7 @@ def test_second_embed_finds_everything_cached(workspace, first_embed):
 
 def test_quiet_embed_prints_only_failures(workspace, first_embed):
     assert first_embed.returncode == 0
-    result = run_featx(
+    result = featx_main(
         "embed", workspace / "images", "--backbone", workspace / "tiny.keras",
         "--input-size", "16", "--cache", workspace / "emb.h5", "-q",
     )
@@ -169,7 +184,7 @@ def test_embed_flat_folder_and_csv(workspace, tmp_path):
     for src in sorted((workspace / "images" / "cat").glob("*.png")):
         (flat / src.name).write_bytes(src.read_bytes())
     (flat / "notes.txt").write_text("not an image; ignored")
-    result = run_featx(
+    result = featx_main(
         "embed", flat, "--backbone", workspace / "tiny.keras", "--input-size", "16",
         "--cache", workspace / "emb.h5",
     )
@@ -182,7 +197,7 @@ def test_embed_flat_folder_and_csv(workspace, tmp_path):
         writer.writerow(["path", "label"])
         writer.writerow(["flat/cat0.png", "cat"])  # relative to the CSV's folder
         writer.writerow([str(tmp_path / "missing.png"), "cat"])
-    result = run_featx(
+    result = featx_main(
         "embed", listing, "--backbone", workspace / "tiny.keras", "--input-size", "16",
         "--cache", workspace / "emb.h5",
     )
@@ -193,19 +208,19 @@ def test_embed_flat_folder_and_csv(workspace, tmp_path):
 
 def test_info_lists_the_group(workspace, first_embed):
     assert first_embed.returncode == 0
-    result = run_featx("info", workspace / "emb.h5")
+    result = featx_main("info", workspace / "emb.h5")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"{workspace / 'emb.h5'}: 1 group"
     fingerprint, rows, width = lines[1].split()[0], lines[1].split()[2], lines[1].split()[4]
     assert len(fingerprint) == 24 and rows == "6" and width == "5"
     assert "tiny.keras" in lines[2] and "16x16" in lines[2]
-    verbose = run_featx("info", workspace / "emb.h5", "-v")
+    verbose = featx_main("info", workspace / "emb.h5", "-v")
     assert "input_size: [16, 16]" in verbose.stdout
 
 
 def test_unknown_backbone_is_one_line_with_a_suggestion(workspace, tmp_path):
-    result = run_featx(
+    result = featx_main(
         "embed", workspace / "images", "--backbone", "resnet5", "--cache", tmp_path / "c.h5"
     )
     assert result.returncode == 1
@@ -218,18 +233,18 @@ def test_unknown_backbone_is_one_line_with_a_suggestion(workspace, tmp_path):
 
 
 def test_missing_source_and_cache_are_errors(tmp_path):
-    result = run_featx("embed", tmp_path / "nope", "--backbone", "mobilenet", "--cache",
+    result = featx_main("embed", tmp_path / "nope", "--backbone", "mobilenet", "--cache",
                        tmp_path / "c.h5")
     assert result.returncode == 1
     assert "does not exist" in error_lines(result)[0]
-    result = run_featx("info", tmp_path / "nope.h5")
+    result = featx_main("info", tmp_path / "nope.h5")
     assert result.returncode == 1
     assert error_lines(result) == [f"featx: error: cache file '{tmp_path / 'nope.h5'}' does not "
                                    "exist."]
 
 
 def test_on_error_raise_exits_1_naming_the_file(workspace, tmp_path):
-    result = run_featx(
+    result = featx_main(
         "embed", workspace / "images", "--backbone", workspace / "tiny.keras",
         "--input-size", "16", "--cache", tmp_path / "c.h5", "--on-error", "raise",
     )
@@ -242,17 +257,19 @@ def test_on_error_raise_exits_1_naming_the_file(workspace, tmp_path):
 
 
 def test_weights_list_empty_keras_home(tmp_path):
+    # A child: KERAS_HOME is read when Keras is imported, and this one must be a new, empty home.
     result = run_featx("weights", "list", env={"KERAS_HOME": str(tmp_path / "keras")})
     assert result.returncode == 0, result.stderr
     assert "none installed" in result.stdout
     assert "featx weights install mobilenet" in result.stdout
 
 
-def test_weights_install_unknown_backbone(tmp_path):
-    result = run_featx("weights", "install", "resnet50",
-                       env={"KERAS_HOME": str(tmp_path / "keras")})
+def test_weights_install_unknown_backbone(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    result = featx_main("weights", "install", "resnet50")
     assert result.returncode == 1
     assert len(error_lines(result)) == 1 and "resnet50" in error_lines(result)[0]
+    assert not (tmp_path / "keras").exists()  # nothing written for an unknown backbone
 
 
 # ---- demo ---------------------------------------------------------------------------------------
@@ -260,7 +277,7 @@ def test_weights_install_unknown_backbone(tmp_path):
 
 def test_demo_command_small_tiny_network(workspace, tmp_path):
     # Not the real demo (a tiny random network, 100 images): checks the command end to end.
-    result = run_featx(
+    result = featx_main(
         "demo", "--out", tmp_path, "--n-train", "60", "--n-test", "40",
         "--backbone", workspace / "tiny.keras", "--input-size", "16", "--heads", "logreg,knn",
         "--cv", "3",
@@ -298,10 +315,10 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tuned(workspace: Path, labelled: Path) -> subprocess.CompletedProcess:
     backbone = ("--backbone", workspace / "tiny.keras", "--input-size", "16",
                 "--cache", labelled / "emb.h5")
-    embedded = run_featx("embed", labelled / "train", *backbone)
+    embedded = featx_main("embed", labelled / "train", *backbone)
     assert embedded.returncode == 0, embedded.stderr
     assert "embedded 20, already cached 0" in embedded.stdout
-    return run_featx("heads", labelled / "train", *backbone, "--heads", "logreg,knn",
+    return featx_main("heads", labelled / "train", *backbone, "--heads", "logreg,knn",
                      "--cv", "3", "--test-size", "0.25", "--out", labelled / "out",
                      "--n-jobs", "2")
 
@@ -373,7 +390,7 @@ def test_predict_writes_csv_with_probabilities_and_errors(labelled, tuned, tmp_p
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a PNG")
     target = tmp_path / "predictions.csv"
-    result = run_featx("predict", labelled / "out" / "model.featx", labelled / "train" / "NORMAL",
+    result = featx_main("predict", labelled / "out" / "model.featx", labelled / "train" / "NORMAL",
                        labelled / "train" / "PNEUMONIA" / "0.png", broken, "--out", target)
     assert result.returncode == 0, result.stderr
     assert "11 predictions written" in result.stdout
@@ -387,7 +404,7 @@ def test_predict_writes_csv_with_probabilities_and_errors(labelled, tuned, tmp_p
     assert rows[11]["path"] == str(broken) and rows[11]["prediction"] == ""
     assert "Pillow" in rows[11]["error"]
     # To standard output when there is no --out; all images unreadable is a failure.
-    result = run_featx("predict", labelled / "out" / "model.featx", broken)
+    result = featx_main("predict", labelled / "out" / "model.featx", broken)
     assert result.returncode == 1 and result.stdout.startswith("path,prediction,")
 
 
@@ -459,10 +476,10 @@ def test_embed_refuses_a_model_file_with_code_unless_trusted(tmp_path):
     model_path = tmp_path / "with_code.keras"
     keras.Model(inp, x).save(model_path)
 
-    refused = run_featx("embed", root, "--backbone", model_path, "--cache", tmp_path / "c.h5")
+    refused = featx_main("embed", root, "--backbone", model_path, "--cache", tmp_path / "c.h5")
     assert refused.returncode == 1
     assert "holds Python code" in error_lines(refused)[0]
-    trusted = run_featx("embed", root, "--backbone", model_path, "--cache", tmp_path / "c.h5",
+    trusted = featx_main("embed", root, "--backbone", model_path, "--cache", tmp_path / "c.h5",
                         "--unsafe-backbone")
     assert trusted.returncode == 0, trusted.stderr[-1000:]
     assert "embedded 3" in trusted.stdout
@@ -477,13 +494,13 @@ def test_heads_without_backbone_uses_the_caches_group_and_predict_csv_parses(
     """After featx embed, featx heads needs the cache alone; an SVM's predict CSV is rectangular."""
     assert tuned.returncode == 0, tuned.stderr
     out = tmp_path / "out"
-    result = run_featx("heads", labelled / "train", "--cache", labelled / "emb.h5",
+    result = featx_main("heads", labelled / "train", "--cache", labelled / "emb.h5",
                        "--heads", "rbf_svm", "--cv", "3", "--out", out, "--n-jobs", "1")
     assert result.returncode == 0, result.stderr
     assert "backbone from the cache: file " in result.stdout and "tiny.keras" in result.stdout
     assert "20 embeddings from the cache" in result.stdout and "0 embedded" in result.stdout
     target = tmp_path / "predictions.csv"
-    predicted = run_featx("predict", out / "model.featx", labelled / "train", "--out", target)
+    predicted = featx_main("predict", out / "model.featx", labelled / "train", "--out", target)
     assert predicted.returncode == 0, predicted.stderr
     with open(target, newline="") as f:
         rows = list(csv.reader(f))
@@ -528,7 +545,7 @@ def test_heads_with_several_groups_lists_them_and_group_picks_one(labelled, tune
     assert f"{tiny} (file " in error and "20 rows" in error
     assert f"{mobilenet} (mobilenet, 160x160 resize" in error and "1 rows" in error
 
-    result = run_featx("heads", src, "--cache", cache, "--group", tiny[:8], "--heads", "knn",
+    result = featx_main("heads", src, "--cache", cache, "--group", tiny[:8], "--heads", "knn",
                        "--cv", "3", "--out", tmp_path / "out", "--n-jobs", "1")
     assert result.returncode == 0, result.stderr
     assert "backbone from the cache: file " in result.stdout
@@ -582,6 +599,7 @@ def test_embed_prints_no_tensorflow_start_up_lines(tmp_path):
     for i in range(3):
         Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(root / f"{i}.png")
     (root / "bad.png").write_bytes(b"not a PNG")
+    # A fresh save (its own sha256): no converted model on disk, so the child imports TensorFlow.
     tiny_convnet((16, 16, 3)).save(tmp_path / "tiny.keras")
     environ = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -650,13 +668,13 @@ def test_a_remembered_failure_names_the_command_line_option(workspace, first_emb
     assert first_embed.returncode == 0, first_embed.stderr
     args = ("embed", workspace / "images", "--backbone", workspace / "tiny.keras",
             "--input-size", "16", "--cache", workspace / "emb.h5")
-    result = run_featx(*args)
+    result = featx_main(*args)
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if "broken.jpg" in x)
     assert line.endswith("(remembered from an earlier run; pass --retry-failed to try again)")
     assert "retry_failed" not in result.stdout
 
-    raised = run_featx(*args, "--on-error", "raise")
+    raised = featx_main(*args, "--on-error", "raise")
     assert raised.returncode == 1
     errors = error_lines(raised)
     assert len(errors) == 1 and "broken.jpg" in errors[0], raised.stderr
@@ -664,7 +682,7 @@ def test_a_remembered_failure_names_the_command_line_option(workspace, first_emb
     assert "pass --on-error skip to leave the bad ones out" in errors[0]
     assert "retry_failed" not in errors[0] and "on_error=" not in errors[0]
 
-    retried = run_featx(*args, "--retry-failed")
+    retried = featx_main(*args, "--retry-failed")
     assert retried.returncode == 0, retried.stderr
     line = next(x for x in retried.stdout.splitlines() if "broken.jpg" in x)
     assert "not an image file Pillow can read" in line and "remembered" not in line
