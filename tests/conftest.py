@@ -106,6 +106,34 @@ def tiny_convnet(shape):
     return keras.Model(inp, x, name="tiny_convnet")
 
 
+@pytest.fixture(scope="session")
+def registry_networks() -> dict[str, tuple[tuple, list[str]]]:
+    """Every registry backbone built once by featx (``weights=None``, small inputs: the width
+    does not depend on them): name -> (the pooled model's output shape, the backbone's layer
+    names in order, without the pooling layer featx adds).
+
+    Built in a ``keras.StatelessScope``: the variables are declared but not initialised, which
+    neither the output shape nor the names need (a third faster over 41 networks). Shared by
+    test_nets_backbones.py and test_nets_auto_layers.py, so the walk is done once a session."""
+    import keras
+
+    from featx.nets.backbones import BACKBONES, resolve_backbone
+    from featx.nets.keras_model import build_model
+
+    built = {}
+    for name in BACKBONES:
+        size = 75 if name in ("inception_v3", "inception_resnet_v2", "xception") else 32
+        keras.backend.clear_session()  # counter-named layers start from zero for each network
+        with keras.StatelessScope():
+            model = build_model(resolve_backbone(name, weights=None, input_size=size))
+        *names, pooling = model.layers
+        assert isinstance(pooling, keras.layers.GlobalAveragePooling2D), (name, pooling)
+        built[name] = (model.output_shape, [layer.name for layer in names])
+        del model
+    keras.backend.clear_session()
+    return built
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path, rng: np.random.Generator) -> Path:
     """A folder of small PNG/JPEG images, one sub-folder per class."""
