@@ -60,15 +60,26 @@ def _fashion(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_fashion_mnist_transfer_beats_raw_pixels(imagenet_weights, tmp_path):
+    """600 training and 400 test images: 1,000 embeddings at 224 px, a third of the 3,000 this
+    used to take.
+
+    Measured here: mobilenet features 0.873, raw pixels 0.780 (with 2,000/1,000 images: about
+    0.88 and 0.80). On 400 test images an accuracy near 0.87 has a standard error of
+    sqrt(0.87 * 0.13 / 400) = 0.017, and the difference of the two on the same images at most
+    sqrt((0.87 * 0.13 + 0.78 * 0.22) / 400) = 0.027: the 0.09 lead is over 3 standard errors,
+    so asserting a lead of 0.03 is not the luck of the 400 images drawn, and the 0.83 floor sits
+    2.5 standard errors under what the features get, while still above raw pixels' 0.78."""
     from sklearn.linear_model import LogisticRegression
 
-    X_train, y_train = _fashion("train", 2000)
-    X_test, y_test = _fashion("t10k", 1000)
+    n_train, n_test = 600, 400
+    X_train, y_train = _fashion("train", n_train)
+    X_test, y_test = _fashion("t10k", n_test)
     embedder = ImageEmbedder("mobilenet", cache=tmp_path / "fashion.h5")
     F_train, F_test = embedder.fit_transform(X_train), embedder.transform(X_test)
     featx_acc = LogisticRegression(C=0.1, max_iter=3000).fit(F_train, y_train).score(F_test, y_test)
-    raw = LogisticRegression(max_iter=3000).fit(X_train.reshape(2000, -1) / 255.0, y_train)
-    raw_acc = raw.score(X_test.reshape(1000, -1) / 255.0, y_test)
-    print(f"Fashion-MNIST 2000/1000: mobilenet features {featx_acc:.3f}, raw pixels {raw_acc:.3f}")
-    assert featx_acc >= 0.85
-    assert featx_acc > raw_acc
+    raw = LogisticRegression(max_iter=3000).fit(X_train.reshape(n_train, -1) / 255.0, y_train)
+    raw_acc = raw.score(X_test.reshape(n_test, -1) / 255.0, y_test)
+    print(f"Fashion-MNIST {n_train}/{n_test}: mobilenet features {featx_acc:.3f}, "
+          f"raw pixels {raw_acc:.3f}")
+    assert featx_acc >= 0.83
+    assert featx_acc > raw_acc + 0.03
