@@ -38,6 +38,20 @@ MOBILENET_FILES = [
 
 LITE0_FILES = ["efficientnet_lite0_featx.h5", "efficientnet_lite0_featx_no_top.h5"]
 
+#: Fixtures that need the offline ImageNet weights or the archives they are made from (conftest's
+#: and test_weights.py's, test_nets_efficientnet_lite.py's): a test that uses one, directly or
+#: through another fixture, is marked ``imagenet``, so ``-m "not imagenet"`` runs without them.
+IMAGENET_FIXTURES = frozenset({
+    "imagenet_weights", "lite0_weights", "nudity_archive", "installed", "lite0_wheel",
+    "lite0_state_dict", "lite0_install",
+})
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001
+    for item in items:
+        if IMAGENET_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.imagenet)
+
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
