@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         task = json.loads(args.one)
         print(json.dumps(one(**task, n=args.images, repeats=args.repeats, folder=str(folder))))
         return 0
-    from benchmarks.run import cpu_units, machine
+    from benchmarks.run import machine
 
     rows = ["| precision | OpenVINO setting | decode threads | images/s | vs best split |",
             "|---|---|---:|---:|---:|"]
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(f"| {precision} | {bold}{setting}{bold} | {workers} | {speed:,.1f} | "
                         f"{bold}{speed / top:.2f}x{bold} |")
     cores = len(os.sched_getaffinity(0))
-    text = "\n".join([f"Machine: {machine()}", f"Cores this process may use: {cores}; "
-                      f"{cpu_units()}", "",
+    text = "\n".join([f"Machine: {machine()}", f"Cores this process may use: {cores}", "",
                       f"featx from {args.images} JPEG photos, mobilenet 224 px, batch 32, "
                       f"empty cache, fastest of {args.repeats}", "", *rows, ""])
     print(text)
