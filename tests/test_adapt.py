@@ -409,9 +409,9 @@ def test_cli_heads_target_saves_an_adapted_model_that_predicts_the_target(tmp_pa
     from PIL import Image
 
     from featx import load_model
-    from tests.conftest import tiny_convnet
+    from tests.conftest import save_tiny_convnet
 
-    tiny_convnet((16, 16, 3)).save(tmp_path / "tiny.keras")
+    save_tiny_convnet(tmp_path / "tiny.keras", 16)
     rng = np.random.default_rng(2)
     for c, cls in enumerate(["dark", "light"]):
         for domain, offset in (("source", 0), ("target", 60)):

@@ -32,7 +32,7 @@ from featx.distributed import ClusterError, embed_on_ray, object_store_array
 from featx.distributed.cluster import check_reachable, import_ray
 from featx.distributed.worker import FAULT_ENV, KnownKeys
 from featx.exceptions import FeatxError
-from tests.conftest import tiny_convnet
+from tests.conftest import save_tiny_convnet
 
 FEATX = str(Path(sys.executable).with_name("featx"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def cluster():
 def workspace(tmp_path_factory) -> Path:
     """A tiny saved backbone and two classes of small PNGs (plus a corrupt one and a copy)."""
     base = tmp_path_factory.mktemp("ray")
-    tiny_convnet((SIZE, SIZE, 3)).save(base / "tiny.keras")
+    save_tiny_convnet(base / "tiny.keras", SIZE)
     rng = np.random.default_rng(0)
     for c, cls in enumerate(["a", "b"]):
         (base / "images" / cls).mkdir(parents=True)

@@ -22,7 +22,7 @@ import featx.embed.engine as engine_module
 from featx import CacheError, EmbeddingCache, FeatxError, ImageEmbedder, ImageLoadError
 from featx.cache.store import CACHE_FORMAT_VERSION
 from featx.embed.embedder import MAX_PIXELS
-from tests.conftest import tiny_convnet, tiny_dense
+from tests.conftest import save_tiny_convnet, tiny_convnet, tiny_dense
 from tests.test_cli import run_featx
 
 SIZE = 16
@@ -332,7 +332,7 @@ def test_on_error_raise_lists_every_failure_in_the_report(tmp_path, rng):
 
 def test_cli_report_lists_every_failure_and_remembers_them(tmp_path, rng):
     model = tmp_path / "tiny.keras"
-    tiny_convnet((SIZE, SIZE, 3)).save(model)
+    save_tiny_convnet(model, SIZE)
     folder = tmp_path / "photos"
     bad = _bad_files(folder, rng)
     bad.pop("missing.png")  # a folder listing only finds files that exist

@@ -30,7 +30,7 @@ from featx import (
     save_model,
 )
 from featx.model import TRUSTED_TYPES
-from tests.conftest import tiny_convnet
+from tests.conftest import save_tiny_convnet, tiny_convnet
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def backbone_file(folder: Path) -> Path:
     path = folder.parent / "tiny.keras"
-    tiny_convnet((16, 16, 3)).save(path)
+    save_tiny_convnet(path, 16)
     return path
 
 
@@ -243,7 +243,7 @@ def test_a_changed_backbone_file_is_refused(folder, tmp_path):
     import keras
 
     backbone = tmp_path / "net.keras"
-    tiny_convnet((16, 16, 3)).save(backbone)
+    save_tiny_convnet(backbone, 16)
     model, _ = fitted(ImageEmbedder(str(backbone), input_size=16), folder)
     path = model.save(tmp_path / "m.featx")
     other = tiny_convnet((16, 16, 3))

@@ -16,7 +16,7 @@ from featx.embed.engine import embed_items
 from featx.embed.images import as_items
 from featx.nets.backbones import resolve_backbone
 from featx.nets.build import clear_networks, get_network
-from tests.conftest import tiny_convnet, tiny_dense
+from tests.conftest import save_tiny_convnet, tiny_convnet, tiny_dense
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -276,7 +276,7 @@ def test_command_line_engine_and_precision(image_folder, tmp_path, capsys):
     from featx.cli.main import main
 
     model = tmp_path / "tiny.keras"
-    tiny_convnet((16, 16, 3)).save(model)
+    save_tiny_convnet(model, 16)
     base = ["embed", str(image_folder), "--backbone", str(model), "--input-size", "16",
             "--cache", str(tmp_path / "c.h5")]
     counts = []
