@@ -219,8 +219,9 @@ def featx_run(
                                    precision=precision, batch_size=batch, engine=engine)
     if precision == "int8":  # calibrated once, on the first 300 photos, like the ceiling
         options["calibration"] = paths[:300]
+    warming = ImageEmbedder(backbone, **options).fit(paths)
     for size in _warm_sizes(len(paths), batch):
-        ImageEmbedder(backbone, **options).fit(paths).transform(warm[:size])
+        warming.transform(warm[:size])
     # Fitted before the clock: fit checks the parameters and, for int8, calibrates (a one-off,
     # like the conversion the warm-up pays for).
     emb = ImageEmbedder(backbone, cache=cache, **options).fit(paths)

@@ -41,7 +41,7 @@ def make_embedder(args: argparse.Namespace, on_error: str,
                       pooling=args.pooling, input_size=args.input_size,
                       precision=args.precision)
     params = {"engine": args.engine, **params}  # a cache group's reduced precision names one
-    calibration = getattr(args, "calibration", None)
+    calibration = args.calibration
     if calibration is not None:
         if params.get("precision") != "int8":
             raise FeatxError(

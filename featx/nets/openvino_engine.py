@@ -78,13 +78,10 @@ def openvino_network(
                 f"OpenVINO converted the network but its CPU plugin refused it: "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             ) from exc
-        # Kept on disk only when the model file loaded in safe mode: a later process reads the
-        # converted model without loading the file, so it must not skip the file's refusal.
-        if path is not None and config.safe_mode and not _keras_unsafe_switch_on():
-            _save_openvino_model(ov, ov_model, path)
+        _keep(ov, ov_model, path, config)
     shape = tuple(int(d.get_length()) for d in list(ov_model.inputs[0].get_partial_shape())[1:])
     widths = [int(list(o.get_partial_shape())[-1].get_length()) for o in ov_model.outputs]
-    forward = _openvino_forward(core, ov_model, options, {dtype: compiled} if compiled else {})
+    forward = _openvino_forward(core, ov_model, options, {dtype: compiled})
     return Network(configs, shape, widths, forward, engine="openvino")
 
 
@@ -103,9 +100,16 @@ def _quantized(configs: list[BackboneConfig], sample_shape: tuple[int, ...] | No
             ov_model = _openvino_core().read_model(str(path))
     if ov_model is None:
         ov_model = _convert(floats, sample_shape)
-        if path is not None and configs[0].safe_mode and not _keras_unsafe_switch_on():
-            _save_openvino_model(ov, ov_model, path)
+        _keep(ov, ov_model, path, configs[0])
     return quantize(ov_model, configs[0].calibration_id)
+
+
+def _keep(ov: Any, ov_model: Any, path: Path | None, config: BackboneConfig) -> None:
+    """Keep the converted model at ``path``, only when the model file loaded in safe mode: a
+    later process reads the converted model without loading the file, so it must not skip the
+    file's refusal."""
+    if path is not None and config.safe_mode and not _keras_unsafe_switch_on():
+        _save_openvino_model(ov, ov_model, path)
 
 
 def _keras_unsafe_switch_on() -> bool:
