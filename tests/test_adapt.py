@@ -401,15 +401,11 @@ def test_tune_heads_target_errors(rng):
 
 def test_cli_heads_target_saves_an_adapted_model_that_predicts_the_target(tmp_path):
     import csv
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from PIL import Image
 
     from featx import load_model
-    from tests.conftest import save_tiny_convnet
+    from tests.conftest import featx_main, save_tiny_convnet
 
     save_tiny_convnet(tmp_path / "tiny.keras", 16)
     rng = np.random.default_rng(2)
@@ -425,14 +421,9 @@ def test_cli_heads_target_saves_an_adapted_model_that_predicts_the_target(tmp_pa
     for p in sorted((tmp_path / "target").rglob("*.png")):
         (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
 
-    featx = Path(sys.executable).parent / "featx"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     common = ["--backbone", tmp_path / "tiny.keras", "--input-size", "16", "--cache",
               tmp_path / "emb.h5", "--heads", "logreg,knn", "--cv", "2", "--n-jobs", "1"]
-
-    def run(*args):
-        return subprocess.run([str(featx), *map(str, args)], capture_output=True, text=True,
-                              env=env, timeout=300)
+    run = featx_main  # main() in this process: the same text, no TensorFlow start-up
 
     # An unlabelled folder: ranked by reverse validation, no target metrics, a model saved.
     done = run("heads", tmp_path / "source", *common, "--target", flat, "--out", tmp_path / "u")

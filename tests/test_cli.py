@@ -26,6 +26,7 @@ from PIL import Image
 
 import featx
 from featx.cli.main import main
+from tests.conftest import featx_main
 
 FEATX = Path(sys.executable).parent / "featx"
 
@@ -37,15 +38,6 @@ def run_featx(*args: str | Path, env: dict[str, str] | None = None) -> subproces
     return subprocess.run(
         [str(FEATX), *map(str, args)], capture_output=True, text=True, env=environ, timeout=300
     )
-
-
-def featx_main(*args: str | Path) -> subprocess.CompletedProcess:
-    """``featx ARGS`` run by ``main()`` in this process, its output captured as a child's is."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main(list(map(str, args)))
-    return subprocess.CompletedProcess(["featx", *map(str, args)], code, stdout.getvalue(),
-                                       stderr.getvalue())
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:

@@ -175,7 +175,7 @@ def test_a_failing_batch_keeps_the_batches_before_it(step, engine, images, tmp_p
     assert (again.report_.n_hits, again.report_.n_embedded) == (8, 32)
 
 
-_BACKEND_SCRIPT = """
+_JAX_SCRIPT = """
 import sys, numpy as np
 from featx import ImageEmbedder
 from featx.nets.build import get_network
@@ -190,26 +190,28 @@ print(keras.backend.backend(), get_network(emb.backbone_config()).engine)
 @pytest.mark.imagenet
 def test_jax_backend_gives_the_same_embeddings_as_tensorflow(images, tmp_path, imagenet_weights):
     """The GPU machines run featx on JAX: same weights, same numbers as TensorFlow (on the CPU
-    here). Both run the Keras engine, so this compares JAX with TensorFlow's Keras forward pass,
-    not with OpenVINO (which engine="auto" would pick for TensorFlow on this CPU). Tolerance:
-    1e-4 of the largest feature, float32 rounding in two different compilers."""
+    here). Both run the Keras engine, so this compares JAX (in a child: Keras fixes its backend
+    at import) with TensorFlow's Keras forward pass in this process, not with OpenVINO (which
+    engine="auto" would pick for TensorFlow on this CPU). Tolerance: 1e-4 of the largest
+    feature, float32 rounding in two different compilers."""
+    import keras
+
     np.save(tmp_path / "x.npy", images[:6])
-    outputs = {}
-    for backend in ("tensorflow", "jax"):
-        env = {**os.environ, "KERAS_BACKEND": backend}
-        target = tmp_path / f"{backend}.npy"
-        run = subprocess.run(
-            [sys.executable, "-c", _BACKEND_SCRIPT, str(tmp_path / "x.npy"), str(target)],
-            env=env, capture_output=True, text=True, cwd=Path(__file__).parent.parent,
-            timeout=300,
-        )
-        assert run.returncode == 0, run.stderr[-2000:]
-        assert run.stdout.split()[-2:] == [backend, "keras"], run.stdout[-500:]
-        outputs[backend] = np.load(target)
-    scale = np.abs(outputs["tensorflow"]).max()
-    print("scale", scale, "max abs diff", np.abs(outputs["jax"] - outputs["tensorflow"]).max())
+    run = subprocess.run(
+        [sys.executable, "-c", _JAX_SCRIPT, str(tmp_path / "x.npy"), str(tmp_path / "jax.npy")],
+        env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True,
+        cwd=Path(__file__).parent.parent, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-2:] == ["jax", "keras"], run.stdout[-500:]
+    jax = np.load(tmp_path / "jax.npy")
+    emb = ImageEmbedder("mobilenet", input_size=128, engine="keras")
+    tensorflow = emb.fit_transform(images[:6])
+    assert keras.backend.backend() == "tensorflow" and network_of(emb).engine == "keras"
+    scale = np.abs(tensorflow).max()
+    print("scale", scale, "max abs diff", np.abs(jax - tensorflow).max())
     assert scale > 0.1  # ImageNet features: a real signal
-    assert np.abs(outputs["jax"] - outputs["tensorflow"]).max() <= 1e-4 * scale
+    assert np.abs(jax - tensorflow).max() <= 1e-4 * scale
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -22,6 +22,7 @@ from featx import FeatxError, ImageEmbedder, ImageLoadError, load_model, read_ma
 from featx.nets.tuned_file import METADATA_NAME, read_tuned_metadata
 from featx.transfer.finetune import fine_tune
 from featx.transfer.finetune_data import augment_pixels
+from tests.conftest import featx_main
 
 FEATX = Path(sys.executable).parent / "featx"
 
@@ -319,29 +320,21 @@ def _class_folder(root: Path, n: int) -> Path:
 
 
 def test_cli_finetune_then_embed(backbone_file, tmp_path):
+    """``featx finetune`` then ``featx embed`` on its file, by ``main()`` in this process (the
+    same text and exit codes as the console script; a killed run below is a real child)."""
     src = _class_folder(tmp_path / "photos", 24)
     out = tmp_path / "tuned.keras"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    run = subprocess.run(
-        [str(FEATX), "finetune", str(src), "--backbone", str(backbone_file), "--top-layers", "3",
-         "--epochs", "2", "--learning-rate", "0.01", "--augment", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    run = featx_main("finetune", src, "--backbone", backbone_file, "--top-layers", "3",
+                     "--epochs", "2", "--learning-rate", "0.01", "--augment", "--out", out)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "epoch 1/2: loss " in run.stdout and f"wrote {out}" in run.stdout
     meta = read_tuned_metadata(out)
     assert meta is not None and meta["training"]["augment"] is True
-    embedded = subprocess.run(
-        [str(FEATX), "embed", str(src), "--backbone", str(out), "--cache", str(tmp_path / "e.h5")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    embedded = featx_main("embed", src, "--backbone", out, "--cache", tmp_path / "e.h5")
     assert embedded.returncode == 0, embedded.stderr[-3000:]
     assert "embedded 24, already cached 0, failed 0 of 24 images" in embedded.stdout
-    bad = subprocess.run(
-        [str(FEATX), "finetune", str(src), "--backbone", str(backbone_file), "--top-layers", "99",
-         "--out", str(tmp_path / "bad.keras")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    bad = featx_main("finetune", src, "--backbone", backbone_file, "--top-layers", "99",
+                     "--out", tmp_path / "bad.keras")
     assert bad.returncode == 1
     assert "featx: error: top_layers=99 is beyond the network's depth" in bad.stderr
 
