@@ -13,7 +13,8 @@ echo "==> import-linter (the layers of docs/architecture.md)"
 .venv/bin/lint-imports --no-cache
 echo "==> pytest"
 set +e
-.venv/bin/python -m pytest tests featx --doctest-modules -p no:cacheprovider "$@"
+.venv/bin/python -m pytest tests featx --doctest-modules -p no:cacheprovider \
+    -n "${FEATX_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi

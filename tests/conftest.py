@@ -32,6 +32,23 @@ _lite0_wheel = (
 if _lite0_wheel.is_file():
     os.environ.setdefault("FEATX_TEST_LITE0_WHEEL", str(_lite0_wheel))
 
+
+def _own_cores() -> None:
+    """A pytest-xdist worker (the test command runs two) keeps to its share of the cores, and so
+    do its children: TensorFlow's, OpenVINO's and BLAS's thread pools (and featx's decode
+    threads) size themselves by the CPU affinity, so two workers' pools do not fight over the
+    same cores (on 2 cores, unpinned, the suite spent 853 CPU seconds, pinned 688)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cores, n, i = sorted(os.sched_getaffinity(0)), int(count), int(worker.removeprefix("gw"))
+    if len(cores) >= n:
+        os.sched_setaffinity(0, cores[i::n])
+
+
+_own_cores()
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -50,10 +67,52 @@ IMAGENET_FIXTURES = frozenset({
 })
 
 
-def pytest_collection_modifyitems(config, items):  # noqa: ARG001
+#: Files whose tests share a session fixture, so share a pytest-xdist worker (the 41-network
+#: registry walk, ~50 s, is done once).
+SHARED_WORKER = {"test_nets_auto_layers.py": "registry", "test_nets_backbones.py": "registry"}
+
+#: The longest groups, longest first (seconds on a quiet 2-core machine, one process: examples
+#: 81, distributed 73, registry 59, transfer_finetune 57, docs 42, nets_openvino 32, nets_hub
+#: 29, nets_efficientnet_lite 23, cli 21; everything else is under 16). Handed out first, so
+#: the last ones to start are short and the workers end together.
+LONGEST_FIRST = (
+    "test_examples.py", "test_distributed.py", "registry", "test_transfer_finetune.py",
+    "test_docs.py", "test_nets_openvino.py", "test_nets_hub.py", "test_nets_efficientnet_lite.py",
+    "test_cli.py",
+)
+
+
+def _group(path: str) -> str:
+    """The pytest-xdist work unit of a test in file ``path``: its file, or a shared group."""
+    return SHARED_WORKER.get(Path(path).name, Path(path).name)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the ``imagenet`` tests; in a pytest-xdist worker, put the longest files first."""
     for item in items:
         if IMAGENET_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.imagenet)
+    if hasattr(config, "workerinput"):
+        rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(_group(item.nodeid.split("::")[0]), len(rank)))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` (the test command's) with :data:`SHARED_WORKER`'s groups: each
+    file's tests run on one worker, so its module fixtures (a Ray cluster, the examples' runs)
+    are made once, and the files in a group share one worker and its session fixtures.
+
+    (``--dist loadgroup`` would do this through markers, but pytest-xdist 3.8 renames the
+    test's ``_nodeid``, which pytest 9.2 no longer reads: the groups were silently lost.)"""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LoadFileAndGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid.split("::")[0])
+
+    return LoadFileAndGroups(config, log)
 
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001

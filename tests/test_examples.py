@@ -1,6 +1,6 @@
 """Every script in examples/ runs, as a user runs it (a subprocess), at its --small sizes.
 
-They run two at a time (each is mostly Python and TensorFlow start-up); the tests then check
+They run one per core (each is mostly Python and TensorFlow start-up); the tests then check
 what each printed and wrote.
 """
 
@@ -20,7 +20,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = ["low_resolution", "two_class_folder", "cut_h5_model", "tabular_penultimate",
            "backbones_by_heads", "domain_shift", "fine_tune"]
 NUMBER = r"(\d+\.\d+)"
-PARALLEL = 2
+#: As many at a time as this process has cores (one in each of the test command's two workers).
+PARALLEL = min(len(SCRIPTS), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
 
 
 def test_every_example_is_tested():
@@ -46,7 +48,7 @@ def runs(
         )
         return done.returncode, done.stdout, done.stderr, out
 
-    # Two at a time: each script's TensorFlow and OpenVINO thread pools want every core, and
+    # One per core: each script's TensorFlow and OpenVINO thread pools want every core, and
     # all seven at once on two cores spent more time switching than running (the fixture took
     # 136 s so, 97-102 s two at a time, measured here).
     with ThreadPoolExecutor(PARALLEL) as pool:
