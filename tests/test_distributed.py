@@ -294,6 +294,43 @@ def test_an_empty_source_starts_no_cluster_and_ray_address_joins_one(cluster, wo
     assert len(_rows(tmp_path / "emb.h5")) == 6
 
 
+def test_a_cluster_ray_start_left_running_here_is_joined_and_left_running(workspace, tmp_path):
+    """Ray's convention, which featx keeps: with no address and no ``RAY_ADDRESS``, the cluster
+    ``ray start`` last started on this machine is joined when it is running; featx disconnects
+    from it and leaves it running (it starts, and stops, a cluster only when there is none)."""
+    import socket
+
+    ray_tmp = tempfile.mkdtemp(prefix="fxr")
+    env = _cli_env(ray_tmp)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        started = subprocess.run(
+            [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1",
+             "--include-dashboard=false", "--disable-usage-stats"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert started.returncode == 0, started.stderr[-3000:]
+        sessions = set(Path(ray_tmp).glob("ray/session_2*"))
+        assert len(sessions) == 1
+        out = subprocess.run(
+            [FEATX, "embed", str(workspace / "images"), "--backbone", str(workspace / "tiny.keras"),
+             "--cache", str(tmp_path / "emb.h5"), "--ray"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "embedded 24, already cached 0, failed 0 of 24 images" in out.stdout
+        assert set(Path(ray_tmp).glob("ray/session_2*")) == sessions  # joined: no new cluster
+        assert _ray_processes(ray_tmp), "featx stopped a cluster it had not started"
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _wait_gone(ray_tmp, 30)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert len(_rows(tmp_path / "emb.h5")) == 24
+
+
 def test_known_keys_come_from_the_index_and_are_searched_in_place(tmp_path):
     cache = EmbeddingCache(tmp_path / "emb.h5")
     a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)

@@ -80,10 +80,11 @@ def ray_session(
 ) -> Iterator[Any]:
     """Connect to Ray for the length of a ``with`` block; yield the ``ray`` module.
 
-    Ray's own convention: join the cluster at ``address``, or at ``$RAY_ADDRESS``, or else
-    start a local one. A local cluster started here is shut down when the block ends, however
-    it ends; a connection that was already open (``ray.init`` by the caller) is used and left
-    open.
+    Ray's own convention: join the cluster at ``address``, or at ``$RAY_ADDRESS``, or the one
+    ``ray start`` last started on this machine if it is running, or else start a local one. A
+    local cluster started here is shut down when the block ends, however it ends; a cluster
+    joined is left running; a connection that was already open (``ray.init`` by the caller) is
+    used and left open.
 
     Parameters
     ----------
