@@ -42,7 +42,8 @@ def _own_cores() -> None:
     count = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
-    cores, n, i = sorted(os.sched_getaffinity(0)), int(count), int(worker.removeprefix("gw"))
+    cores, n = sorted(os.sched_getaffinity(0)), int(count)
+    i = int(worker.removeprefix("gw")) % n  # a worker replacing a crashed one is gw2, gw3, ...
     if len(cores) >= n:
         os.sched_setaffinity(0, cores[i::n])
 
