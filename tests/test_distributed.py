@@ -172,6 +172,26 @@ def test_workers_that_keep_dying_stop_the_run_and_keep_what_was_committed(
                                rtol=1e-5)
 
 
+def test_the_last_suspect_runs_alone_too(cluster, workspace, tmp_path):
+    """A shard a dying worker held runs alone next, so that the next death names it, the last
+    such shard too. One worker, shards of one, [0] and [1] queued at once: [0] kills the worker
+    once, so [0] and [1] are both suspects; [0] then passes alone; [1], the last suspect, kills
+    the worker alone, which reports it (its second death). Were [2] queued behind it, [1] would
+    have to kill a worker alone once more: three deaths."""
+    first, poison = tmp_path / "first.png", tmp_path / "poison.png"
+    Image.fromarray(np.full((20, 20, 3), 5, np.uint8)).save(first)
+    Image.fromarray(np.full((20, 20, 3), 7, np.uint8)).save(poison)
+    paths = [str(first), str(poison), *_paths(workspace)[:4]]
+    cache = tmp_path / "emb.h5"
+    fault = f"{_kills(tmp_path, 'first', 1)},{_kills(tmp_path, 'poison', 6)}"
+    report = embed_on_ray(paths, _embedder(workspace, cache), shard_size=1, workers=1,
+                          runtime_env={"env_vars": {FAULT_ENV: fault}})
+    assert (_killed(tmp_path, "first"), _killed(tmp_path, "poison")) == (1, 1)
+    assert report.worker_deaths == 2
+    assert [(p, Path(s).name) for p, s, _ in report.failures] == [(1, "poison.png")]
+    assert (report.n_embedded, report.n_failed) == (5, 1) and len(_rows(cache)) == 5
+
+
 def _hungry_image() -> Image.Image:
     """A PIL image whose pixels raise ``MemoryError`` when read (as a huge decode would), on
     whichever worker reads them. Defined here, so pickled by value: workers need no import."""
@@ -324,9 +344,8 @@ def test_a_cluster_ray_start_left_running_here_is_joined_and_left_running(worksp
         assert "embedded 24, already cached 0, failed 0 of 24 images" in out.stdout
         assert set(Path(ray_tmp).glob("ray/session_2*")) == sessions  # joined: no new cluster
         assert _ray_processes(ray_tmp), "featx stopped a cluster it had not started"
-    finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        _wait_gone(ray_tmp, 30)
+    finally:  # not `ray stop`: it stops every Ray process here, the module's cluster too
+        _stop_processes(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert len(_rows(tmp_path / "emb.h5")) == 24
 
@@ -403,6 +422,20 @@ def _ray_processes(marker: str) -> list[str]:
         if marker in cmd and state != "Z":
             found.append(cmd[:120])
     return found
+
+
+def _stop_processes(marker: str) -> None:
+    """SIGTERM the live processes that mention ``marker`` (a Ray temp dir), then SIGKILL those
+    left after 10 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), sig)
+            except OSError:
+                continue
+        if not _wait_gone(marker, 10):
+            return
 
 
 def _wait_gone(marker: str, seconds: float = 60) -> list[str]:

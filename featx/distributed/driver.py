@@ -383,6 +383,7 @@ class _Driver:
         # Shards a dying worker held: each runs alone on a worker (nothing queued behind it), so
         # that a worker dying on it tells which shard killed it.
         self.suspects: deque[_Shard] = deque()
+        self.alone: set[Any] = set()  # suspects in flight: nothing is queued behind these
 
     def run(self) -> None:
         """Every shard embedded and committed (or its one bad item reported); the report's
@@ -429,23 +430,28 @@ class _Driver:
                     self._lost(a, exc)
                     continue
                 del self.inflight[ref]
+                self.alone.discard(ref)
                 self.queues[a].remove(ref)
                 self._take(result, s)
                 last_progress = time.monotonic()
 
-    def _send(self, a: int, s: _Shard) -> None:
+    def _send(self, a: int, s: _Shard) -> Any:
         ref = self.handles[a].embed.remote(s.positions, [self.items[p] for p in s.positions])
         self.inflight[ref] = (a, s)
         self.queues[a].append(ref)
+        return ref
 
     def _submit(self, a: int, depth: int) -> None:
         if a in self.restarting:
             return
+        queue = self.queues[a]
         if self.suspects:
-            if not self.queues[a]:
-                self._send(a, self.suspects.popleft())
+            if not queue:
+                self.alone.add(self._send(a, self.suspects.popleft()))
             return  # a busy worker finishes first, then takes a suspect alone
-        while len(self.queues[a]) < depth and self.todo:
+        if any(ref in self.alone for ref in queue):
+            return  # the last suspect runs alone too: its worker's death must name it
+        while len(queue) < depth and self.todo:
             self._send(a, self.todo.popleft())
 
     def _take(self, result: ShardResult, s: _Shard) -> None:
@@ -467,6 +473,7 @@ class _Driver:
         held: list[_Shard] = []
         for ref in refs:
             _, s = self.inflight.pop(ref)
+            self.alone.discard(ref)
             try:
                 self._take(ray.get(ref, timeout=0), s)  # it finished before the worker died
             except Exception as err:  # noqa: BLE001 - sorted out below
