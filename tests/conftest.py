@@ -85,7 +85,7 @@ LONGEST_FIRST = (
 
 def _group(path: str) -> str:
     """The pytest-xdist work unit of a test in file ``path``: its file, or a shared group."""
-    return SHARED_WORKER.get(Path(path).name, Path(path).name)
+    return SHARED_WORKER.get(Path(path).name, path)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -95,7 +95,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.imagenet)
     if hasattr(config, "workerinput"):
         rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
-        items.sort(key=lambda item: rank.get(_group(item.nodeid.split("::")[0]), len(rank)))
+        items.sort(key=lambda item: rank.get(Path(_group(item.nodeid.split("::")[0])).name,
+                                             len(rank)))
 
 
 def pytest_xdist_make_scheduler(config, log):
