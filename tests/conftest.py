@@ -95,8 +95,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.imagenet)
     if hasattr(config, "workerinput"):
         rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
-        items.sort(key=lambda item: rank.get(Path(_group(item.nodeid.split("::")[0])).name,
-                                             len(rank)))
+
+        def order(item: pytest.Item) -> int:
+            return rank.get(SHARED_WORKER.get(item.path.name, item.path.name), len(rank))
+
+        items.sort(key=order)
 
 
 def pytest_xdist_make_scheduler(config, log):

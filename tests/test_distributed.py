@@ -7,6 +7,7 @@ is what Ray's out-of-memory killer does to a worker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -408,9 +409,9 @@ def test_heads_tune_on_the_cluster_like_locally(cluster):
         tune_heads(X, y, backend="spark", **kw)
 
 
-def _ray_processes(marker: str) -> list[str]:
-    """Command lines of live processes that mention ``marker`` (a Ray temp dir)."""
-    found = []
+def _processes(marker: str) -> dict[int, str]:
+    """Live processes whose command line mentions ``marker`` (a Ray temp dir): pid -> command."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -420,20 +421,22 @@ def _ray_processes(marker: str) -> list[str]:
         except OSError:
             continue
         if marker in cmd and state != "Z":
-            found.append(cmd[:120])
+            found[int(proc.name)] = cmd[:120]
     return found
+
+
+def _ray_processes(marker: str) -> list[str]:
+    """Command lines of live processes that mention ``marker`` (a Ray temp dir)."""
+    return list(_processes(marker).values())
 
 
 def _stop_processes(marker: str) -> None:
     """SIGTERM the live processes that mention ``marker`` (a Ray temp dir), then SIGKILL those
     left after 10 s."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for proc in Path("/proc").iterdir():
-            try:
-                if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
-                    os.kill(int(proc.name), sig)
-            except OSError:
-                continue
+        for pid in _processes(marker):
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
         if not _wait_gone(marker, 10):
             return
 

@@ -383,7 +383,6 @@ class _Driver:
         # Shards a dying worker held: each runs alone on a worker (nothing queued behind it), so
         # that a worker dying on it tells which shard killed it.
         self.suspects: deque[_Shard] = deque()
-        self.alone: set[Any] = set()  # suspects in flight: nothing is queued behind these
 
     def run(self) -> None:
         """Every shard embedded and committed (or its one bad item reported); the report's
@@ -430,16 +429,14 @@ class _Driver:
                     self._lost(a, exc)
                     continue
                 del self.inflight[ref]
-                self.alone.discard(ref)
                 self.queues[a].remove(ref)
                 self._take(result, s)
                 last_progress = time.monotonic()
 
-    def _send(self, a: int, s: _Shard) -> Any:
+    def _send(self, a: int, s: _Shard) -> None:
         ref = self.handles[a].embed.remote(s.positions, [self.items[p] for p in s.positions])
         self.inflight[ref] = (a, s)
         self.queues[a].append(ref)
-        return ref
 
     def _submit(self, a: int, depth: int) -> None:
         if a in self.restarting:
@@ -447,10 +444,10 @@ class _Driver:
         queue = self.queues[a]
         if self.suspects:
             if not queue:
-                self.alone.add(self._send(a, self.suspects.popleft()))
+                self._send(a, self.suspects.popleft())
             return  # a busy worker finishes first, then takes a suspect alone
-        if any(ref in self.alone for ref in queue):
-            return  # the last suspect runs alone too: its worker's death must name it
+        if any(self.inflight[ref][1].attempts for ref in queue):
+            return  # the last suspect (a shard tried before) runs alone too
         while len(queue) < depth and self.todo:
             self._send(a, self.todo.popleft())
 
@@ -473,7 +470,6 @@ class _Driver:
         held: list[_Shard] = []
         for ref in refs:
             _, s = self.inflight.pop(ref)
-            self.alone.discard(ref)
             try:
                 self._take(ray.get(ref, timeout=0), s)  # it finished before the worker died
             except Exception as err:  # noqa: BLE001 - sorted out below
