@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from featx.cache.blocks import Block, plan_pieces, read_blocks
 from featx.cache.files import CACHE_FORMAT_VERSION, CacheFiles, FileIndex, UnreadableFile
 from featx.cache.index import Digests, digests_of, first_rows, hex_keys
 from featx.cache.merge import compact_all, merge_newest
@@ -246,6 +247,36 @@ class EmbeddingCache:
             width = groups[0].width
             vectors = np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
             return keys, vectors.astype(np.float32, copy=False), sources
+
+    def blocks(
+        self, fingerprint: str, *, block_rows: int = 8192, seed: int | None = None
+    ) -> Iterator[Block]:
+        """Every row of one group once, as :class:`~featx.cache.blocks.Block` s of at most
+        ``block_rows`` rows (keys and vectors), never the whole group in memory.
+
+        Without a seed the rows come file by file in stored order; with one, in a seeded
+        shuffled order (chunks of 256 rows drawn from every file, then each block shuffled):
+        what a head that trains by blocks needs. The pass reads one snapshot of the files
+        (opened when it starts), whatever merges happen meanwhile. Memory: one block, plus 40
+        bytes a row for the plan (:func:`featx.cache.blocks.plan_pieces`).
+
+        Raises
+        ------
+        CacheError
+            If the group is not in the cache, or a file cannot be read (the message names it).
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, os
+        >>> cache = EmbeddingCache(os.path.join(tempfile.mkdtemp(), "emb.h5"))
+        >>> keys = [f"{i:064x}" for i in range(5)]
+        >>> cache.append("fp0", keys, np.eye(5, dtype=np.float32), ["x"] * 5)
+        5
+        >>> [len(b) for b in cache.blocks("fp0", block_rows=2, seed=0)]
+        [2, 2, 1]
+        """
+        pieces = plan_pieces(self._files, fingerprint)
+        return read_blocks(self._files, fingerprint, pieces, block_rows=block_rows, seed=seed)
 
     # ---- writing ------------------------------------------------------------
 

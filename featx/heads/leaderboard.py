@@ -58,6 +58,14 @@ class HeadResult:
         Columns that identify the row beyond its head, shown before it (e.g.
         ``{"layer": "conv_pw_11_relu"}`` on a layer probe's leaderboard); empty for
         :func:`featx.tune_heads`.
+    protocol : str
+        How the head was searched: ``"5-fold cv"`` (the exact grid, every candidate on every
+        fold), or ``"holdout"`` (each candidate trained once and scored on a held-out
+        validation block: ``cv_mean`` is that score and ``cv_std`` is NaN).
+    n_fit : int
+        The rows the best candidate was trained on.
+    why : str
+        Why this protocol and these rows (one phrase).
     """
 
     head: str
@@ -76,6 +84,9 @@ class HeadResult:
     best_params: dict[str, Any]
     estimator: Any = field(repr=False, default=None)
     extra: dict[str, Any] = field(default_factory=dict)
+    protocol: str = ""
+    n_fit: int = 0
+    why: str = ""
 
     def as_row(self) -> dict[str, Any]:
         """The result as a flat dict of plain values (what the CSV and the frame hold)."""
@@ -95,6 +106,8 @@ class HeadResult:
             "search_seconds": self.search_seconds,
             "n_candidates": self.n_candidates,
             "best_params": _params_text(self.best_params),
+            "protocol": self.protocol,
+            "n_fit": self.n_fit,
         }
 
 
@@ -124,6 +137,9 @@ class Leaderboard:
     y_true, y_pred : ndarray
         The best head's test labels and predictions (out-of-fold predictions on the training
         data when there is no test set): what its confusion matrix shows.
+    notes : list of str
+        One line per head that was not tuned (why: the time budget, ...), and what chose the
+        protocol; printed under the table.
     """
 
     results: list[HeadResult]
@@ -134,6 +150,7 @@ class Leaderboard:
     cv: int
     y_true: np.ndarray = field(repr=False)
     y_pred: np.ndarray = field(repr=False)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> HeadResult:
@@ -210,7 +227,7 @@ class Leaderboard:
         return cls(
             results=[r for r, _ in rows], scoring=first.scoring, classes=first.classes,
             n_train=first.n_train, n_test=first.n_test, cv=first.cv, y_true=top.y_true,
-            y_pred=top.y_pred,
+            y_pred=top.y_pred, notes=[f"{key}: {n}" for key, b in named for n in b.notes],
         )
 
     def __len__(self) -> int:
@@ -261,7 +278,8 @@ class Leaderboard:
         for i, r in enumerate(self.results, 1):
             row = [
                 str(i), *(str(r.extra.get(c, "-")) for c in extra), r.head,
-                f"{r.cv_mean:.3f} ± {r.cv_std:.3f}",
+                (f"{r.cv_mean:.3f} ± {r.cv_std:.3f}" if np.isfinite(r.cv_std)
+                 else f"{r.cv_mean:.3f}"),
                 "-" if r.test_score is None else f"{r.test_score:.3f}",
                 f"{r.balanced_accuracy:.3f}", f"{r.macro_f1:.3f}",
             ]
@@ -284,11 +302,21 @@ class Leaderboard:
             + " x ".join(f"{len({str(r.extra.get(c)) for r in self})} {c}s" for c in extra)
             + f" x {len({r.head for r in self})} heads)"
         )
-        lines.append(
-            f"{what}, {self.cv}-fold stratified cross-validation on "
-            f"{self.n_train} samples" + (f", tested on {self.n_test} held out" if self.n_test
-                                         else "") + f"; bal.acc/macro-F1 on {metric}"
-        )
+        if all(r.protocol in ("", f"{self.cv}-fold cv") for r in self.results):
+            lines.append(
+                f"{what}, {self.cv}-fold stratified cross-validation on "
+                f"{self.n_train} samples" + (f", tested on {self.n_test} held out" if self.n_test
+                                             else "") + f"; bal.acc/macro-F1 on {metric}"
+            )
+        else:
+            lines.append(
+                f"{what} on {self.n_train} training samples"
+                + (f", tested on {self.n_test} held out" if self.n_test else "")
+                + f"; bal.acc/macro-F1 on {metric}; the 'cv' column is the score on the held-out "
+                "validation block where the protocol is holdout. Per head:"
+            )
+            lines += [f"  {r.head}: {r.protocol} on {r.n_fit} rows ({r.why})" for r in self]
+        lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -22,6 +22,7 @@ __all__ = [
     "HeadPreset",
     "HEADS",
     "DEFAULT_HEADS",
+    "SCALABLE_HEADS",
     "list_heads",
     "make_head",
 ]
@@ -43,6 +44,16 @@ class HeadPreset:
         The default search grid, keys prefixed with the step name (``"clf__C"``).
     scaled : bool
         Whether the pipeline standardises the features first.
+    streams : bool
+        Whether the head trains by blocks (``fit_stream``): it reads rows from the cache a block
+        at a time, so it runs on every training row however many there are.
+    max_rows : int or None
+        For a head that does not stream: the most training rows it is fitted on above
+        :data:`~featx.heads.tuning.EXACT_ROWS` (a seeded sample; chosen so that one fit takes
+        about a minute on 2 cores, from its measured growth). ``None`` for a streaming head.
+    scale_grid : dict or None
+        The grid searched on a held-out block above :data:`~featx.heads.tuning.EXACT_ROWS`
+        (each candidate is a pass over every row); ``None``: ``grid``.
     """
 
     name: str
@@ -50,6 +61,9 @@ class HeadPreset:
     build: Callable[[int | None], Any] = field(repr=False)
     grid: dict[str, list[Any]]
     scaled: bool
+    streams: bool = False
+    max_rows: int | None = None
+    scale_grid: dict[str, list[Any]] | None = None
 
     def make(self, random_state: int | None = 0) -> Any:
         """A new, unfitted pipeline of this head."""
@@ -112,30 +126,71 @@ def _mlp(random_state: int | None) -> Any:
     return _pipeline(clf, True)
 
 
+def _logreg_sgd(random_state: int | None) -> Any:
+    from featx.heads.scalable import SGDHead
+
+    return SGDHead("log_loss", random_state=random_state or 0)
+
+
+def _linear_svm_sgd(random_state: int | None) -> Any:
+    from featx.heads.scalable import SGDHead
+
+    return SGDHead("hinge", random_state=random_state or 0)
+
+
+def _rbf_svm_approx(random_state: int | None) -> Any:
+    from featx.heads.scalable import SGDHead
+
+    return SGDHead("hinge", kernel="rbf", random_state=random_state or 0)
+
+
+def _knn_faiss(random_state: int | None) -> Any:
+    from featx.heads.knn_index import IndexKNNClassifier
+
+    return IndexKNNClassifier(random_state=random_state or 0)
+
+
 #: The presets, by name. Each grid was chosen to bracket what works on frozen ImageNet features
 #: (1,000-2,000 wide, a few thousand samples) while staying cheap to search.
 HEADS: dict[str, HeadPreset] = {
     p.name: p
     for p in [
         HeadPreset("logreg", "standardise + logistic regression", _logreg,
-                   {"clf__C": [0.01, 0.1, 1.0]}, True),
+                   {"clf__C": [0.01, 0.1, 1.0]}, True, max_rows=50_000),
         HeadPreset("linear_svm", "standardise + linear SVM", _linear_svm,
-                   {"clf__C": [0.0001, 0.001, 0.01]}, True),
+                   {"clf__C": [0.0001, 0.001, 0.01]}, True, max_rows=20_000),
         HeadPreset("rbf_svm", "standardise + RBF-kernel SVM", _rbf_svm,
-                   {"clf__C": [1.0, 3.0, 10.0, 30.0]}, True),
+                   {"clf__C": [1.0, 3.0, 10.0, 30.0]}, True, max_rows=20_000),
         HeadPreset("hist_gb", "histogram gradient boosting (no scaling needed)", _hist_gb,
-                   {"clf__learning_rate": [0.05, 0.1], "clf__max_leaf_nodes": [15, 31]}, False),
+                   {"clf__learning_rate": [0.05, 0.1], "clf__max_leaf_nodes": [15, 31]}, False,
+                   max_rows=20_000),
         HeadPreset("knn", "standardise + k nearest neighbours", _knn,
                    {"clf__n_neighbors": [3, 5, 10, 20], "clf__weights": ["uniform", "distance"]},
-                   True),
+                   True, max_rows=50_000),
         HeadPreset("mlp", "standardise + MLP, one hidden layer of 256, early stopping", _mlp,
-                   {"clf__alpha": [0.0001, 0.01, 1.0]}, True),
+                   {"clf__alpha": [0.0001, 0.01, 1.0]}, True, max_rows=50_000),
+        HeadPreset("logreg_sgd", "standardise + logistic regression by SGD over blocks",
+                   _logreg_sgd, {"alpha": [1e-5, 1e-4, 1e-3]}, True, streams=True,
+                   scale_grid={"alpha": [1e-5, 1e-4]}),
+        HeadPreset("linear_svm_sgd", "standardise + linear SVM (hinge loss) by SGD over blocks",
+                   _linear_svm_sgd, {"alpha": [1e-5, 1e-4, 1e-3]}, True, streams=True,
+                   scale_grid={"alpha": [1e-5, 1e-4]}),
+        HeadPreset("rbf_svm_approx", "standardise + RBF kernel approximation + SGD over blocks",
+                   _rbf_svm_approx, {"alpha": [1e-6, 1e-5, 1e-4]}, True, streams=True,
+                   scale_grid={"alpha": [1e-5]}),
+        HeadPreset("knn_faiss", "standardise + k nearest neighbours on a faiss index",
+                   _knn_faiss, {"n_neighbors": [5, 10, 20]}, True, streams=True,
+                   scale_grid={"n_neighbors": [10]}),
     ]
 }
 
 #: The heads :func:`tune_heads` tunes when none are named: every preset but gradient boosting,
 #: which costs tens of seconds per fit on 1,000-wide embeddings (name it to include it).
 DEFAULT_HEADS: tuple[str, ...] = ("logreg", "linear_svm", "rbf_svm", "knn", "mlp")
+
+#: The heads :func:`tune_heads` tunes when none are named and the training rows are more than
+#: :data:`~featx.heads.tuning.EXACT_ROWS`: the ones that stream, each trained on every row.
+SCALABLE_HEADS: tuple[str, ...] = ("logreg_sgd", "linear_svm_sgd", "rbf_svm_approx", "knn_faiss")
 
 
 def list_heads() -> list[str]:
@@ -144,8 +199,9 @@ def list_heads() -> list[str]:
     Examples
     --------
     >>> from featx import list_heads
-    >>> list_heads()
-    ['hist_gb', 'knn', 'linear_svm', 'logreg', 'mlp', 'rbf_svm']
+    >>> list_heads()  # doctest: +NORMALIZE_WHITESPACE
+    ['hist_gb', 'knn', 'knn_faiss', 'linear_svm', 'linear_svm_sgd', 'logreg', 'logreg_sgd',
+     'mlp', 'rbf_svm', 'rbf_svm_approx']
     """
     return sorted(HEADS)
 

@@ -26,8 +26,16 @@ from typing import Any
 import numpy as np
 
 from featx.exceptions import FeatxError
+from featx.heads.at_scale import (
+    EXACT_ROWS,
+    ScaleData,
+    arrays_at_scale,
+    cache_at_scale,
+    tune_at_scale,
+)
 from featx.heads.leaderboard import Leaderboard
-from featx.heads.presets import DEFAULT_HEADS, HeadPreset, _preset, list_heads
+from featx.heads.presets import DEFAULT_HEADS, SCALABLE_HEADS, HeadPreset, _preset, list_heads
+from featx.heads.rows import DEFAULT_BLOCK_ROWS
 from featx.heads.search import (
     TuningData,
     best_predictions,
@@ -37,7 +45,7 @@ from featx.heads.search import (
     tune_head,
 )
 
-__all__ = ["tune_heads", "cached_embeddings"]
+__all__ = ["tune_heads", "cached_embeddings", "image_keys", "EXACT_ROWS"]
 
 
 def cached_embeddings(
@@ -159,6 +167,10 @@ def tune_heads(
     adapt: str = "coral",
     adapt_grid: Mapping[str, list[Any]] | None = None,
     backend: str | None = None,
+    budget: float | None = None,
+    exact_rows: int | None = None,
+    progress: bool | None = None,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
 ) -> Leaderboard:
     """Tune several heads on the same embeddings and rank them.
 
@@ -217,6 +229,24 @@ def tune_heads(
         call) through Ray's joblib backend, ``n_jobs=None`` then meaning every CPU of the
         cluster. The embeddings go into Ray's object store once, not once per fit.
         Needs ``pip install 'featx[ray]'``.
+    budget : float or None, default=None
+        Seconds the whole tuning may take, honoured above ``exact_rows``: shared out among
+        the heads still to run and their candidates; a streaming fit stops at the first block
+        past its share (keeping its best epoch) and what had no time left is skipped with a
+        note on the leaderboard. ``None``: no limit.
+    exact_rows : int or None, default=None
+        The protocol rule. Up to this many training rows (``None``: :data:`EXACT_ROWS`,
+        20,000) every head runs the exact cross-validated grid in memory. Above it, the holdout
+        protocol (:mod:`featx.heads.at_scale`): rows stay in the cache (read by blocks) or in
+        the array, one stratified validation block ranks candidates and heads, heads that
+        stream train on every row and the others on a seeded sample of their preset's
+        ``max_rows``, and ``heads=None`` means :data:`SCALABLE_HEADS`. Each leaderboard row
+        says which protocol ran, on how many rows and why.
+    progress : bool or None, default=None
+        A progress bar per head above ``exact_rows`` (``None``: when on a terminal).
+    block_rows : int, default=8192
+        Rows per block above ``exact_rows``: memory holds about one block (32 MB at width
+        1,024) besides the 48 bytes a row of the labelled keys' index.
 
     Returns
     -------
@@ -237,6 +267,27 @@ def tune_heads(
     """
     say = log or (lambda line: None)
     _check_options(search=search, backend=backend, cv=cv, test=test, test_size=test_size)
+    if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
+        raise FeatxError(f"budget={budget!r} is not valid; expected seconds > 0, or None.")
+    limit = EXACT_ROWS if exact_rows is None else int(exact_rows)
+    n_rows = _n_rows(X, images)
+    if target is None and n_rows * (1 - (test_size or 0)) > limit:
+        if backend is not None:
+            raise FeatxError(
+                f"backend={backend!r} applies to the exact protocol (at most {limit:,} training "
+                f"rows); {n_rows:,} rows are tuned by the holdout protocol in this process. "
+                "Train one head on Ray with featx.heads.on_ray.fit_on_ray."
+            )
+        resolved = _heads_to_tune(SCALABLE_HEADS if heads is None else heads, grids)
+        big = _scale_data(X, y, images, test, test_images, test_size, group, random_state,
+                          block_rows)
+        say(f"{big.n_train:,} training rows are more than {limit:,}: the holdout protocol "
+            f"({big.fit.n_rows:,} rows to train on, a validation block of "
+            f"{big.valid.n_rows:,}" + (f", {big.test.n_rows:,} test rows" if big.test
+                                        else "") + ")")
+        return tune_at_scale(resolved, big, scoring=scoring, budget=budget,
+                             random_state=random_state, n_jobs=n_jobs, log=say,
+                             progress=progress)
     resolved = _heads_to_tune(heads, grids)
     X_all = _as_matrix(X, images, group, "X")
     X_target = _target_matrix(target, target_images, group, test_size, X_all.shape[1], adapt)
@@ -259,6 +310,9 @@ def tune_heads(
             say(result_line(result, plan.scoring))
         results.sort(key=lambda r: -r.cv_mean)  # stable: ties keep the order the heads were given
         y_true, y_pred = best_predictions(results[0], X_fit, data, plan)
+    for r in results:
+        r.protocol, r.n_fit = f"{int(cv)}-fold cv", len(data.y_train)
+        r.why = f"{len(data.y_train):,} training rows, at most {limit:,}: the exact grid"
     return Leaderboard(
         results=results, scoring=plan.scoring, classes=classes, n_train=len(data.y_train),
         n_test=0 if data.y_test is None else len(data.y_test), cv=int(cv),
@@ -380,3 +434,100 @@ def _target_matrix(
     if len(Xt) < 2:
         raise FeatxError(f"target has {len(Xt)} row; adapting needs at least 2 target rows.")
     return Xt
+
+
+def _n_rows(X: Any, images: Any) -> int:
+    """How many labelled rows ``X`` stands for, without reading them."""
+    if isinstance(X, (str, os.PathLike)):
+        return 0 if images is None else len(images)
+    shape = getattr(X, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) else len(X)
+
+
+def image_keys(images: Any, *, chunk: int = 4096) -> np.ndarray:
+    """The content keys of ``images`` as an ``S64`` array (each file read, not decoded).
+
+    Hashed a chunk at a time on the engine's decode threads: memory is the keys (64 bytes an
+    image) plus one chunk of items, however many images there are.
+
+    Raises
+    ------
+    FeatxError
+        If an image cannot be read (the message names it).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from featx.embed.engine import default_workers
+    from featx.embed.images import as_items
+    from featx.exceptions import ImageLoadError
+
+    out = np.empty(len(images), "S64")
+    with ThreadPoolExecutor(default_workers()) as pool:
+        for lo in range(0, len(images), chunk):
+            items, _ = as_items(images[lo:lo + chunk])
+            try:
+                out[lo:lo + len(items)] = list(pool.map(lambda item: item.key(), items))
+            except ImageLoadError as exc:
+                raise FeatxError(
+                    f"{exc}; leave the image out (featx heads leaves out what featx embed "
+                    "could not read) or replace it."
+                ) from None
+    return out
+
+
+def _group_keys(store: Any, fingerprint: str, keys: np.ndarray, cache: Any, label: str) -> None:
+    """Refuse keys the group does not hold, naming how to embed them."""
+    missing = 0
+    for lo in range(0, len(keys), 65536):
+        missing += int((~store.contains(fingerprint, keys[lo:lo + 65536])).sum())
+    if missing:
+        raise FeatxError(
+            f"{missing:,} of {len(keys):,} images are not in cache group {fingerprint} ({label}) "
+            f"of {str(cache)!r}. Embed them first (featx embed SRC --cache {cache}), or leave "
+            "them out."
+        )
+
+
+def _scale_data(
+    X: Any, y: Any, images: Any, test: tuple[Any, Any] | None, test_images: Any,
+    test_size: float | None, group: str | None, random_state: int, block_rows: int,
+) -> ScaleData:
+    """The rows of the holdout protocol: in the array given, or in the cache, by content key."""
+    y_all = np.asarray(y)
+    if y_all.shape != (_n_rows(X, images),):
+        raise FeatxError(
+            f"y must hold one label per row of X ({_n_rows(X, images)}); got shape "
+            f"{y_all.shape}."
+        )
+    if test_size and not 0 < test_size < 1:
+        raise FeatxError(f"test_size={test_size!r} is not valid; expected 0 < test_size < 1.")
+    if not isinstance(X, (str, os.PathLike)):
+        X_all = _as_matrix(X, None, group, "X")
+        tested = None
+        if test is not None:
+            X_test = _as_matrix(test[0], test_images, group, "X_test")
+            tested = (X_test, np.asarray(test[1]))
+        _classes(y_all, 2)
+        return arrays_at_scale(X_all, y_all, tested, test_size, random_state, block_rows)
+    from featx.cache.groups import choose_group
+    from featx.cache.store import open_cache
+
+    store = open_cache(X)
+    chosen = choose_group(store, group, offer_backbone=False)
+    keys = image_keys(images)
+    _group_keys(store, chosen.fingerprint, keys, X, chosen.label)
+    test_keys = y_test = None
+    if test is not None:
+        if not isinstance(test[0], (str, os.PathLike)) or test_images is None:
+            raise FeatxError(
+                "above exact_rows with X a cache file, test= must be (the same cache file, "
+                "y_test) with test_images= (the test images, read by content)."
+            )
+        test_keys, y_test = image_keys(test_images), np.asarray(test[1])
+        if y_test.shape != (len(test_keys),):
+            raise FeatxError(f"expected one test label per test image ({len(test_keys)}); got "
+                             f"shape {y_test.shape}.")
+        _group_keys(store, chosen.fingerprint, test_keys, X, chosen.label)
+    _classes(y_all, 2)
+    return cache_at_scale(store, chosen.fingerprint, keys, y_all, test_keys, y_test, test_size,
+                          random_state, block_rows)

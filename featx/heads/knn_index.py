@@ -1,0 +1,336 @@
+"""The k-nearest-neighbours head on a faiss index: the ``knn`` preset's maths at a million rows.
+
+:class:`IndexKNNClassifier` standardises the rows (a :class:`~sklearn.preprocessing.StandardScaler`
+fitted by ``partial_fit``, one pass over the blocks) and keeps them in a faiss index, filled one
+block at a time, so the float32 matrix is never in memory whole:
+
+- below ``exact_below`` rows, an exact ``IndexFlatL2`` (4 bytes a value): the same neighbours as
+  ``make_pipeline(StandardScaler(), KNeighborsClassifier())``, up to float32 rounding;
+- from ``exact_below`` rows on, an inverted file of ``nlist`` k-means cells whose vectors are stored
+  in 8-bit scalar quantisation (``IndexIVFScalarQuantizer``, 1 byte a value), of which ``nprobe``
+  cells are searched per query.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+
+from featx.exceptions import FeatxError
+from featx.heads.rows import DEFAULT_BLOCK_ROWS, ArrayBlocks, BlockSource
+
+__all__ = ["IndexKNNClassifier", "auto_nlist", "auto_nprobe"]
+
+
+def _faiss() -> Any:
+    """faiss, its threads limited to the cores this process may use."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError(
+            f"IndexKNNClassifier needs faiss, which could not be imported ({exc}). Install it: "
+            "pip install faiss-cpu"
+        ) from None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    faiss.omp_set_num_threads(max(1, cores or 1))
+    return faiss
+
+
+def auto_nlist(n_rows: int) -> int:
+    """The inverted file's cells for ``n_rows`` rows: the power of two nearest ``4 sqrt(n)``, at
+    most ``n / 39`` (k-means wants 39 training rows a cell). 1,000,000 rows: 4,096 cells."""
+    nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n_rows))))
+    return int(max(1, min(nlist, 2 ** int(math.log2(max(1, n_rows // 39))))))
+
+
+def auto_nprobe(nlist: int) -> int:
+    """Cells searched per query: ``nlist / 16``, at least 8 (recall@10 >= 0.95 in the benchmark
+    of the module's docstring)."""
+    return int(min(nlist, max(8, nlist // 16)))
+
+
+class _Steps:
+    """Counts the rows read over the passes; reports progress and enforces the deadline."""
+
+    def __init__(self, n_rows: int, passes: int, deadline: float | None,
+                 progress: Callable[[int], Any] | None):
+        self.total, self.done = n_rows * passes, 0
+        self.deadline, self.progress, self.start = deadline, progress, time.monotonic()
+
+    def check(self, what: str) -> None:
+        """Raise if the deadline has passed (called before each block is used)."""
+        now = time.monotonic()
+        if self.deadline is not None and now > self.deadline:
+            raise FeatxError(
+                f"the kNN index was not finished by the deadline ({what}: {self.done:,} of "
+                f"{self.total:,} rows read over its passes in {now - self.start:.1f} s). A kNN "
+                "index cannot be half-built, so nothing was kept: give it a later deadline, or "
+                "fewer rows (a sample of them; or an exact index, exact_below above the rows, "
+                "which needs no k-means)."
+            )
+
+    def tick(self, rows: int) -> None:
+        self.done += rows
+        if self.progress is not None:
+            self.progress(self.done)
+
+
+class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
+    """k nearest neighbours (Euclidean, on standardised rows) searched in a faiss index.
+
+    Parameters
+    ----------
+    n_neighbors : int, default=10
+    weights : {"uniform", "distance"}, default="uniform"
+        ``"distance"``: each neighbour counts ``1 / distance`` (a row at distance 0 takes all the
+        weight), as :class:`~sklearn.neighbors.KNeighborsClassifier`.
+    scale : bool, default=True
+        Standardise the features first (a ``StandardScaler`` fitted over the blocks).
+    exact_below : int, default=100_000
+        Fewer rows: exact search (``IndexFlatL2``); more: IVF with 8-bit codes.
+    nlist : int, default=None
+        IVF cells; ``None``: :func:`auto_nlist`. Capped at the k-means training rows / 39.
+    nprobe : int, default=None
+        IVF cells searched per query; ``None``: :func:`auto_nprobe`.
+    block_rows : int, default=8192
+        Rows per block when fitting on arrays and when searching.
+    random_state : int, RandomState or None, default=0
+        Seeds the k-means sample and initialisation.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The sorted labels.
+    n_features_in_ : int
+    scaler_ : StandardScaler or None
+    index_ : faiss.Index
+        Pickled (and saved by skops) as ``faiss.serialize_index``'s bytes.
+    labels_ : ndarray of int
+        Each indexed row's class code (position in ``classes_``), in the source's stored order.
+    index_kind_ : {"flat", "ivf-sq8"}
+    nlist_ : int
+        IVF cells (0 for a flat index).
+    nprobe_ : int
+        Cells searched per query (0 for a flat index).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 50)
+    >>> X = rng.normal(size=(100, 8)) + 3 * y[:, None]
+    >>> head = IndexKNNClassifier(n_neighbors=5).fit(X, y)
+    >>> head.index_kind_, head.score(X, y)
+    ('flat', 1.0)
+    """
+
+    _parameter_constraints: dict = {
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "weights": [StrOptions({"uniform", "distance"})],
+        "scale": ["boolean"],
+        "exact_below": [Interval(Integral, 0, None, closed="left")],
+        "nlist": [Interval(Integral, 1, None, closed="left"), None],
+        "nprobe": [Interval(Integral, 1, None, closed="left"), None],
+        "block_rows": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(self, n_neighbors: int = 10, *, weights: str = "uniform", scale: bool = True,
+                 exact_below: int = 100_000, nlist: int | None = None, nprobe: int | None = None,
+                 block_rows: int = DEFAULT_BLOCK_ROWS, random_state: Any = 0):
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+        self.scale = scale
+        self.exact_below = exact_below
+        self.nlist = nlist
+        self.nprobe = nprobe
+        self.block_rows = block_rows
+        self.random_state = random_state
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any) -> IndexKNNClassifier:
+        """Index the rows ``X`` with their labels ``y`` (as :meth:`fit_stream` on arrays)."""
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+        check_classification_targets(y)
+        return self.fit_stream(ArrayBlocks(X, y, block_rows=self.block_rows))
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_stream(self, source: BlockSource, *, deadline: float | None = None,
+                   progress: Callable[[int], Any] | None = None) -> IndexKNNClassifier:
+        """Index the rows of ``source`` block by block (memory: the index and one block).
+
+        Parameters
+        ----------
+        source : BlockSource
+            Read in its stored order (``blocks(seed=None)``): neighbour indices are positions in
+            it. Two passes with ``scale=True`` (the scaler, then the index), one without.
+        deadline : float, optional
+            A ``time.monotonic()`` time; past it, between blocks, :class:`FeatxError` is raised.
+        progress : callable, optional
+            Called after each block with the rows read so far over all passes.
+
+        Returns
+        -------
+        self
+        """
+        faiss = _faiss()
+        n, width, classes = int(source.n_rows), int(source.width), np.asarray(source.classes)
+        if n < 1 or len(classes) < 1:
+            raise FeatxError(f"expected labelled rows to index; the source holds {n} rows and "
+                             f"{len(classes)} classes.")
+        steps = _Steps(n, 2 if self.scale else 1, deadline, progress)
+        steps.check("before starting")
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        scaler = self._fit_scaler(source, steps) if self.scale else None
+        index, nlist, nprobe = self._new_index(faiss, source, width, scaler, seed, steps)
+        labels = _add_rows(index, source, classes, scaler, steps)
+        # Set only now: a fit stopped by the deadline leaves the estimator as it was.
+        self.scaler_, self.index_, self.labels_ = scaler, index, labels
+        self.nlist_, self.nprobe_ = nlist, nprobe
+        self.index_kind_ = "flat" if nlist == 0 else "ivf-sq8"
+        self.classes_, self.n_features_in_ = classes, width
+        return self
+
+    def _fit_scaler(self, source: BlockSource, steps: _Steps) -> Any:
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler()
+        for X, _ in source.blocks(seed=None):
+            steps.check("fitting the scaler")
+            scaler.partial_fit(_finite(X))
+            steps.tick(len(X))
+        return scaler
+
+    def _new_index(self, faiss: Any, source: BlockSource, width: int, scaler: Any, seed: int,
+                   steps: _Steps) -> tuple[Any, int, int]:
+        """An empty index (trained when IVF), its cells and the cells searched."""
+        if source.n_rows < self.exact_below:
+            return faiss.IndexFlatL2(width), 0, 0
+        want = self.nlist or auto_nlist(source.n_rows)
+        sample, _ = source.sample(min(source.n_rows, max(40 * want, 50_000)), seed=seed)
+        nlist = int(max(1, min(want, len(sample) // 39)))
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(width), width, nlist,
+                                              faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
+        index.cp.seed = seed
+        steps.check("training the k-means cells")
+        index.train(_scaled(_finite(sample), scaler))
+        index.nprobe = int(min(nlist, self.nprobe or auto_nprobe(nlist)))
+        return index, nlist, int(index.nprobe)
+
+    def kneighbors(self, X: Any, n_neighbors: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest indexed rows of each row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        n_neighbors : int, default=None
+            ``None``: ``self.n_neighbors``.
+
+        Returns
+        -------
+        distances : ndarray of float32, shape (n_samples, n_neighbors)
+            Euclidean distances in the standardised space (the square roots of faiss's squared
+            L2), nearest first; an IVF search that finds fewer rows pads with ``inf``.
+        indices : ndarray of int64, shape (n_samples, n_neighbors)
+            Positions in the fitted rows (the source's stored order); ``-1`` where padded.
+        """
+        check_is_fitted(self, "index_")
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        k = self.n_neighbors if n_neighbors is None else int(n_neighbors)
+        if not 1 <= k <= len(self.labels_):
+            raise ValueError(f"expected 1 <= n_neighbors <= {len(self.labels_)} (the rows "
+                             f"fitted); got n_neighbors={k}. Pass a smaller n_neighbors.")
+        _faiss()
+        if self.nprobe_:
+            self.index_.nprobe = self.nprobe_
+        dist = np.empty((len(X), k), np.float32)
+        ind = np.empty((len(X), k), np.int64)
+        for lo in range(0, len(X), self.block_rows):
+            rows = slice(lo, lo + self.block_rows)
+            dist[rows], ind[rows] = self.index_.search(_scaled(X[rows], self.scaler_), k)
+        found = ind >= 0
+        return np.where(found, np.sqrt(np.maximum(dist, 0)), np.inf), ind
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """The neighbours' (weighted) share per class; columns follow ``classes_``."""
+        dist, ind = self.kneighbors(X)
+        found = ind >= 0
+        if self.weights == "uniform":
+            w = found.astype(np.float64)
+        else:
+            with np.errstate(divide="ignore"):
+                w = np.where(found, 1.0 / dist.astype(np.float64), 0.0)
+            exact = np.isinf(w)
+            hit = exact.any(axis=1)
+            w[hit] = exact[hit]
+        n_classes = len(self.classes_)
+        n = len(ind)
+        cells = np.arange(n)[:, None] * n_classes + self.labels_[np.maximum(ind, 0)]
+        proba = np.bincount(cells.ravel(), w.ravel(), n * n_classes).reshape(-1, n_classes)
+        total = proba.sum(axis=1, keepdims=True)
+        prior = np.bincount(self.labels_, minlength=n_classes) / len(self.labels_)
+        return np.where(total > 0, proba / np.where(total > 0, total, 1), prior)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class of largest :meth:`predict_proba` (a tie goes to the first in ``classes_``,
+        as scikit-learn's)."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())  # object.__getstate__ gives __dict__ itself
+        if "index_" in state:
+            state["index_"] = _faiss().serialize_index(state["index_"])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state.get("index_"), np.ndarray):
+            state = {**state, "index_": _faiss().deserialize_index(state["index_"])}
+        super().__setstate__(state)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False  # faiss searches dense float32 rows
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+def _add_rows(index: Any, source: BlockSource, classes: np.ndarray, scaler: Any, steps: _Steps
+              ) -> np.ndarray:
+    """Add the source's blocks to ``index`` in stored order; each row's class code."""
+    codes = []
+    for X, y in source.blocks(seed=None):
+        steps.check("adding rows to the index")
+        code = np.minimum(np.searchsorted(classes, y), len(classes) - 1)
+        if np.any(classes[code] != y):
+            raise FeatxError(f"a block holds labels {np.setdiff1d(y, classes).tolist()[:5]} "
+                             f"that are not among the source's classes {classes.tolist()[:20]}; "
+                             "a source's classes must list every label its blocks hold.")
+        index.add(_scaled(_finite(X), scaler))
+        codes.append(code.astype(np.int32))
+        steps.tick(len(X))
+    if not codes:
+        raise FeatxError(f"the source says it holds {source.n_rows:,} rows but its blocks gave "
+                         "none; nothing to index.")
+    return np.concatenate(codes)
+
+
+def _scaled(X: np.ndarray, scaler: Any) -> np.ndarray:
+    X = X if scaler is None else scaler.transform(X)
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _finite(X: np.ndarray) -> np.ndarray:
+    if not np.isfinite(X).all():
+        raise FeatxError("a block of rows holds NaN or infinite values; a kNN index needs finite "
+                         "rows. Drop those rows (or re-embed the images that failed).")
+    return X
