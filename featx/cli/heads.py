@@ -22,6 +22,7 @@ from featx.cli.args import (
     add_search_flags,
     add_test_flags,
     embedder_flags,
+    progress,
     ray_flags,
     reason,
     say_for,
@@ -30,6 +31,7 @@ from featx.cli.args import (
 from featx.cli.embed import embed_on_ray, make_embedder, ray_options_need_ray
 from featx.cli.sources import labelled_source, list_source
 from featx.exceptions import FeatxError
+from featx.heads.presets import DEFAULT_HEADS
 
 
 def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
@@ -64,6 +66,16 @@ def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
                        "--test and --scoring do not apply")
     heads.add_argument("--adapt", choices=("coral", "subspace"), default="coral",
                        help="with --target: CORAL or subspace alignment (default coral)")
+    heads.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                       help="time the tuning may take above --exact-rows: shared among the "
+                       "heads, a streaming fit stops at its share, what had no time left is "
+                       "skipped and said (default: no limit)")
+    heads.add_argument("--exact-rows", type=int, default=None, metavar="N",
+                       help="up to N training rows every head runs the exact cross-validated "
+                       "grid in memory; above, the holdout protocol, rows read from the cache "
+                       "by blocks, and the default heads are the ones that stream "
+                       "(default 20000)")
+    heads.set_defaults(heads=None)
 
 
 def cmd_heads(args: argparse.Namespace) -> int:
@@ -80,9 +92,7 @@ def _heads(args: argparse.Namespace) -> int:
     import numpy as np
 
     from featx.heads import tune_heads
-    from featx.model import FeatxModel
-    from featx.report.page import write_report
-    from featx.report.plots import plot_confusion_matrix, plot_leaderboard
+    from featx.heads.tuning import EXACT_ROWS
 
     say = say_for(args)
     paths, y = labelled_source(args.src, args.path_column, args.label_column)
@@ -95,6 +105,10 @@ def _heads(args: argparse.Namespace) -> int:
         on_ray = embed_on_ray(args, paths, embedder)
         say(f"on Ray: {on_ray.n_embedded} embedded, {on_ray.n_hits} already cached, "
             f"{on_ray.n_failed} failed")
+    exact_rows = EXACT_ROWS if args.exact_rows is None else args.exact_rows
+    if (args.target is None and args.cache is not None
+            and len(paths) * (1 - (test_size_of(args) or 0)) > exact_rows):
+        return _heads_at_scale(args, embedder, paths, y, say)
     X, report = _embed_readable(embedder, paths)
     y = np.delete(y, report.dropped)
     say(f"{len(paths)} images in {len(np.unique(y))} classes from {args.src}: "
@@ -112,16 +126,18 @@ def _heads(args: argparse.Namespace) -> int:
     test_size = test_size_of(args)
     tuning = dict(heads=args.heads, cv=args.cv, search=args.search, scoring=args.scoring,
                   random_state=args.random_state, n_jobs=args.n_jobs, log=say,
+                  budget=args.budget, exact_rows=args.exact_rows,
                   **({"backend": "ray"} if args.ray else {}))
+    n_heads = len(args.heads or DEFAULT_HEADS)
     # Made here, passed as test=, so that the report knows the images behind board.y_true.
     if args.test is not None:
         X_test, y_test, tested = _test_images(args, embedder, say)
-        say(f"tuning {len(args.heads)} heads, {args.cv}-fold stratified cross-validation, "
+        say(f"tuning {n_heads} heads, {args.cv}-fold stratified cross-validation, "
             f"tested on {len(y_test)} images from {args.test}:")
         board = tune_heads(X, y, test=(X_test, y_test), **tuning)
         X, y = np.concatenate([X, X_test]), np.concatenate([y, y_test])  # the report's map
     else:
-        say(f"tuning {len(args.heads)} heads, {args.cv}-fold stratified cross-validation"
+        say(f"tuning {n_heads} heads, {args.cv}-fold stratified cross-validation"
             + (f", {test_size:.0%} held out for testing" if test_size else "") + ":")
         fit_rows, evaluated = held_out(y, test_size, args.random_state)
         tested = kept[evaluated]
@@ -131,11 +147,27 @@ def _heads(args: argparse.Namespace) -> int:
         else:
             board = tune_heads(X, y, **tuning)
     print(board.to_text())
+    _write_outputs(args, board, embedder, X, y, [str(p) for p in tested],
+                   [f"Images: {args.src} ({len(paths)} listed, {report.n_failed} unreadable)."],
+                   say)
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, board: Any, embedder: Any, X: Any, y: Any,
+                   tested: list[str] | None, notes: list[str], say: Any) -> None:
+    """``--out``: the leaderboard (CSV, PNG), the confusion matrix, model.featx, report.html."""
+    import numpy as np
+
+    from featx.model import FeatxModel
+    from featx.report.page import write_report
+    from featx.report.plots import plot_confusion_matrix, plot_leaderboard
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     best = board.best
     where = (f"{board.n_test} test images" if board.n_test
-             else f"{board.n_train} images, out-of-fold predictions")
+             else f"{board.n_train} images, out-of-fold predictions" if board.cv
+             else f"{len(board.y_true)} validation images")
     written = [
         board.to_csv(out / "leaderboard.csv"),
         plot_leaderboard(board, out / "leaderboard.png",
@@ -154,15 +186,64 @@ def _heads(args: argparse.Namespace) -> int:
     written.append(model.save(out / "model.featx"))
     say(f"writing {out / 'report.html'} (with a t-SNE map of the embeddings)")
     written.append(write_report(
-        out / "report.html", board, embeddings=X, labels=y,
-        eval_sources=[str(p) for p in tested], plots=written[1:3],
-        title=f"featx heads: {args.src}", random_state=args.random_state,
-        notes=[f"Backbone: {embedder.config_.label}.",
-               f"Images: {args.src} ({len(paths)} listed, {report.n_failed} unreadable)."],
+        out / "report.html", board, embeddings=X, labels=y, eval_sources=tested,
+        plots=written[1:3], title=f"featx heads: {args.src}", random_state=args.random_state,
+        notes=[f"Backbone: {embedder.config_.label}.", *notes],
     ))
     say(f"best head: {best.head} ({', '.join(f'{k}={v!r}' for k, v in best.best_params.items())})")
     say("wrote " + ", ".join(str(p) for p in written))
+
+
+def _heads_at_scale(args: argparse.Namespace, embedder: Any, paths: list[str], y: Any,
+                    say: Any) -> int:
+    """More training images than ``--exact-rows``: the embeddings stay in the cache.
+
+    The images are embedded into the cache keeping no rows (what is cached is only checked
+    for), then :func:`featx.tune_heads` reads the cache group by blocks (the holdout protocol).
+    The report's map is drawn from a seeded sample of the rows.
+    """
+    import numpy as np
+
+    from featx.embed.engine import cache_group
+    from featx.heads.tuning import cached_embeddings, tune_heads
+
+    kept, y, report = _cached_readable(embedder, paths, y)
+    say(f"{len(paths):,} images in {len(np.unique(y))} classes from {args.src}: "
+        f"{report.n_hits:,} embeddings in the cache {args.cache}, {report.n_embedded:,} "
+        f"embedded, {report.n_failed:,} failed (left out)")
+    group = cache_group(embedder.backbone_config(), None)
+    tuning = dict(heads=args.heads, scoring=args.scoring, random_state=args.random_state,
+                  n_jobs=args.n_jobs, log=say, budget=args.budget, exact_rows=args.exact_rows,
+                  group=group, progress=progress(args))
+    if args.test is not None:
+        test_paths, y_test = labelled_source(args.test, args.path_column, args.label_column)
+        test_kept, y_test, test_report = _cached_readable(embedder, test_paths, y_test)
+        say(f"{len(test_paths):,} test images from {args.test}: {test_report.n_failed:,} "
+            "failed (left out)")
+        board = tune_heads(args.cache, y, images=kept, test=(args.cache, y_test),
+                           test_images=test_kept, **tuning)
+    else:
+        board = tune_heads(args.cache, y, images=kept, test_size=test_size_of(args), **tuning)
+    print(board.to_text())
+    sample = np.sort(np.random.default_rng(args.random_state).choice(
+        len(kept), min(len(kept), 1500), replace=False))
+    X_map = cached_embeddings(args.cache, [kept[i] for i in sample], group=group)
+    _write_outputs(args, board, embedder, X_map, y[sample], None,
+                   [f"Images: {args.src} ({len(paths)} listed, {report.n_failed} unreadable); "
+                    "the map shows a seeded sample of 1,500."], say)
     return 0
+
+
+def _cached_readable(embedder: Any, paths: list[str], y: Any) -> tuple[list[str], Any, Any]:
+    """Embed into the cache keeping no rows; the paths and labels that could be read."""
+    import numpy as np
+
+    report = embedder.embed_to_cache(paths)
+    _print_failures(report)
+    bad = sorted({i for i, _, _ in report.failures})
+    keep = np.ones(len(paths), bool)
+    keep[bad] = False
+    return [p for p, k in zip(paths, keep, strict=True) if k], np.asarray(y)[keep], report
 
 
 def _test_images(args: argparse.Namespace, embedder: Any, say: Any) -> tuple[Any, Any, Any]:

@@ -200,6 +200,11 @@ class SGDHead(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = source.width
         self.scaler_ = scaler if scaler is not None else fit_scaler(source, deadline)
         self.kernel_ = self._fit_kernel(source)
+        if deadline is not None and time.monotonic() > deadline:
+            raise BudgetExceeded(
+                "the time budget ran out while fitting the kernel map, before any training; "
+                "give a larger budget or fewer heads."
+            )
         clf = SGDClassifier(loss=self.loss, alpha=self.alpha, average=True,
                             n_jobs=self.n_jobs, random_state=self.random_state)
         best, best_score, stale = None, -np.inf, 0

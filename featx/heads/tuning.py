@@ -457,12 +457,12 @@ def image_keys(images: Any, *, chunk: int = 4096) -> np.ndarray:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from featx.embed.engine import default_workers
     from featx.embed.images import as_items
     from featx.exceptions import ImageLoadError
 
     out = np.empty(len(images), "S64")
-    with ThreadPoolExecutor(default_workers()) as pool:
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+    with ThreadPoolExecutor(min(16, max(2, workers))) as pool:  # reading files: I/O-bound
         for lo in range(0, len(images), chunk):
             items, _ = as_items(images[lo:lo + chunk])
             try:

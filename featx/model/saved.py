@@ -67,6 +67,9 @@ TRUSTED_TYPES: tuple[str, ...] = (
     # The kNN head on a faiss index: its index is held as faiss.serialize_index's bytes (a uint8
     # array), rebuilt by faiss.deserialize_index, which parses data and runs no Python code.
     "featx.heads.knn_index.IndexKNNClassifier",
+    # The heads that train by blocks: plain estimators holding a StandardScaler, an
+    # SGDClassifier and (kernel="rbf") a kernel map, all arrays.
+    "featx.heads.scalable.SGDHead",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.metrics._dist_metrics.EuclideanDistance32",
     "sklearn.metrics._dist_metrics.EuclideanDistance64",

@@ -343,7 +343,8 @@ def write_report(
     heading = title or f"featx: {len(board)} tuned heads"
     summary = [
         f"Best head: <b>{html.escape(best.head)}</b>, cv {html.escape(board.scoring)} "
-        f"{best.cv_mean:.3f} ± {best.cv_std:.3f}"
+        + (f"{best.cv_mean:.3f} ± {best.cv_std:.3f}" if np.isfinite(best.cv_std)
+           else f"{best.cv_mean:.3f} on the validation block ({best.protocol})")
         + (f", test {best.test_score:.3f}" if best.test_score is not None else "")
         + f". {board.n_train} training images, {board.n_test} test images, "
         f"{len(board.classes)} classes.",

@@ -85,12 +85,15 @@ def plot_leaderboard(
             if r is None:
                 continue
             y = j + offsets[k]
-            label_cv = f"{name}: cv mean ± std" if name else "cv mean ± std"
-            ax.errorbar(r.cv_mean, y, xerr=r.cv_std, fmt="o", color=colour, capsize=4,
+            holdout = not np.isfinite(r.cv_std)  # one validation block: no spread to draw
+            std = 0.0 if holdout else r.cv_std
+            what = "validation" if holdout else "cv mean ± std"
+            label_cv = f"{name}: {what}" if name else what
+            ax.errorbar(r.cv_mean, y, xerr=std, fmt="o", color=colour, capsize=4,
                         label=label_cv if j == 0 else None)
-            lows.append(r.cv_mean - r.cv_std)
-            highs.append(r.cv_mean + r.cv_std)
-            text = f"cv {r.cv_mean:.3f}"
+            lows.append(r.cv_mean - std)
+            highs.append(r.cv_mean + std)
+            text = f"{'valid' if holdout else 'cv'} {r.cv_mean:.3f}"
             if r.test_score is not None:
                 label_test = f"{name}: test" if name else "test"
                 ax.plot(r.test_score, y, marker="D", color=colour, markerfacecolor="white",
@@ -98,7 +101,7 @@ def plot_leaderboard(
                 lows.append(r.test_score)
                 highs.append(r.test_score)
                 text += f", test {r.test_score:.3f}"
-            ax.annotate(text, (max(r.cv_mean + r.cv_std, r.test_score or 0), y),
+            ax.annotate(text, (max(r.cv_mean + std, r.test_score or 0), y),
                         xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set_yticks(range(len(heads)), heads)
     ax.invert_yaxis()  # best at the top
