@@ -42,15 +42,21 @@ def blobs(n_per_class: int = 30, n_classes: int = 3, width: int = 6, seed: int =
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
-def test_every_preset_is_a_pipeline_whose_grid_applies(name):
+def test_every_preset_is_a_pipeline_or_a_streaming_head_whose_grids_apply(name):
     preset = HEADS[name]
     head = make_head(name)
+    assert preset.n_candidates >= 3
+    for grid in (preset.grid, preset.scale_grid or {}):
+        for key, values in grid.items():
+            for value in values:
+                clone(head).set_params(**{key: value})  # raises on a key the head lacks
+    if preset.streams:  # standardises itself, trains by blocks, runs on every row at scale
+        assert hasattr(head, "fit_stream") and preset.max_rows is None and preset.scaled
+        assert make_head(name, random_state=7).random_state == 7
+        return
     assert isinstance(head, Pipeline) and head.steps[-1][0] == "clf"
     assert isinstance(head.steps[0][1], StandardScaler) == preset.scaled
-    assert preset.n_candidates >= 3
-    for key, values in preset.grid.items():
-        for value in values:
-            clone(head).set_params(**{key: value})  # raises on a key the pipeline lacks
+    assert preset.max_rows is not None and preset.max_rows >= 20_000
     if "random_state" in head.named_steps["clf"].get_params():
         assert make_head(name, random_state=7).named_steps["clf"].random_state == 7
 

@@ -1,0 +1,330 @@
+"""Heads at scale: featx heads on 100k and 1M cached rows, the scalable heads against their exact
+counterparts, and kNN on a faiss index against exact search.
+
+    .venv/bin/python -m benchmarks.heads_scale [--sizes 100000,1000000] [--accuracy-rows 50000]
+        [--knn-rows 1000000] [--knn-queries 100000] [--parts base,cli,accuracy,knn]
+        [--dir DIR]
+
+Rows whose class structure comes from real embeddings: the demo's Fashion-MNIST images (8,000
+training and 2,000 test images, 10 classes) embedded once by the offline ImageNet MobileNet at
+160 px (1,024 wide), then resampled with Gaussian noise (0.5 x each dimension's standard
+deviation): a training row is a noisy copy of a training image's embedding, a test row of a
+test image's, so no test row is a copy of a training image.
+
+  cli       for each size N: N training rows and N/10 test rows written into a cache under the
+            MobileNet group, N + N/10 small stand-in files whose content keys are those rows'
+            keys (the rows are what an embedding of them would be; nothing is decoded: every
+            image is a cache hit), then `featx heads TRAIN --test TEST --cache FILE` with its
+            default heads in a fresh process: wall time, time per row, peak RSS; ratios of the
+            largest size against the smallest
+  accuracy  at --accuracy-rows training rows (10,000 test rows), each scalable head against its
+            exact in-memory counterpart at the exact head's best grid value on the demo
+            (logreg C=0.01 / logreg_sgd; rbf_svm C=10 / rbf_svm_approx; knn k=10 /
+            knn_faiss k=10; hist_gb / hist_gb on a 20,000-row sample, what featx runs above
+            20,000 rows)
+  knn       knn_faiss built on --knn-rows rows; --knn-queries queries timed; recall@10 against
+            exact search (faiss's flat index) on 1,000 of them
+
+Prints a table and writes benchmarks/results/heads-scale.md (and .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+NOISE = 0.5
+
+
+def cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+
+
+def base(folder: Path) -> dict[str, Any]:
+    """The real embeddings everything is resampled from (computed once, kept in --dir)."""
+    out = folder / "base.npz"
+    if not out.exists():
+        from featx import ImageEmbedder
+        from featx.data.datasets import load_fashion_mnist
+
+        X_tr, y_tr, _ = load_fashion_mnist("train", 8000)
+        X_te, y_te, _ = load_fashion_mnist("test", 2000)
+        emb = ImageEmbedder("mobilenet", input_size=160, cache=str(folder / "base.h5"))
+        E_tr, E_te = emb.fit_transform(X_tr), emb.transform(X_te)
+        from featx.cache.store import EmbeddingCache
+
+        info = EmbeddingCache(folder / "base.h5").groups()[0]
+        np.savez(out, X_tr=E_tr, y_tr=y_tr, X_te=E_te, y_te=y_te)
+        (folder / "group.json").write_text(json.dumps(
+            {"fingerprint": info.fingerprint, "fields": info.fields, "label": info.label}))
+    d = np.load(out)
+    return {"X_tr": d["X_tr"], "y_tr": d["y_tr"], "X_te": d["X_te"], "y_te": d["y_te"],
+            "group": json.loads((folder / "group.json").read_text())}
+
+
+def resample(X: np.ndarray, y: np.ndarray, n: int, seed: int,
+             lo: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows lo..lo+n of the seeded resampled stream (any part of it, the same rows every time)."""
+    sd = X.std(axis=0)
+    parts_x, parts_y = [], []
+    for start in range(lo - lo % 65536, lo + n, 65536):
+        rng = np.random.default_rng([seed, start // 65536])
+        pick = rng.integers(0, len(X), 65536)
+        noise = rng.standard_normal((65536, X.shape[1]), dtype=np.float32)
+        a, b = max(lo, start) - start, min(lo + n, start + 65536) - start
+        parts_x.append(X[pick[a:b]] + NOISE * sd * noise[a:b])
+        parts_y.append(y[pick[a:b]])
+    return np.concatenate(parts_x).astype(np.float32), np.concatenate(parts_y)
+
+
+def key_of(kind: str, i: int) -> bytes:
+    return f"featx heads_scale {kind} row {i}\n".encode()
+
+
+def write_set(folder: Path, data: dict[str, Any], cache: Path, kind: str, n: int, seed: int,
+              X: np.ndarray, y: np.ndarray) -> None:
+    """n stand-in files in one folder per class, their rows in the cache under their keys."""
+    import hashlib
+
+    from featx.cache.store import EmbeddingCache
+
+    store = EmbeddingCache(cache)
+    group = data["group"]
+    root = folder / kind
+    for c in range(10):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+    step = 65536
+    for lo in range(0, n, step):
+        rows, labels = resample(X, y, min(step, n - lo), seed, lo)
+        keys, sources = [], []
+        for j in range(len(rows)):
+            content = key_of(kind, lo + j)
+            path = root / f"class{labels[j]}" / f"{lo + j:08d}.png"
+            path.write_bytes(content)
+            keys.append(hashlib.sha256(content).hexdigest())
+            sources.append(str(path))
+        store.append(group["fingerprint"], keys, rows, sources, fields=group["fields"],
+                     label=group["label"])
+
+
+def part_cli(folder: Path, data: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    featx = Path(sys.executable).with_name("featx")
+    for n in sizes:
+        work = folder / f"cli-{n}"
+        cache = work / "emb.h5"
+        if not (work / "done").exists():
+            t0 = time.perf_counter()
+            write_set(work, data, cache, "train", n, 1, data["X_tr"], data["y_tr"])
+            write_set(work, data, cache, "test", n // 10, 2, data["X_te"], data["y_te"])
+            (work / "done").write_text("")
+            print(f"  wrote {n:,} + {n // 10:,} rows and files in "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+        t0 = time.perf_counter()
+        child = subprocess.Popen(
+            [str(featx), "heads", str(work / "train"), "--test", str(work / "test"),
+             "--cache", str(cache), "--out", str(work / "out")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert child.stdout is not None
+        log = child.stdout.read()
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - t0
+        (work / "log.txt").write_text(log)
+        if status != 0:
+            raise RuntimeError(f"featx heads on {n} rows failed:\n{log[-3000:]}")
+        out[str(n)] = {"seconds": seconds, "seconds_per_row": seconds / n,
+                       "peak_rss_mb": usage.ru_maxrss / 1024,
+                       "leaderboard": [line for line in log.splitlines()
+                                       if line.startswith(("#", "1 ", "2 ", "3 ", "4 ", "  "))]}
+        print(f"  featx heads on {n:,} rows: {seconds:.0f} s, peak RSS "
+              f"{usage.ru_maxrss / 1024:.0f} MB", flush=True)
+    return out
+
+
+def part_accuracy(data: dict[str, Any], rows: int) -> dict[str, Any]:
+    from featx import make_head
+    from featx.heads.knn_index import IndexKNNClassifier
+
+    X, y = resample(data["X_tr"], data["y_tr"], rows, 1)
+    Xt, yt = resample(data["X_te"], data["y_te"], 10_000, 2)
+    sample = np.random.default_rng(0).choice(rows, min(rows, 20_000), replace=False)
+    pairs = [
+        ("logreg", make_head("logreg", clf__C=0.01), "logreg_sgd", make_head("logreg_sgd")),
+        ("rbf_svm", make_head("rbf_svm", clf__C=10.0), "rbf_svm_approx",
+         make_head("rbf_svm_approx")),
+        ("knn", make_head("knn", clf__n_neighbors=10), "knn_faiss",
+         IndexKNNClassifier(10, exact_below=1)),
+        ("hist_gb", make_head("hist_gb"), "hist_gb (20k sample)", make_head("hist_gb")),
+    ]
+    out: dict[str, Any] = {}
+    for exact_name, exact, scalable_name, scalable in pairs:
+        row: dict[str, Any] = {}
+        for name, est, X_fit, y_fit in [(exact_name, exact, X, y),
+                                        (scalable_name, scalable,
+                                         X[sample] if "sample" in scalable_name else X,
+                                         y[sample] if "sample" in scalable_name else y)]:
+            t0 = time.perf_counter()
+            est.fit(X_fit, y_fit)
+            fit = time.perf_counter() - t0
+            row[name] = {"accuracy": float(est.score(Xt, yt)), "fit_seconds": fit}
+            print(f"  {name}: {row[name]['accuracy']:.4f} ({fit:.0f} s)", flush=True)
+        out[exact_name] = {"exact": exact_name, "scalable": scalable_name, **row}
+    return out
+
+
+def part_knn(data: dict[str, Any], rows: int, queries: int) -> dict[str, Any]:
+    import faiss
+
+    from featx.heads.knn_index import IndexKNNClassifier
+    from featx.heads.rows import ArrayBlocks
+
+    class Resampled(ArrayBlocks):
+        """The resampled rows, made a block at a time: never all in memory."""
+
+        def __init__(self, n: int) -> None:
+            self.n, self.block_rows = n, 65536
+            self._classes = np.arange(10)
+
+        @property
+        def n_rows(self) -> int:
+            return self.n
+
+        @property
+        def width(self) -> int:
+            return int(data["X_tr"].shape[1])
+
+        def blocks(self, seed: int | None = 0):  # type: ignore[no-untyped-def]
+            for lo in range(0, self.n, self.block_rows):
+                yield resample(data["X_tr"], data["y_tr"], min(self.block_rows, self.n - lo),
+                               1, lo)
+
+        def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+            return resample(data["X_tr"], data["y_tr"], min(n, self.n), 1, 0)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    head = IndexKNNClassifier(10).fit_stream(Resampled(rows))
+    build = time.perf_counter() - t0
+    Q, _ = resample(data["X_te"], data["y_te"], queries, 2)
+    t0 = time.perf_counter()
+    _, approx = head.kneighbors(Q)
+    search = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Exact search on 1,000 queries, in the same scaled space, block by block.
+    probe = Q[:1000]
+    scaled = head.scaler_.transform(probe).astype(np.float32)
+    best_d = np.full((len(probe), 10), np.inf, np.float32)
+    best_i = np.full((len(probe), 10), -1, np.int64)
+    at = 0
+    for X, _ in Resampled(rows).blocks():
+        flat = faiss.IndexFlatL2(X.shape[1])
+        flat.add(head.scaler_.transform(X).astype(np.float32))
+        d, i = flat.search(scaled, 10)
+        d_all = np.concatenate([best_d, d], axis=1)
+        i_all = np.concatenate([best_i, i + at], axis=1)
+        order = np.argsort(d_all, axis=1)[:, :10]
+        best_d = np.take_along_axis(d_all, order, axis=1)
+        best_i = np.take_along_axis(i_all, order, axis=1)
+        at += len(X)
+    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in
+                            zip(approx[:1000], best_i, strict=True)]))
+    out = {"rows": rows, "queries": queries, "build_seconds": build,
+           "search_seconds": search, "recall_at_10": recall, "index": head.index_kind_,
+           "nlist": head.nlist_, "nprobe": head.nprobe_,
+           "peak_rss_mb": peak, "rss_before_mb": before}
+    print(f"  knn_faiss: {rows:,} rows built in {build:.0f} s, {queries:,} queries in "
+          f"{search:.0f} s, recall@10 {recall:.3f}, peak RSS {peak:.0f} MB", flush=True)
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [f"# Heads at scale ({results['when']})", "", f"Machine: {results['cpu']}.", ""]
+    cli = results.get("cli")
+    if cli:
+        sizes = sorted(cli, key=int)
+        small = cli[sizes[0]]
+        lines += ["| featx heads, default heads | rows | wall s | s per 1k rows | ratio | "
+                  "peak RSS MB | ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for n in sizes:
+            r = cli[n]
+            lines.append(
+                f"| {int(n):,} train + {int(n) // 10:,} test | {int(n):,} | {r['seconds']:.0f} | "
+                f"{1000 * r['seconds_per_row']:.3f} | "
+                f"{r['seconds_per_row'] / small['seconds_per_row']:.2f} | "
+                f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / small['peak_rss_mb']:.2f} |")
+        for n in sizes:
+            lines += ["", f"Leaderboard at {int(n):,} rows:", "", "```",
+                      *cli[n]["leaderboard"], "```"]
+    acc = results.get("accuracy")
+    if acc:
+        lines += ["", f"| at {results['accuracy_rows']:,} rows | exact | accuracy | fit s | "
+                  "scalable | accuracy | fit s | difference (points) |",
+                  "|---|---|---:|---:|---|---:|---:|---:|"]
+        for r in acc.values():
+            e, s = r[r["exact"]], r[r["scalable"]]
+            lines.append(f"| | {r['exact']} | {e['accuracy']:.4f} | {e['fit_seconds']:.0f} | "
+                         f"{r['scalable']} | {s['accuracy']:.4f} | {s['fit_seconds']:.0f} | "
+                         f"{100 * (s['accuracy'] - e['accuracy']):+.2f} |")
+    knn = results.get("knn")
+    if knn:
+        lines += ["", f"knn_faiss ({knn['index']}, nlist {knn['nlist']}, nprobe {knn['nprobe']}):"
+                  f" {knn['rows']:,} rows indexed in {knn['build_seconds']:.0f} s; "
+                  f"{knn['queries']:,} queries in {knn['search_seconds']:.0f} s; recall@10 "
+                  f"{knn['recall_at_10']:.3f} against exact search; peak RSS "
+                  f"{knn['peak_rss_mb']:.0f} MB (the benchmark's own arrays included)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100000,1000000")
+    p.add_argument("--accuracy-rows", type=int, default=50_000)
+    p.add_argument("--knn-rows", type=int, default=1_000_000)
+    p.add_argument("--knn-queries", type=int, default=100_000)
+    p.add_argument("--parts", default="base,cli,accuracy,knn")
+    p.add_argument("--dir", default=None, help="where the rows and files go (default: a "
+                   "temporary folder, removed at the end)")
+    args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="featx-heads-scale-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    out_json = RESULTS / "heads-scale.json"
+    results: dict[str, Any] = json.loads(out_json.read_text()) if out_json.exists() else {}
+    results |= {"cpu": cpu(), "when": time.strftime("%Y-%m-%d")}
+    data = base(folder)
+    if "cli" in parts:
+        results["cli"] = part_cli(folder, data, [int(s) for s in args.sizes.split(",")])
+    if "accuracy" in parts:
+        results["accuracy"] = part_accuracy(data, args.accuracy_rows)
+        results["accuracy_rows"] = args.accuracy_rows
+    if "knn" in parts:
+        results["knn"] = part_knn(data, args.knn_rows, args.knn_queries)
+    RESULTS.mkdir(exist_ok=True)
+    out_json.write_text(json.dumps(results, indent=1))
+    text = table(results)
+    (RESULTS / "heads-scale.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
