@@ -69,15 +69,17 @@ IMAGENET_FIXTURES = frozenset({
 
 
 #: Files whose tests share a session fixture, so share a pytest-xdist worker (the 41-network
-#: registry walk, ~50 s, is done once).
-SHARED_WORKER = {"test_nets_auto_layers.py": "registry", "test_nets_backbones.py": "registry"}
+#: registry walk, ~50 s, is done once), or must not run at once (the two files that start Ray
+#: clusters: test_distributed.py's `ray start` and RAY_ADDRESS tests would join the other's).
+SHARED_WORKER = {"test_nets_auto_layers.py": "registry", "test_nets_backbones.py": "registry",
+                 "test_distributed.py": "ray", "test_heads_on_ray.py": "ray"}
 
 #: The longest groups, longest first (seconds on a quiet 2-core machine, one process: examples
 #: 81, distributed 73, registry 59, transfer_finetune 57, docs 42, nets_openvino 32, nets_hub
 #: 29, nets_efficientnet_lite 23, cli 21; everything else is under 16). Handed out first, so
 #: the last ones to start are short and the workers end together.
 LONGEST_FIRST = (
-    "test_examples.py", "test_distributed.py", "registry", "test_transfer_finetune.py",
+    "test_examples.py", "ray", "registry", "test_transfer_finetune.py",
     "test_docs.py", "test_nets_openvino.py", "test_nets_hub.py", "test_nets_efficientnet_lite.py",
     "test_cli.py",
 )

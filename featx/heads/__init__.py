@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from featx.heads.knn_index import IndexKNNClassifier
 from featx.heads.leaderboard import HeadResult, Leaderboard
-from featx.heads.presets import DEFAULT_HEADS, HEADS, HeadPreset, list_heads, make_head
-from featx.heads.tuning import cached_embeddings, tune_heads
+from featx.heads.presets import (
+    DEFAULT_HEADS,
+    HEADS,
+    SCALABLE_HEADS,
+    HeadPreset,
+    list_heads,
+    make_head,
+)
+from featx.heads.scalable import SGDHead
+from featx.heads.tuning import EXACT_ROWS, cached_embeddings, tune_heads
 
 __all__ = [
     "DEFAULT_HEADS",
+    "SCALABLE_HEADS",
+    "EXACT_ROWS",
     "HEADS",
     "HeadPreset",
     "list_heads",
@@ -16,4 +27,6 @@ __all__ = [
     "tune_heads",
     "HeadResult",
     "Leaderboard",
+    "SGDHead",
+    "IndexKNNClassifier",
 ]

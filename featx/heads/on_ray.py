@@ -351,10 +351,13 @@ def fit_on_ray(
     ------
     FeatxError
         A source that is not a :class:`~featx.heads.rows.CachedBlocks`, fewer than two
-        classes, no rows, or more workers than the cluster has CPUs.
+        classes, or no rows.
     ClusterError
-        A worker died (killed, out of memory, node lost), or the workers could not be placed
-        within 10 minutes; nothing was written, run again.
+        More workers than the cluster has CPUs; a worker died (killed, out of memory, node
+        lost), or the workers could not be placed within 10 minutes: nothing was written, run
+        again.
+    CacheError
+        A worker could not read a file of the plan (damaged, or removed by a merge meanwhile).
     BudgetExceeded
         The deadline passed before the scaler's pass ended.
 
@@ -468,6 +471,11 @@ def _train(ray: Any, head: SGDHead, source: CachedBlocks, valid: CachedBlocks | 
     head.n_features_in_ = source.width
     head.scaler_ = combine_moments([m for m in moments if m is not None])
     head.kernel_ = head._fit_kernel(source)
+    if deadline is not None and time.monotonic() > deadline:
+        raise BudgetExceeded(
+            "the time budget ran out while fitting the kernel map, before any training; "
+            "give a larger budget or fewer heads."
+        )
     shipped = ray.put(head)
     _gather(ray, workers, [w.start.remote(shipped) for w in workers], "starting")
 
