@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default="fashion_mnist,digits")
     args = parser.parse_args(argv)
 
-    from featx import probe_layers
+    from featx import ImageEmbedder, probe_layers
     from featx.data.datasets import load_digits_images, load_fashion_mnist
     from featx.report.plots import plot_depth
 
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         y = [classes[i] for i in labels]
         started = time.perf_counter()
         probe = probe_layers(
-            images, y, backbone="mobilenet", input_size=args.input_size, layers="auto",
-            heads=args.heads.split(","), cv=args.cv, test_size=0.25, cache=cache, n_jobs=-1,
+            images, y, embedder=ImageEmbedder("mobilenet", input_size=args.input_size, cache=cache),
+            layers="auto", heads=args.heads.split(","), cv=args.cv, test_size=0.25, n_jobs=-1,
             log=print,
         )
         seconds = time.perf_counter() - started

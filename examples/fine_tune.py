@@ -72,8 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 2. Several depths in one pass; the best by cross-validation, then its test score.
     started = time.perf_counter()
-    probe = probe_layers(x_train, y_train, backbone="mobilenet", input_size=args.input_size,
-                         layers=PROBED, heads=["logreg"], cv=args.cv, cache=out / "probe.h5")
+    embedder = ImageEmbedder("mobilenet", input_size=args.input_size, cache=out / "probe.h5")
+    probe = probe_layers(x_train, y_train, embedder=embedder, layers=PROBED, heads=["logreg"],
+                         cv=args.cv)
     best = probe.best_layer
     print("  " + probe.decision().replace("\n", "\n  "))
     cv, test = test_score(probe.embedder())
@@ -82,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 3. Fine-tune the blocks beneath the best cut, then embed from the new file.
     started = time.perf_counter()
     tuned = fine_tune(
-        x_train, y_train, out=out / "tuned.keras", backbone="mobilenet", layer=best.layer,
-        input_size=args.input_size, top_layers=args.top_layers, epochs=args.epochs,
+        x_train, y_train, out=out / "tuned.keras", embedder=probe.embedder(),  # the best cut
+        top_layers=args.top_layers, epochs=args.epochs,
         learning_rate=args.learning_rate, augment=args.augment, head_epochs=head_epochs,
         validation_split=args.validation_split, log=lambda s: print("  " + s, flush=True),
     )

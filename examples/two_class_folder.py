@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"on the {len(test_paths)} test images")
 
     # The tuned head and the embedder's configuration in one file; it predicts from paths.
-    path = FeatxModel(embedder.set_params(cache=None), best.estimator).save(out / "model.featx")
+    path = FeatxModel.portable(embedder, best.estimator).save(out / "model.featx")
     model = load_model(path, cache=out / "embeddings.h5")  # the cache: nothing is re-embedded
     sample = [test_paths[0], test_paths[-1]]
     proba = model.predict_proba(sample)

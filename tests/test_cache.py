@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from featx.cache.failure import Failure
 from featx.cache.store import CACHE_FORMAT_VERSION, EmbeddingCache, GroupInfo, open_cache
 from featx.exceptions import CacheError
 
@@ -487,7 +488,8 @@ def test_compact_folds_every_file_into_the_main_one(path: Path) -> None:
     cache.merge = False
     for i in range(5):
         cache.append("g", [key(i), key(i + 100)], vecs(2, start=10 * i), ["a", "b"],
-                     failed=[(key(i + 200), f"bad{i}.png", "truncated")])
+                     failed=[Failure(key=key(i + 200), source=f"bad{i}.png",
+                                     reason="truncated")])
     assert len(_files(path)) == 5
     assert cache.compact() == 4  # the segments folded in
     assert [name for name, _ in _files(path)] == ["emb.h5"]

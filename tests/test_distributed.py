@@ -28,6 +28,7 @@ from PIL import Image
 from ray.cluster_utils import Cluster
 
 from featx import ImageEmbedder, tune_heads
+from featx.cache.failure import Failure
 from featx.cache.store import EmbeddingCache
 from featx.distributed import ClusterError, embed_on_ray, object_store_array
 from featx.distributed.cluster import check_reachable, import_ray
@@ -94,9 +95,9 @@ def test_two_nodes_embed_into_one_cache_like_one_process(cluster, workspace, tmp
     report = embed_on_ray(paths, _embedder(workspace, cache), shard_size=4)
     assert (report.n_items, report.n_workers, report.n_nodes) == (27, 2, 2)
     assert report.n_embedded == 24 and report.n_hits == 0 and report.n_failed == 2
-    assert [(p, Path(s).name) for p, s, _ in report.failures] == [
+    assert [(f.index, Path(f.source).name) for f in report.failures] == [
         (24, "corrupt.png"), (25, "missing.png")]
-    assert "file not found" in report.failures[1][2]
+    assert "file not found" in report.failures[1].reason
     assert report.n_committed == 24 and "2 Ray workers" in report.summary()
     # Every row is the one a single process computes, stored once per content.
     rows = _rows(cache)
@@ -108,8 +109,8 @@ def test_two_nodes_embed_into_one_cache_like_one_process(cluster, workspace, tmp
     # A rerun embeds nothing: hits, and the corrupt file remembered from the first run.
     again = embed_on_ray(paths, _embedder(workspace, cache))
     assert (again.n_hits, again.n_embedded, again.n_failed) == (25, 0, 2)
-    assert "remembered from an earlier run" in again.failures[0][2]
-    assert again.failures[1][2] == "file not found"  # a missing file is not remembered
+    assert "remembered from an earlier run" in again.failures[0].reason
+    assert again.failures[1].reason == "file not found"  # a missing file is not remembered
 
 
 def _kills(tmp_path: Path, name: str, n: int) -> str:
@@ -138,8 +139,8 @@ def test_dying_workers_lose_nothing_and_the_killer_item_is_reported(cluster, wor
     # reported: 3 kills, whichever shards the workers held when they died.
     assert (_killed(tmp_path, "img005"), _killed(tmp_path, "poison")) == (1, 3)
     assert report.worker_deaths == 1 + 3  # every death counted, once
-    assert [(p, Path(s).name) for p, s, _ in report.failures] == [(9, "poison.png")]
-    assert "died" in report.failures[0][2] and "out of memory" in report.failures[0][2]
+    assert [(f.index, Path(f.source).name) for f in report.failures] == [(9, "poison.png")]
+    assert "died" in report.failures[0].reason and "out of memory" in report.failures[0].reason
     assert report.n_embedded == 24 and report.n_failed == 1
     rows = _rows(cache)
     assert len(rows) == 24  # nothing lost, nothing twice
@@ -189,7 +190,7 @@ def test_the_last_suspect_runs_alone_too(cluster, workspace, tmp_path):
                           runtime_env={"env_vars": {FAULT_ENV: fault}})
     assert (_killed(tmp_path, "first"), _killed(tmp_path, "poison")) == (1, 1)
     assert report.worker_deaths == 2
-    assert [(p, Path(s).name) for p, s, _ in report.failures] == [(1, "poison.png")]
+    assert [(f.index, Path(f.source).name) for f in report.failures] == [(1, "poison.png")]
     assert (report.n_embedded, report.n_failed) == (5, 1) and len(_rows(cache)) == 5
 
 
@@ -214,8 +215,8 @@ def test_a_memory_error_in_a_worker_is_handled_like_a_death(cluster, workspace, 
     paths.insert(9, _hungry_image())
     cache = tmp_path / "emb.h5"
     report = embed_on_ray(paths, _embedder(workspace, cache), shard_size=4)
-    assert [(p, s) for p, s, _ in report.failures] == [(9, "pil[9]")]
-    assert "died" in report.failures[0][2] and "out of memory" in report.failures[0][2]
+    assert [(f.index, f.source) for f in report.failures] == [(9, "pil[9]")]
+    assert "died" in report.failures[0].reason and "out of memory" in report.failures[0].reason
     assert report.worker_deaths == 3  # the shard of 4, its half of 2, the item alone
     assert (report.n_embedded, report.n_failed) == (24, 1)
     assert len(_rows(cache)) == 24
@@ -355,10 +356,11 @@ def test_known_keys_come_from_the_index_and_are_searched_in_place(tmp_path):
     cache = EmbeddingCache(tmp_path / "emb.h5")
     a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
     cache.append("g", [b, a], np.ones((2, 3), np.float32), ["b.png", "a.png"],
-                 failed=[(c, "c.png", "truncated")])
+                 failed=[Failure(key=c, source="c.png", reason="truncated")])
     cache.append("g", [d], np.ones((1, 3), np.float32), ["d.png"])  # a second segment
     cache.append("g", [c], np.ones((1, 3), np.float32), ["c.png"])  # c decoded after all
-    cache.append("g", [], np.zeros((0, 3), np.float32), [], failed=[("e" * 64, "e.png", "bad")])
+    cache.append("g", [], np.zeros((0, 3), np.float32), [],
+                 failed=[Failure(key="e" * 64, source="e.png", reason="bad")])
     keys, failed = cache.known_keys("g")
     assert keys == [a, b, c, d] and failed == {"e" * 64: "bad"}
     assert EmbeddingCache(tmp_path / "none.h5").known_keys("g") == ([], {})

@@ -1,5 +1,6 @@
-"""The calibration of precision="int8": made once per fitted embedder, shared by its later calls,
-chosen on the command line with --calibration, and refused where it cannot run (Ray)."""
+"""The calibration of precision="int8": made once per fitted embedder, shared by its later calls
+and by the clones of a search through the cache's group, chosen on the command line with
+--calibration, and refused where it cannot run (Ray)."""
 
 from __future__ import annotations
 
@@ -72,11 +73,73 @@ def test_a_fixed_calibration_set_is_shared_by_separate_fits(tmp_path: Path) -> N
         ImageEmbedder(tiny, input_size=16, precision="int8", calibration=calibration,
                       cache=cache).fit_transform(fold)
     assert len(int8_groups(cache)) == 1
-    # Without it each fold calibrates on its own images: two groups, as documented.
-    other = tmp_path / "other.h5"
-    for fold in (X[:32], X[28:]):
-        ImageEmbedder(tiny, input_size=16, precision="int8", cache=other).fit_transform(fold)
-    assert len(int8_groups(other)) == 2
+
+
+def test_separate_fits_share_the_calibration_of_the_cache_s_group(tmp_path: Path) -> None:
+    """Without calibration=, a fit finds the INT8 group the cache holds for its configuration
+    (calibrated in this process) instead of calibrating on its own first images; a fixed
+    calibration= or another configuration calibrates on its own."""
+    X = images(60)
+    cache = tmp_path / "c.h5"
+    first = ImageEmbedder(tiny, input_size=16, precision="int8", cache=cache).fit(X[:32])
+    first.transform(X[:32])
+    second = ImageEmbedder(tiny, input_size=16, precision="int8", cache=cache).fit(X[28:])
+    assert second.config_.calibration_id == first.config_.calibration_id
+    second.transform(X[28:])
+    assert (second.report_.n_hits, second.report_.n_embedded) == (4, 28)
+    assert len(int8_groups(cache)) == 1
+    # Without a cache, or in a cache without that group, a fit calibrates on its own images.
+    alone = ImageEmbedder(tiny, input_size=16, precision="int8").fit(X[28:])
+    elsewhere = ImageEmbedder(tiny, input_size=16, precision="int8",
+                              cache=tmp_path / "other.h5").fit(X[28:])
+    assert alone.config_.calibration_id == elsewhere.config_.calibration_id != (
+        first.config_.calibration_id)
+    fixed = ImageEmbedder(tiny, input_size=16, precision="int8", cache=cache,
+                          calibration=images(32, seed=1)).fit(X)
+    assert fixed.config_.calibration_id not in ("", first.config_.calibration_id)
+    other_cut = ImageEmbedder(tiny, input_size=16, precision="int8", pooling="max",
+                              cache=cache).fit(X[28:])
+    assert other_cut.config_.calibration_id == alone.config_.calibration_id
+
+
+def test_a_grid_search_over_an_int8_pipeline_embeds_each_image_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GridSearchCV clones the Pipeline per fold and candidate, and each clone's embedder is
+    fitted on another fold: one quantized network, one cache group, each image decoded for the
+    network once (the refit included)."""
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+
+    import featx.embed.engine as engine_module
+
+    rng = np.random.default_rng(5)
+    paths, y = [], []
+    for i in range(60):
+        label = i % 2
+        pixels = rng.integers(0, 128, (16, 16, 3), dtype=np.uint8) + 127 * label
+        paths.append(str(tmp_path / f"img{i:02d}.png"))
+        Image.fromarray(pixels.astype(np.uint8)).save(paths[-1])
+        y.append(label)
+    decoded: list[str] = []
+    real = engine_module.load_pixels
+
+    def counting(item, *args, **kwargs):  # as load_pixels
+        decoded.append(item.name)
+        return real(item, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "load_pixels", counting)
+    cache = tmp_path / "c.h5"
+    pipe = make_pipeline(ImageEmbedder(tiny, input_size=16, precision="int8", cache=cache),
+                         LogisticRegression(max_iter=500))
+    search = GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0, 10.0]}, cv=3, n_jobs=1)
+    search.fit(paths, y)
+    assert sorted(decoded) == sorted(paths)  # each image through the network once
+    (group,) = open_cache(cache).groups()
+    assert group.rows == 60 and group.fields["precision"].startswith("int8@openvino:")
+    assert search.best_estimator_[0].report_.n_hits == 60
 
 
 @pytest.fixture

@@ -199,8 +199,8 @@ def test_on_error_policies(tmp_path, pixels):
         out = emb.transform(X)
     np.testing.assert_allclose(out, reference, atol=1e-6)
     assert emb.report_.dropped == [1, 3]
-    assert [f[0] for f in emb.report_.failures] == [1, 3]
-    assert "file not found" in emb.report_.failures[1][2]
+    assert [f.index for f in emb.report_.failures] == [1, 3]
+    assert "file not found" in emb.report_.failures[1].reason
 
     out = make_embedder(on_error="nan").transform(X)
     assert out.shape == (5, 5)

@@ -233,7 +233,7 @@ def test_chunks_give_the_same_rows_and_failure_positions(engine, images, tmp_pat
     chunked = emb.fit_transform(paths)
     assert network_of(emb).engine == engine
     np.testing.assert_allclose(chunked, whole, atol=1e-6, equal_nan=True)
-    assert [f[0] for f in emb.report_.failures] == [9]
+    assert [f.index for f in emb.report_.failures] == [9]
     assert emb.report_.n_items == 20 and emb.report_.n_embedded in (18, 19)
 
 

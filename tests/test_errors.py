@@ -123,7 +123,7 @@ def test_every_bad_file_is_reported_with_its_path_and_reason(tmp_path, rng):
     assert out.shape == (len(good), 5) and np.isfinite(out).all()
     assert report.n_failed == len(bad) == len(report.failures)
     assert report.dropped == list(range(len(good), len(X)))
-    by_source = {source: reason for _, source, reason in report.failures}
+    by_source = {f.source: f.reason for f in report.failures}
     assert set(by_source) == {str(p) for p in bad.values()}
     for name, pattern in BAD_FILES.items():
         assert re.search(pattern, by_source[str(bad[name])]), (
@@ -170,7 +170,8 @@ def test_nan_or_inf_in_a_float_array_fails_that_image_only(rng, bad):
     emb = embedder(on_error="nan")
     out = emb.fit_transform(X)
     assert np.isnan(out[2]).all() and np.isfinite(out[[0, 1, 3]]).all()
-    assert emb.report_.failures == [(2, "array[2]", "the array holds NaN or infinite values")]
+    assert [(f.index, f.source, f.reason) for f in emb.report_.failures] == [
+        (2, "array[2]", "the array holds NaN or infinite values")]
     expected = r"1 of 4 items.*item 2 \(array\[2\]\): the array holds NaN"
     with pytest.raises(ImageLoadError, match=expected):
         embedder().fit_transform(X)
@@ -183,9 +184,9 @@ def test_arrays_of_the_wrong_rank(rng):
     emb = embedder(on_error="skip")
     with pytest.warns(UserWarning, match="skipped 1 of 3"):
         assert emb.fit_transform(images).shape == (2, 5)
-    assert emb.report_.failures[0][:2] == (1, "array[1]")
+    assert (emb.report_.failures[0].index, emb.report_.failures[0].source) == (1, "array[1]")
     assert "expected an image of shape (H, W), (H, W, 1) or (H, W, 3); got (20, 20, 2)" in (
-        emb.report_.failures[0][2])
+        emb.report_.failures[0].reason)
     with pytest.raises(ValueError, match=r"got shape \(2, 4, 4, 3, 1\)"):
         embedder().fit_transform(np.zeros((2, 4, 4, 3, 1), np.uint8))
     with pytest.raises(ValueError, match=r"1-D array of shape \(7,\)"):
@@ -223,7 +224,7 @@ def test_non_ascii_and_very_long_paths_end_to_end(tmp_path, rng):
     too_long = str(folder / ("x" * 300 + ".png"))
     emb = embedder(on_error="nan", cache=cache)
     assert np.isnan(emb.fit_transform([too_long])).all()
-    assert "File name too long" in emb.report_.failures[0][2]
+    assert "File name too long" in emb.report_.failures[0].reason
 
 
 # ---- failure memory ------------------------------------------------------------------------------
@@ -251,7 +252,8 @@ def test_failures_are_remembered_until_retry_failed(tmp_path, rng, monkeypatch):
     first = embedder(cache=cache, on_error="skip")
     with pytest.warns(UserWarning):
         first.fit_transform(X)
-    assert first.report_.failures == [(1, str(odd), "unsupported format (simulated)")]
+    assert [(f.index, f.source, f.reason) for f in first.report_.failures] == [
+        (1, str(odd), "unsupported format (simulated)")]
     (group,) = EmbeddingCache(cache).groups()
     assert (group.rows, group.failures) == (1, 1)
 
@@ -260,7 +262,8 @@ def test_failures_are_remembered_until_retry_failed(tmp_path, rng, monkeypatch):
     with pytest.warns(UserWarning):
         second.fit_transform(X)
     assert calls == []  # neither the hit nor the remembered failure was decoded
-    (_, source, reason), = second.report_.failures
+    (failure,) = second.report_.failures
+    source, reason = failure.source, failure.reason
     assert source == str(odd)
     assert reason.startswith("unsupported format (simulated) (remembered from an earlier run")
     assert "retry_failed=True" in reason
@@ -274,7 +277,8 @@ def test_failures_are_remembered_until_retry_failed(tmp_path, rng, monkeypatch):
     with pytest.warns(UserWarning):
         third.fit_transform(X)
     assert calls == [str(odd)]
-    assert third.report_.failures == [(1, str(odd), "unsupported format (simulated)")]
+    assert [(f.index, f.source, f.reason) for f in third.report_.failures] == [
+        (1, str(odd), "unsupported format (simulated)")]
     assert EmbeddingCache(cache).groups()[0].failures == 1  # not recorded twice
 
     pillow_can_read_it = True  # e.g. a Pillow plugin installed since
@@ -296,7 +300,7 @@ def test_a_missing_file_is_not_remembered_and_is_embedded_once_it_appears(tmp_pa
     for run in range(2):  # the second run meets the same missing file, and tries it again
         emb = embedder(cache=cache, on_error="nan")
         emb.fit_transform(X)
-        reasons = {source: reason for _, source, reason in emb.report_.failures}
+        reasons = {f.source: f.reason for f in emb.report_.failures}
         assert reasons[str(later)] == "file not found", run  # not "remembered from ..."
         assert ("remembered from an earlier run" in reasons[str(corrupt)]) == (run == 1)
         assert [e.retry_param for e in emb.report_.errors
@@ -307,7 +311,7 @@ def test_a_missing_file_is_not_remembered_and_is_embedded_once_it_appears(tmp_pa
     appeared = embedder(cache=cache, on_error="nan")  # no retry_failed needed
     out = appeared.fit_transform(X)
     assert appeared.report_.n_embedded == 1 and appeared.report_.n_hits == 1
-    assert [source for _, source, _ in appeared.report_.failures] == [str(corrupt)]
+    assert [f.source for f in appeared.report_.failures] == [str(corrupt)]
     (group,) = EmbeddingCache(cache).groups()
     assert (group.rows, group.failures) == (2, 1)
     np.testing.assert_allclose(out[:2], embedder().fit_transform([str(good), str(later)]),
@@ -323,8 +327,8 @@ def test_on_error_raise_lists_every_failure_in_the_report(tmp_path, rng):
                                              r".*on_error='skip'") as info:
         emb.fit_transform([str(good), *missing])
     assert "embedded and cached" in str(info.value)
-    assert [f[1] for f in emb.report_.failures] == missing  # the report has every one
-    assert all(f[2] == "file not found" for f in emb.report_.failures)
+    assert [f.source for f in emb.report_.failures] == missing  # the report has every one
+    assert all(f.reason == "file not found" and f.key is None for f in emb.report_.failures)
     again = embedder(cache=tmp_path / "emb.h5", on_error="nan")
     out = again.fit_transform([str(good), *missing])
     assert again.report_.n_hits == 1 and np.isnan(out[1:]).all()

@@ -178,8 +178,8 @@ def test_layer_probe_auto_picks_transformer_blocks(presets, rng):
     y = np.repeat([0, 1], 8)
     images = rng.integers(0, 120, (16, SIZE, SIZE, 3), dtype=np.uint8) + (
         100 * y[:, None, None, None]).astype(np.uint8)
-    probe = probe_layers(images, y, backbone=f"keras_hub:{path}", heads=["logreg"], cv=2,
-                         engine="keras")
+    probe = probe_layers(images, y, embedder=ImageEmbedder(f"keras_hub:{path}", engine="keras"),
+                         heads=["logreg"], cv=2)
     assert sorted(r.extra["layer"] for r in probe) == ["block_0", "output"]
 
 
@@ -205,6 +205,37 @@ def test_fingerprint_holds_the_presets_identity(presets, tmp_path):
     assert named.fingerprint_fields["backbone"] == (
         f"hub:dinov2_small@keras-hub-{keras_hub.__version__}")
     assert resolve_backbone("keras_hub:dinov2_base").fingerprint != named.fingerprint
+
+
+def test_kaggle_and_hugging_face_handles_resolve_as_keras_hub_takes_them():
+    """A handle is passed to Keras Hub as it is; its identity is the handle with the Keras Hub
+    version; a model featx knows gets its size and pooling from the name."""
+    handle = "kaggle://keras/dinov2/keras/dinov2_small/3"
+    kaggle = resolve_backbone(f"keras_hub:{handle}")
+    assert (kaggle.source.preset, kaggle.source.is_dir) == (handle, False)
+    assert kaggle.input_size == (224, 224) and kaggle.pooling == "cls_avg"
+    assert kaggle.fingerprint_fields["backbone"] == (
+        f"hub:{handle}@keras-hub-{keras_hub.__version__}")
+    assert kaggle.fingerprint_fields["weights"] == f"preset@keras-hub-{keras_hub.__version__}"
+    others = {resolve_backbone(f"keras_hub:{h}").fingerprint for h in (
+        "dinov2_small", "kaggle://keras/dinov2/keras/dinov2_small/2",
+        "kaggle://keras/dinov2/keras/dinov2_small")}
+    assert kaggle.fingerprint not in others and len(others) == 3
+    hf = resolve_backbone("keras_hub:hf://google/siglip-base-patch16-224")
+    assert hf.source.preset == "hf://google/siglip-base-patch16-224"
+    assert (hf.source.family.name, hf.input_size, hf.pooling) == ("siglip", (224, 224), "pooled")
+    custom = resolve_backbone("keras_hub:hf://someone/dinov2-finetuned", input_size=224)
+    assert custom.source.family.name == "dinov2"
+    with pytest.raises(FeatxError, match="input_size="):
+        resolve_backbone("keras_hub:hf://someone/dinov2-finetuned")
+    with pytest.raises(UnknownBackboneError, match=r"kaggle://<org>/<model>/keras/<variant>"):
+        resolve_backbone("keras_hub:kaggle://keras/dinov2")
+    with pytest.raises(UnknownBackboneError, match=r"not of the form hf://<org>/<model>"):
+        resolve_backbone("keras_hub:hf://dinov2_small")
+    with pytest.raises(UnknownBackboneError, match=r"s3:// handle, which featx does not pass"):
+        resolve_backbone("keras_hub:s3://bucket/dinov2_small")
+    with pytest.raises(UnknownBackboneError, match="not one featx embeds with"):
+        resolve_backbone("keras_hub:hf://someone/bert_base_en")
 
 
 def test_list_backbones_says_which_need_a_network():
@@ -264,6 +295,24 @@ def test_unreachable_host_and_missing_extra_each_give_one_line(monkeypatch, tmp_
     message = str(info.value)
     assert "\n" not in message and "save_to_preset('dinov2_small')" in message
     assert "kaggle models" in message and "keras_hub:/path/to/dinov2_small" in message
+    # A Kaggle handle goes to Kaggle as it is; a Hugging Face handle to the Hub (offline mode
+    # here: the same error as an unreachable host, without huggingface_hub's 25 s of retries).
+    kaggle = "kaggle://keras/dinov2/keras/dinov2_small/3"
+    with pytest.raises(FeatxError, match="not reachable") as info:
+        ImageEmbedder(f"keras_hub:{kaggle}", input_size=SIZE, engine="keras").transform(images)
+    message = str(info.value)
+    assert "\n" not in message and f"could not download Keras Hub preset {kaggle!r}" in message
+    assert "kaggle models instances versions download keras/dinov2/keras/dinov2_small/3" in (
+        message) and "keras_hub:/path/to/dinov2_small" in message
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FeatxError, match="not reachable") as info:
+        ImageEmbedder("keras_hub:hf://keras/dinov2_small", input_size=SIZE,
+                      engine="keras").transform(images)
+    message = str(info.value)
+    assert "\n" not in message and "'hf://keras/dinov2_small'" in message
+    assert "hf download keras/dinov2_small --local-dir dinov2_small" in message
     from featx.nets import hub_model
 
     monkeypatch.setitem(sys.modules, "keras_hub", None)

@@ -69,7 +69,8 @@ def tuned(backbone_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     out = tmp_path_factory.mktemp("tuned") / "tuned.keras"
     lines: list[str] = []
     returned = fine_tune(
-        images, y, out=out, backbone=backbone_file, preprocess="scale", top_layers=3,
+        images, y, out=out, embedder=ImageEmbedder(backbone_file, preprocess="scale"),
+        top_layers=3,
         epochs=3, learning_rate=0.05, head_epochs=5, validation_split=0.2, batch_size=8,
         augment=True, patience=3, log=lines.append,
     )
@@ -186,18 +187,19 @@ def test_early_stopping_keeps_the_best_epoch(backbone_file, tmp_path):
     """The saved weights are those of the epoch with the lowest validation loss."""
     import keras
 
-    from featx.transfer.finetune import _split
+    from featx.transfer.finetune_checks import validation_split_of
 
     images, y = striped_images(45, seed=1)
     seen: list[float] = []
     record = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: seen.append(float(logs["val_loss"]))
     )
-    out = fine_tune(images, y, out=tmp_path / "es.keras", backbone=backbone_file,
-                    preprocess="scale", top_layers=6, epochs=4, learning_rate=0.3, head_epochs=2,
+    out = fine_tune(images, y, out=tmp_path / "es.keras",
+                    embedder=ImageEmbedder(backbone_file, preprocess="scale"), top_layers=6,
+                    epochs=4, learning_rate=0.3, head_epochs=2,
                     validation_split=0.2, batch_size=8, patience=4, callbacks=[record])
     classes, labels = np.unique(y, return_inverse=True)
-    _, val = _split(labels, classes, 0.2, 0)
+    _, val = validation_split_of(labels, classes, 0.2, 0)
     X = ImageEmbedder(out, layer="featx_classifier").fit_transform(images[val])
     loss = float(np.mean(-np.log(X[np.arange(len(val)), labels[val]])))
     assert len(seen) == 4
@@ -207,8 +209,9 @@ def test_early_stopping_keeps_the_best_epoch(backbone_file, tmp_path):
 def test_mobilenet_from_the_registry(imagenet_weights, tmp_path):
     """A registry backbone: its own preprocessing goes with the file, default top 15%."""
     images, y = striped_images(12)
-    out = fine_tune(images, y, out=tmp_path / "mobilenet.keras", backbone="mobilenet",
-                    input_size=32, epochs=1, head_epochs=1, validation_split=0.25)
+    out = fine_tune(images, y, out=tmp_path / "mobilenet.keras",
+                    embedder=ImageEmbedder("mobilenet", input_size=32), epochs=1, head_epochs=1,
+                    validation_split=0.25)
     meta = read_tuned_metadata(out)
     assert meta is not None
     assert meta["preprocess"] == "keras.applications.mobilenet.preprocess_input"
@@ -227,7 +230,8 @@ def test_paths_stream_and_a_bad_file_is_named_before_training(backbone_file, tmp
         Image.fromarray(img).save(paths[-1])
     paths[5].write_bytes(b"not an image")
     with pytest.raises(ImageLoadError, match=r"1 of \d+ images.*/5\.png.*Nothing was trained"):
-        fine_tune(paths, y, out=tmp_path / "t.keras", backbone=backbone_file, epochs=1,
+        fine_tune(paths, y, out=tmp_path / "t.keras", embedder=ImageEmbedder(backbone_file),
+                  epochs=1,
                   validation_split=0.25)
     assert not (tmp_path / "t.keras").exists()
 
@@ -241,7 +245,8 @@ def test_an_interrupted_run_leaves_no_output(backbone_file, tmp_path):
 
     images, y = striped_images(12)
     with pytest.raises(KeyboardInterrupt):
-        fine_tune(images, y, out=tmp_path / "t.keras", backbone=backbone_file, epochs=2,
+        fine_tune(images, y, out=tmp_path / "t.keras", embedder=ImageEmbedder(backbone_file),
+                  epochs=2,
                   head_epochs=1, validation_split=0, callbacks=[Stop()])
     assert list(tmp_path.iterdir()) == []
 
@@ -277,22 +282,28 @@ def test_augment_keeps_shapes_and_moves_pixels():
         ({"epochs": 0}, None, ValueError, r"epochs=0 is not valid; expected an integer >= 1"),
         ({"learning_rate": 2}, None, ValueError, r"learning_rate=2 is not valid"),
         ({"pooling": "none"}, None, ValueError, r"pooling='none' is not valid for fine-tuning"),
+        ({"engine": "openvino"}, None, ValueError,
+         r"trains with Keras; got an embedder with engine='openvino'.*ImageEmbedder\(out, "),
+        ({"precision": "mixed_bfloat16"}, None, ValueError,
+         r"trains in float32.*ImageEmbedder\(out, precision='mixed_bfloat16'\)"),
     ],
 )
 def test_bad_input_is_refused_with_the_fix(backbone_file, tmp_path, kwargs, y, error, match):
     images, default_y = striped_images(30)
     kwargs = dict(kwargs)
     out = tmp_path / kwargs.pop("out_name", "t.keras")
+    embedder = ImageEmbedder(backbone_file, **{k: kwargs.pop(k) for k in ("pooling", "engine",
+                                                                           "precision")
+                                               if k in kwargs})
     with pytest.raises(error, match=match):
-        fine_tune(images, default_y if y is None else y, out=out, backbone=backbone_file,
-                  **kwargs)
+        fine_tune(images, default_y if y is None else y, out=out, embedder=embedder, **kwargs)
     assert not out.exists()
 
 
 def test_labels_must_match_the_images(backbone_file, tmp_path):
     images, y = striped_images(12)
     with pytest.raises(ValueError, match="got 12 images but 11 labels"):
-        fine_tune(images, y[:11], out=tmp_path / "t.keras", backbone=backbone_file)
+        fine_tune(images, y[:11], out=tmp_path / "t.keras", embedder=ImageEmbedder(backbone_file))
 
 
 def test_a_backbone_with_no_trainable_layers(tmp_path):
@@ -303,7 +314,7 @@ def test_a_backbone_with_no_trainable_layers(tmp_path):
     model = keras.Model(inp, keras.layers.MaxPooling2D(name="pool")(x))
     images, y = striped_images(30)
     with pytest.raises(FeatxError, match=r"no layer with weights that fine-tuning could train"):
-        fine_tune(images, y, out=tmp_path / "t.keras", backbone=model)
+        fine_tune(images, y, out=tmp_path / "t.keras", embedder=ImageEmbedder(model))
 
 
 # ---- the command line and the JAX backend (subprocesses) ---------------------------------------
@@ -364,7 +375,8 @@ def test_jax_backend(backbone_file, tmp_path):
         assert keras.backend.backend() == "jax"
         images, y = striped_images(30)
         out = fine_tune(images, y, out={str(tmp_path / 'jax.keras')!r},
-                        backbone={str(backbone_file)!r}, preprocess="scale", top_layers=3,
+                        embedder=ImageEmbedder({str(backbone_file)!r}, preprocess="scale"),
+                        top_layers=3,
                         epochs=2, learning_rate=0.05, head_epochs=3, validation_split=0.2,
                         batch_size=8, augment=True, log=print)
         X = ImageEmbedder(out).fit_transform(images)

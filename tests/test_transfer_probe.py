@@ -36,13 +36,19 @@ def labelled_images(n_per_class=16, size=16, seed=0):
     return images, y
 
 
-KW = dict(backbone=three_convs, input_size=16, heads=["logreg", "knn"], cv=3, engine="keras")
+KW = dict(heads=["logreg", "knn"], cv=3)
+
+
+def tiny(**params) -> ImageEmbedder:
+    """The embedder the probes below start from: three_convs at 16 px on Keras."""
+    return ImageEmbedder(three_convs, input_size=16, engine="keras", **params)
 
 
 def test_one_pass_every_layer_cached_where_its_embedder_reads(tmp_path):
     images, y = labelled_images()
     cache = tmp_path / "emb.h5"
-    probe = probe_layers(images, y, layers=["early", "middle", None], cache=cache, **KW)
+    probe = probe_layers(images, y, embedder=tiny(cache=cache), layers=["early", "middle", None],
+                         **KW)
     assert isinstance(probe, LayerProbe)
     # One forward pass for all three layers: each image went through the network once.
     configs = [
@@ -64,14 +70,16 @@ def test_one_pass_every_layer_cached_where_its_embedder_reads(tmp_path):
                               engine="keras").transform(images)
         np.testing.assert_allclose(rows, fresh, rtol=1e-5, atol=1e-6)
     # A second probe embeds nothing.
-    again = probe_layers(images, y, layers=["early", "middle", None], cache=cache, **KW)
+    again = probe_layers(images, y, embedder=tiny(cache=cache), layers=["early", "middle", None],
+                         **KW)
     assert again.n_embedded == 0 and again.n_hits == len(images)
     assert probe.embedder().get_params()["layer"] == probe.best_layer.layer
 
 
 def test_rows_are_tune_heads_own_numbers_with_a_layer_column(tmp_path):
     images, y = labelled_images()
-    probe = probe_layers(images, y, layers=["early", "late"], test_size=0.25, **KW)
+    probe = probe_layers(images, y, embedder=tiny(), layers=["early", "late"], test_size=0.25,
+                         **KW)
     assert probe.columns == ["layer"] and len(probe) == 4
     assert {(r.extra["layer"], r.head) for r in probe} == {
         (lay, h) for lay in ("early", "late") for h in ("logreg", "knn")}
@@ -106,8 +114,8 @@ def test_a_given_test_set_is_embedded_in_the_same_pass_scored_and_never_tuned_on
     test = ([*paths[:3], str(folder / "broken.png"), *paths[3:]],
             np.concatenate([test_y[:3], ["dark"], test_y[3:]]))
     cache = tmp_path / "emb.h5"
-    probe = probe_layers(train_paths, y, layers=["early", "late"], test=test, cache=cache,
-                         on_error="skip", **KW)
+    probe = probe_layers(train_paths, y, embedder=tiny(cache=cache, on_error="skip"),
+                         layers=["early", "late"], test=test, **KW)
     assert probe.n_train == 32 and probe.n_test == 10 and probe.test_dropped == [3]
     assert probe.dropped == [] and probe.n_embedded == 42  # one pass: training and test
     assert list(probe.y_true) == list(test_y)
@@ -130,14 +138,15 @@ def test_a_given_test_set_is_embedded_in_the_same_pass_scored_and_never_tuned_on
 def test_a_bad_test_set_is_refused_saying_why(test, message):
     images, y = labelled_images(n_per_class=4)
     with pytest.raises(FeatxError, match=message):
-        probe_layers(images, y, layers=["early"], test=test, **KW)
+        probe_layers(images, y, embedder=tiny(), layers=["early"], test=test, **KW)
     with pytest.raises(FeatxError, match="test=.*or test_size=, not both"):
-        probe_layers(images, y, layers=["early"], test=(images, y), test_size=0.25, **KW)
+        probe_layers(images, y, embedder=tiny(), layers=["early"], test=(images, y),
+                     test_size=0.25, **KW)
 
 
 def test_decision_names_the_winner_the_margin_over_the_default_cut_and_the_spread():
     images, y = labelled_images()
-    probe = probe_layers(images, y, layers=["early", "middle", None], **KW)
+    probe = probe_layers(images, y, embedder=tiny(), layers=["early", "middle", None], **KW)
     text = probe.decision()
     best = probe.best
     assert text.startswith(f"best: {best.head} at {best.extra['layer']} (depth ")
@@ -151,15 +160,16 @@ def test_decision_names_the_winner_the_margin_over_the_default_cut_and_the_sprea
         assert f"{best.cv_mean - ref.cv_mean:+.3f} better" in text
     assert "fold std" in text and ("within the fold spread" in text or "beyond" in text)
     # Without the default cut, the deepest probed layer is the reference.
-    shallow = probe_layers(images, y, layers=["early", "middle"], **KW)
+    shallow = probe_layers(images, y, embedder=tiny(), layers=["early", "middle"], **KW)
     assert "the deepest layer probed" in shallow.decision() or "wins" in shallow.decision()
 
 
 def test_registry_backbone_auto_layers_end_at_the_default_cut_group(tmp_path):
     images, y = labelled_images(n_per_class=6, size=32)
     cache = tmp_path / "emb.h5"
-    probe = probe_layers(images, y, backbone="mobilenet", weights=None, input_size=32,
-                         heads=["logreg"], cv=2, cache=cache, engine="keras")
+    embedder = ImageEmbedder("mobilenet", weights=None, input_size=32, cache=cache,
+                             engine="keras")
+    probe = probe_layers(images, y, embedder=embedder, heads=["logreg"], cv=2)
     names = [p.name for p in probe.layers]
     assert names == ["conv_pw_1_relu", "conv_pw_3_relu", "conv_pw_5_relu", "conv_pw_8_relu",
                      "conv_pw_11_relu", "conv_pw_13_relu"]
@@ -176,10 +186,10 @@ def test_wide_flattened_layers_are_refused_before_embedding(tmp_path):
     cache = tmp_path / "emb.h5"
     with pytest.raises(FeatxError, match=r"'early' gives 784 features.*limit of 500.*"
                        r"pooling='avg' or pooling='max'"):
-        probe_layers(images, y, layers=["early", "late"], pooling="flatten",
-                     max_flatten_width=500, cache=cache, **KW)
+        probe_layers(images, y, embedder=tiny(pooling="flatten", cache=cache),
+                     layers=["early", "late"], max_flatten_width=500, **KW)
     assert not cache.exists()
-    probe = probe_layers(images, y, layers=["middle", "late"], pooling="flatten",
+    probe = probe_layers(images, y, embedder=tiny(pooling="flatten"), layers=["middle", "late"],
                          max_flatten_width=500, **KW)
     assert [p.width for p in probe.layers] == [6 * 6 * 6, 8 * 2 * 2]
 
@@ -188,16 +198,43 @@ def test_wide_flattened_layers_are_refused_before_embedding(tmp_path):
     (dict(layers="auto"), "layers='auto' needs a registry backbone.*Name the layers"),
     (dict(layers=["early", "early"]), "names a layer twice"),
     (dict(layers=[]), "Expected 'auto' or a list of layer names"),
-    (dict(layers=["early"], pooling="none"), "pooling='none' cannot be probed.*'avg'"),
-    (dict(layers=["early"], on_error="nan"), "on_error='nan' is not valid"),
+    (dict(layers=["early"], embedder=tiny(pooling="none")),
+     "pooling='none' cannot be probed.*'avg'"),
+    (dict(layers=["early"], embedder=tiny(on_error="nan")),
+     "on_error='nan' cannot be probed.*'raise' or 'skip'"),
+    (dict(layers=["early"], embedder=tiny(layer="late")),
+     "cut at layer='late'.*leave the embedder's layer out"),
 ])
 def test_bad_arguments_say_what_to_do(kwargs, message):
     images, y = labelled_images(n_per_class=4)
     with pytest.raises(FeatxError, match=message):
-        probe_layers(images, y, **{**KW, **kwargs})
+        probe_layers(images, y, **{"embedder": tiny(), **KW, **kwargs})
 
 
 def test_labels_must_match_the_images():
     images, y = labelled_images(n_per_class=4)
     with pytest.raises(FeatxError, match=r"one label per image \(8\); got shape \(7,\)"):
-        probe_layers(images, y[:7], layers=["early"], **KW)
+        probe_layers(images, y[:7], embedder=tiny(), layers=["early"], **KW)
+
+
+def test_a_trusted_model_file_is_probed_through_the_embedder_s_safe_mode(tmp_path):
+    """The embedder carries every option: a file whose Lambda layer needs safe_mode=False is
+    probed with it (and refused without), and the decoder reaches the probe's one pass."""
+    import keras
+
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Lambda(lambda t: t / 255.0)(inp)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="early")(x)
+    x = keras.layers.Conv2D(6, 3, strides=2, activation="relu", name="late")(x)
+    path = tmp_path / "lambda.keras"
+    keras.Model(inp, x).save(path)
+    images, y = labelled_images(n_per_class=6)
+    with pytest.raises(FeatxError, match="safe mode"):
+        probe_layers(images, y, embedder=ImageEmbedder(path, engine="keras"),
+                     layers=["early", "late"], heads=["logreg"], cv=2)
+    trusted = ImageEmbedder(path, engine="keras", safe_mode=False, decoder="pillow")
+    probe = probe_layers(images, y, embedder=trusted, layers=["early", "late"],
+                         heads=["logreg"], cv=2)
+    assert [p.width for p in probe.layers] == [4, 6]
+    assert probe.embedder().get_params()["safe_mode"] is False
+    assert probe.embedder(layer="early").backbone_config().decoder == "pillow"

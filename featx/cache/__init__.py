@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from featx.cache.failure import Failure
 from featx.cache.groups import (
     choose_group,
     describe_group,
@@ -21,4 +22,5 @@ __all__ = [
     "embedder_params_from_cache",
     "embedder_params_from_group",
     "CacheWriter",
+    "Failure",
 ]

@@ -45,6 +45,7 @@ import h5py
 import numpy as np
 
 from featx._faults import fault_point
+from featx.cache.failure import Failure
 from featx.cache.index import GroupIndex, digests_of
 from featx.exceptions import CacheError
 
@@ -398,7 +399,7 @@ class CacheFiles:
         sources: list[str],
         fields: dict[str, Any],
         label: str,
-        failed: Sequence[tuple[str, str, str]],
+        failed: Sequence[Failure],
     ) -> Path:
         """Commit one batch as a new segment (or, the very first, as the main file); lock held.
 
@@ -454,7 +455,7 @@ class CacheFiles:
         if stamp is not None:
             self.bytes_written += stamp[1]
             group = GroupIndex(vectors.shape[1], fields, label, digests_of(keys),
-                               {k: reason for k, _, reason in failed})
+                               {str(f.key): f.reason for f in failed})
             self.remember(FileIndex(target, stamp, {fingerprint: group}))
         return target
 
@@ -501,19 +502,23 @@ def create_group(
     return grp
 
 
-def write_failures(grp: h5py.Group, failed: Sequence[tuple[str, str, str]]) -> None:
+def write_failures(grp: h5py.Group, failed: Sequence[Failure]) -> None:
+    """Append ``failed`` (each with its key) to the group's ``failed_keys``, ``failed_sources``
+    and ``failed_reasons``."""
     existing = len(grp["failed_keys"]) if "failed_keys" in grp else 0
     if not existing:
         for name, dtype in (("failed_keys", _KEY_DTYPE), ("failed_sources", _STR),
                             ("failed_reasons", _STR)):
             grp.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(256,))
     stop = existing + len(failed)
-    for name, column in (("failed_keys", 0), ("failed_sources", 1), ("failed_reasons", 2)):
+    columns = {
+        "failed_keys": np.array([f.key for f in failed], dtype=_KEY_DTYPE),
+        "failed_sources": np.array([f.source for f in failed], dtype=object),
+        "failed_reasons": np.array([f.reason for f in failed], dtype=object),
+    }
+    for name, values in columns.items():
         grp[name].resize(stop, axis=0)
-        values = [f[column] for f in failed]
-        grp[name][existing:stop] = (
-            np.array(values, dtype=_KEY_DTYPE) if column == 0 else np.array(values, dtype=object)
-        )
+        grp[name][existing:stop] = values
 
 
 def read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:

@@ -13,9 +13,7 @@ can never silently describe other embeddings. Nothing here builds a network.
 
 from __future__ import annotations
 
-import inspect
 import os
-from pathlib import Path
 from typing import Any
 
 from featx.cache.store import EmbeddingCache, GroupInfo
@@ -140,82 +138,21 @@ def embedder_params_from_group(group: GroupInfo) -> dict[str, Any]:
     >>> params["backbone"], params["input_size"], params["pooling"], params["weights"]
     ('mobilenet', 160, 'max', 'imagenet')
     """
-    from featx.nets.backbones import (
-        BACKBONES,
-        DECODER_FORMATS,
-        PREPROCESS_MODES,
-        resolve_backbone,
-    )
-    from featx.nets.hub import HUB_PREPROCESS
+    from featx.nets.backbones import resolve_backbone
+    from featx.nets.fingerprint import Fingerprint
+    from featx.nets.options import EMBEDDER_OPTIONS, KEEP, Stored
 
     fields = dict(group.fields)
     where = f"cache group {describe_group(group)}"
     if not fields:
         raise FeatxError(f"{where} stores no fingerprint fields; name the backbone yourself.")
-    stored = str(fields.get("backbone", ""))
-    kind, _, source_id = stored.partition(":") if ":" in stored else ("registry", "", stored)
+    stored = Stored(Fingerprint.from_fields(fields), group.label, where)
     params: dict[str, Any] = {}
-    if kind == "registry":
-        if stored not in BACKBONES:
-            raise FeatxError(
-                f"{where} was made with backbone {stored!r}, which this featx does not know; "
-                "upgrade featx or name the backbone yourself."
-            )
-        params["backbone"] = stored
-    elif kind == "file":
-        params["backbone"] = _model_file(group, source_id, where)
-    elif kind == "hub":
-        name, by_name, _ = source_id.partition("@keras-hub-")
-        if not by_name:
-            raise FeatxError(
-                f"{where} was made from a Keras Hub preset directory ({source_id[:19]}...), whose "
-                "path the cache does not keep; pass the same backbone yourself "
-                "(--backbone keras_hub:<the directory>)."
-            )
-        params["backbone"] = f"keras_hub:{name}"
-    else:
-        what = "a keras.Model" if kind == "model" else "a backbone function"
-        raise FeatxError(
-            f"{where} was made from {what} in memory ({stored}), which a cache cannot rebuild; "
-            "pass the same backbone yourself (or save it to a .keras file and embed with that)."
-        )
-    params["weights"] = _weights(str(fields.get("weights", "")), kind, where)
-    params["layer"] = fields.get("layer")
-    params["pooling"] = fields.get("pooling", "avg")
-    size = fields.get("input_size")
-    params["input_size"] = (
-        None if not size else int(size[0]) if size[0] == size[1] else (int(size[0]), int(size[1]))
-    )
-    params["resize"] = fields.get("resize") or "resize"
-    preprocess = str(fields.get("preprocess", "auto"))
-    if (kind == "registry" and preprocess == BACKBONES[stored].preprocess) or (
-        kind == "hub" and preprocess == HUB_PREPROCESS
-    ):
-        preprocess = "auto"
-    elif preprocess not in PREPROCESS_MODES:
-        raise FeatxError(
-            f"{where} was preprocessed by {preprocess!r}, a function a cache cannot rebuild; "
-            "pass the same preprocess function yourself."
-        )
-    params["preprocess"] = preprocess
-    precision = str(fields.get("precision", "float32"))
-    params["precision"] = precision
-    if precision.startswith("int8"):
-        raise FeatxError(
-            f"{where} was embedded in INT8, by a network quantized on calibration images "
-            f"({precision!r}) that a cache does not hold; pass --backbone with --precision int8 "
-            "and the same --calibration images (or, in Python, an ImageEmbedder with the same "
-            "calibration=)."
-        )
-    if precision != "float32":
-        # Reduced precision is cached per engine ("mixed_bfloat16@openvino"; Keras unmarked).
-        params["precision"], _, engine = precision.partition("@")
-        params["engine"] = engine or "keras"
-    # The decoder that made the rows: embedding format 1 is Pillow's, later ones the fast path's.
-    params["decoder"] = next((d for d, f in DECODER_FORMATS.items() if f == fields.get("format")),
-                             "auto")
-    accepted = inspect.signature(resolve_backbone).parameters
-    config = resolve_backbone(**{k: v for k, v in params.items() if k in accepted})
+    for option in EMBEDDER_OPTIONS:
+        value = option.stored(stored) if option.stored is not None else KEEP
+        if value is not KEEP:
+            params[option.name] = value
+    config = resolve_backbone(**params)
     if config.fingerprint != group.fingerprint or config.fingerprint_fields != fields:
         now = config.fingerprint_fields
         differ = ", ".join(
@@ -259,45 +196,3 @@ def embedder_params_from_cache(
         When the group's fields cannot be rebuilt (see :func:`embedder_params_from_group`).
     """
     return embedder_params_from_group(choose_group(cache, group))
-
-
-def _model_file(group: GroupInfo, source_id: str, where: str) -> str:
-    """The path of the model file a group was made from, checked against its sha256.
-
-    The fingerprint keeps the file's digest, not its path; the group's label starts with
-    ``"file <path>, "``. Each ``", "``-separated prefix is tried as a path (a path may hold a
-    comma), and only a file with the stored digest is taken.
-    """
-    from featx.nets.identity import file_sha256
-
-    label = group.label.removeprefix("file ")
-    parts = label.split(", ")
-    candidates = [", ".join(parts[:n]) for n in range(len(parts), 0, -1)]
-    seen_paths = []
-    for text in candidates:
-        path = Path(text)
-        if path.is_file():
-            seen_paths.append(text)
-            if f"sha256:{file_sha256(path)}" == source_id:
-                return text
-    named = f" {seen_paths[0]!r} has changed since" if seen_paths else (
-        f" it was {candidates[-1]!r} and is not there now" if candidates else "")
-    raise FeatxError(
-        f"{where} was made from a model file ({source_id[:19]}...);{named}. Pass the model file "
-        "that made it as the backbone."
-    )
-
-
-def _weights(weights_id: str, kind: str, where: str) -> Any:
-    if kind == "file":
-        return None  # the weights are in the file
-    if weights_id.startswith("imagenet@"):
-        return "imagenet"
-    if weights_id.startswith("random@"):
-        return None
-    if kind == "hub" and weights_id.startswith("preset@"):
-        return "preset"
-    raise FeatxError(
-        f"{where} was made with a weights file ({weights_id[:19]}...), whose path the cache does "
-        "not keep; name the backbone and pass the same weights file."
-    )

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from featx._faults import fault_point
+from featx.cache.failure import Failure
 from featx.cache.files import (
     CacheFiles,
     FileIndex,
@@ -223,8 +224,8 @@ def _copy_failures(src: h5py.Group, dst: h5py.Group, earlier: list[GroupIndex],
     stored = group.contains(query)
     for other in earlier:
         stored |= other.contains(query)
-    new = [(k.decode("ascii"), s, r) for (k, s, r), has_row in zip(rows, stored, strict=True)
-           if not has_row]
+    new = [Failure(key=k.decode("ascii"), source=s, reason=r)
+           for (k, s, r), has_row in zip(rows, stored, strict=True) if not has_row]
     if new:
         write_failures(dst, new)
 

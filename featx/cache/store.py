@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from featx.cache.blocks import Block, plan_pieces, read_blocks
+from featx.cache.failure import Failure
 from featx.cache.files import CACHE_FORMAT_VERSION, CacheFiles, FileIndex, UnreadableFile
 from featx.cache.index import Digests, digests_of, first_rows, hex_keys
 from featx.cache.merge import compact_all, merge_newest
@@ -289,9 +290,10 @@ class EmbeddingCache:
         *,
         fields: dict[str, Any] | None = None,
         label: str = "",
-        failed: Sequence[tuple[str, str, str]] = (),
+        failed: Sequence[Failure] = (),
     ) -> int:
-        """Commit one batch: rows for ``keys`` not yet stored, and ``failed`` (key, source, reason).
+        """Commit one batch: rows for ``keys`` not yet stored, and ``failed``, the items that could
+        not be decoded (each :class:`~featx.cache.failure.Failure` with its ``key``).
 
         Returns the number of rows written. The batch is durable when this returns. Costs
         O(len(keys) x log N) plus the write; then the newest files are merged when they make a
@@ -323,7 +325,7 @@ class EmbeddingCache:
                         )
                     width = grp.width
                     if grp.failed:
-                        known_failed.update(k for k, _, _ in failed if k in grp.failed)
+                        known_failed.update(f.key for f in failed if f.key in grp.failed)
             stored = _stored(files, fingerprint, query)
             keep, seen = [], set()
             for i in np.flatnonzero(~stored).tolist():
@@ -333,9 +335,9 @@ class EmbeddingCache:
                     seen.add(k)
             new_failed = []
             if failed:
-                failed_stored = _stored(files, fingerprint, digests_of([f[0] for f in failed]))
+                failed_stored = _stored(files, fingerprint, digests_of([_key(f) for f in failed]))
                 new_failed = [f for f, has_row in zip(failed, failed_stored, strict=True)
-                              if not has_row and f[0] not in known_failed]
+                              if not has_row and f.key not in known_failed]
             if not keep and not new_failed:
                 return 0
             if width is None:
@@ -371,6 +373,13 @@ class EmbeddingCache:
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r})"
+
+
+def _key(failure: Failure) -> str:
+    """The key the cache remembers ``failure`` by (a failure without one cannot be stored)."""
+    if failure.key is None:
+        raise ValueError(f"the cache remembers failures by content key; {failure} has none")
+    return failure.key
 
 
 def _stored(files: list[FileIndex], fingerprint: str, query: Digests) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from featx.cache.failure import Failure
 from featx.cache.store import EmbeddingCache
 from featx.nets.backbones import BackboneConfig
 
@@ -44,9 +45,9 @@ class CacheWriter:
         self._thread.start()
 
     def put(self, keys: list[str], vectors: np.ndarray, sources: list[str],
-            failed: list[tuple[str, str, str]]) -> None:
-        """Queue rows (``keys``, ``vectors``, ``sources``) and remembered failures (key, source,
-        reason) for commit; raise an earlier commit's error."""
+            failed: list[Failure]) -> None:
+        """Queue rows (``keys``, ``vectors``, ``sources``) and the failures to remember (each
+        with its key) for commit; raise an earlier commit's error."""
         if self._error is not None:
             raise self._error
         if keys or failed:

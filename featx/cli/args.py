@@ -11,7 +11,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from featx.exceptions import ImageLoadError
+from featx.exceptions import FeatxError, ImageLoadError
+from featx.nets.options import (
+    EMBEDDER_OPTIONS,
+    parse_input_size,
+    parse_layer,
+    parse_positive_int,
+    parse_weights,
+)
 
 # ---- argument types -----------------------------------------------------------------------------
 
@@ -29,32 +36,23 @@ def _number(text: str, kind: Callable[[str], Any], ok: Callable[[Any], bool],
     return value
 
 
-def positive_int(text: str) -> int:
-    return int(_number(text, int, lambda v: v >= 1, "a positive integer"))
+def _cli_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An option's parser as an argparse type: its ``ValueError`` a usage error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
-def input_size(text: str) -> int | tuple[int, int]:
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        sizes = [positive_int(p) for p in parts]
-    except argparse.ArgumentTypeError:
-        sizes = []
-    if len(sizes) == 1:
-        return sizes[0]
-    if len(sizes) == 2:
-        return sizes[0], sizes[1]
-    raise argparse.ArgumentTypeError(f"expected N or HxW (e.g. 224 or 160x224); got {text!r}")
-
-
-def weights(text: str) -> str | None:
-    return None if text.lower() in ("none", "random") else text
-
-
-def layer(text: str) -> str | int:
-    try:
-        return int(text)
-    except ValueError:
-        return text
+positive_int = _cli_type(parse_positive_int)
+input_size = _cli_type(parse_input_size)
+weights = _cli_type(parse_weights)
+layer = _cli_type(parse_layer)
 
 
 def heads_list(text: str) -> list[str]:
@@ -177,67 +175,78 @@ def verbosity_flags(default: Any) -> argparse.ArgumentParser:
     return flags
 
 
-def embedder_flags(backbone_required: bool = True) -> argparse.ArgumentParser:
-    """The backbone and cache options shared by ``embed`` and ``heads``.
+def embedder_flags(*, from_cache: bool = False, cache: bool = True,
+                   without: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The embedder's options (:data:`featx.nets.options.EMBEDDER_OPTIONS`) as flags, with
+    ``--path-column``; :func:`embedder_from_args` makes the one embedder they describe.
 
-    With ``backbone_required=False`` (``heads``) ``--backbone`` may be left out, the options
-    describing a backbone have no default (absent from the namespace unless given: see
-    :func:`featx.cli.heads.backbone_from_cache`), and ``--group`` picks one of the cache's groups.
+    Parameters
+    ----------
+    from_cache : bool
+        ``featx heads``: ``--backbone`` may be left out, the options a cache group names have no
+        default (absent from the namespace unless given: see
+        :func:`featx.cli.heads.backbone_from_cache`), and ``--group`` picks one of the cache's
+        groups.
+    cache : bool
+        Whether ``--cache`` is taken (and required).
+    without : tuple of str
+        Options the command does not take (it has its own, or they do not apply).
     """
-    from featx.nets.backbones import ENGINES, POOLINGS, PRECISIONS
-
-    unset: dict[str, Any] = {} if backbone_required else {"default": argparse.SUPPRESS}
     flags = argparse.ArgumentParser(add_help=False)
     group = flags.add_argument_group("backbone and cache")
-    group.add_argument("--backbone", required=backbone_required, metavar="NAME",
-                       help="a registry name (mobilenet, resnet50, ...) or a .keras/.h5 model file"
-                       + ("" if backbone_required else "; default: the one the cache's embeddings "
-                          "were made with (its only group, or the one --group names)"))
-    group.add_argument("--cache", required=True, metavar="FILE", help="the HDF5 cache file")
-    if not backbone_required:
-        group.add_argument("--group", metavar="PREFIX",
-                           help="without --backbone: the cache group to use, by the start of its "
-                           "fingerprint as featx info shows it (needed when the cache holds "
-                           "several)")
-    group.add_argument("--weights", type=weights, **({"default": "imagenet"} | unset),
-                       metavar="W",
-                       help="'imagenet' (default), 'none' for random weights, or a weights file")
-    group.add_argument("--input-size", type=input_size, metavar="N", **unset,
-                       help="resize images to N x N (or HxW) pixels; default: the backbone's")
-    group.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
-                       help="images per network call (default 32)")
-    group.add_argument("--engine", choices=ENGINES, default="auto",
-                       help="what runs the network: openvino (CPUs), keras (GPUs; any backend) "
-                       "or auto (default: OpenVINO on a CPU under TensorFlow, else Keras)")
-    group.add_argument("--precision", choices=PRECISIONS, **({"default": "float32"} | unset),
-                       help="float32 (default) or mixed_bfloat16 (bfloat16 inference: about 2x "
-                       "on CPUs that have it, other numbers); mixed_float16 for GPUs; int8 "
-                       "(OpenVINO with NNCF's quantization, on CPUs with VNNI or AMX: pip "
-                       "install 'featx[int8]')")
-    group.add_argument("--calibration", metavar="SRC",
-                       help="with --precision int8: 32 to 300 images like the ones to embed (a "
-                       "folder or a CSV file, as SRC), on which the quantized network is "
-                       "calibrated; default: the first 300 images of SRC")
-    add_retry_failed(group)
-    group.add_argument("--layer", type=layer, metavar="L", **unset,
-                       help="cut the network at this layer name or index")
-    group.add_argument("--pooling", choices=POOLINGS, **({"default": "auto"} | unset),
-                       help="how a feature map or tokens become a vector (default auto: avg, or "
-                       "a Keras Hub encoder's own: pooled, cls_avg or cls)")
-    group.add_argument("--n-workers", type=positive_int, metavar="N",
-                       help="threads decoding images (default: one per core, up to 16)")
+    taken = []
+    for opt in EMBEDDER_OPTIONS:
+        if opt.flag is None or opt.name in without or (opt.name == "cache" and not cache):
+            continue
+        taken.append(opt.name)
+        kwargs: dict[str, Any] = {"dest": opt.name, "help": opt.help}
+        if opt.switch:
+            kwargs["action"] = "store_false" if opt.default else "store_true"
+        else:
+            kwargs.update(type=_cli_type(opt.parse) if opt.parse else None,
+                          choices=opt.choices, metavar=opt.metavar, default=opt.default)
+        if opt.name == "backbone":
+            kwargs.update(required=not from_cache, default=None)
+            if from_cache:
+                kwargs["help"] += ("; default: the one the cache's embeddings were made with (its "
+                                   "only group, or the one --group names)")
+        elif opt.name == "cache":
+            kwargs["required"] = True
+        elif from_cache and opt.names_group:
+            kwargs["default"] = argparse.SUPPRESS
+        group.add_argument(opt.flag, **kwargs)
+        if opt.name == "cache" and from_cache:
+            group.add_argument("--group", metavar="PREFIX",
+                               help="without --backbone: the cache group to use, by the start of "
+                               "its fingerprint as featx info shows it (needed when the cache "
+                               "holds several)")
     add_path_column(group)
-    group.add_argument("--unsafe-backbone", action="store_true",
-                       help="load a .keras/.h5 backbone file outside Keras's safe mode (runs "
-                       "the Python code it holds: only for files you trust)")
+    flags.set_defaults(embedder_options=tuple(taken))
     return flags
 
 
-def add_retry_failed(parser: Any, help: str | None = None) -> None:
+def embedder_from_args(args: argparse.Namespace, *, on_error: str = "raise",
+                       params: dict[str, Any] | None = None) -> Any:
+    """The one :class:`featx.ImageEmbedder` a command's options describe (the ones
+    :func:`embedder_flags` added); ``params`` (a cache group's settings) replace theirs."""
+    from featx.cli.sources import list_source
+    from featx.embed.embedder import ImageEmbedder
+
+    given = {name: getattr(args, name) for name in args.embedder_options if hasattr(args, name)}
+    given.update(params or {})
+    if given.get("calibration") is not None:
+        if given.get("precision") != "int8":
+            raise FeatxError(
+                "--calibration is for --precision int8 (the quantized network is calibrated "
+                "on it); add --precision int8, or leave --calibration out."
+            )
+        given["calibration"] = list_source(given["calibration"], args.path_column)
+    return ImageEmbedder(**given, on_error=on_error, verbose=progress(args))
+
+
+def add_retry_failed(parser: Any, help: str) -> None:
     """``--retry-failed``, the option :func:`reason` names for a remembered failure."""
-    parser.add_argument("--retry-failed", action="store_true",
-                        help=help or "try again the files an earlier run could not read (by "
-                        "default they are reported from the cache)")
+    parser.add_argument("--retry-failed", action="store_true", help=help)
 
 
 def ray_flags() -> argparse.ArgumentParser:

@@ -1,7 +1,6 @@
 """``featx embed``: images into an HDF5 cache, here or on a Ray cluster.
 
-Also the embedder the backbone and cache options describe (:func:`make_embedder`) and the Ray run
-(:func:`embed_on_ray`), which ``featx heads`` uses too.
+Also the Ray run (:func:`embed_on_ray`), which ``featx heads`` uses too.
 """
 
 from __future__ import annotations
@@ -11,7 +10,14 @@ import time
 import warnings
 from typing import Any
 
-from featx.cli.args import add_command, embedder_flags, progress, ray_flags, reason, say_for
+from featx.cli.args import (
+    add_command,
+    embedder_flags,
+    embedder_from_args,
+    ray_flags,
+    reason,
+    say_for,
+)
 from featx.cli.sources import list_source
 from featx.exceptions import FeatxError, ImageLoadError
 
@@ -31,31 +37,6 @@ def add_embed_command(commands: Any, flags: argparse.ArgumentParser) -> None:
                        help="what a bad image does (default skip: report it and go on)")
 
 
-def make_embedder(args: argparse.Namespace, on_error: str,
-                  params: dict[str, Any] | None = None) -> Any:
-    """The embedder the options describe; ``params`` (backbone settings) replace theirs."""
-    from featx.embed.embedder import ImageEmbedder
-
-    if params is None:
-        params = dict(backbone=args.backbone, weights=args.weights, layer=args.layer,
-                      pooling=args.pooling, input_size=args.input_size,
-                      precision=args.precision)
-    params = {"engine": args.engine, **params}  # a cache group's reduced precision names one
-    calibration = args.calibration
-    if calibration is not None:
-        if params.get("precision") != "int8":
-            raise FeatxError(
-                "--calibration is for --precision int8 (the quantized network is calibrated "
-                "on it); add --precision int8, or leave --calibration out."
-            )
-        params["calibration"] = list_source(calibration, args.path_column)
-    return ImageEmbedder(
-        **params, batch_size=args.batch_size, cache=args.cache,
-        on_error=on_error, n_workers=args.n_workers, verbose=progress(args),
-        retry_failed=args.retry_failed, safe_mode=not args.unsafe_backbone,
-    )
-
-
 def ray_options_need_ray(args: argparse.Namespace) -> None:
     given = [f"--{name.replace('_', '-')}" for name in ("ray_address", "workers",
                                                         "gpus_per_worker")
@@ -71,7 +52,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     ray_options_need_ray(args)
     say = say_for(args)
     paths = list_source(args.src, args.path_column)
-    embedder = make_embedder(args, args.on_error)
+    embedder = embedder_from_args(args, on_error=args.on_error)
     embedder.fit(paths)  # checks the parameters (an unknown backbone, ...) before any work
     say(f"embedding {len(paths)} images from {args.src} into {args.cache}"
         + (" on Ray" if args.ray else ""))

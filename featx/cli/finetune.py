@@ -9,22 +9,25 @@ from featx.cli.args import (
     add_command,
     add_label_column,
     add_labelled_source,
-    add_path_column,
+    embedder_flags,
+    embedder_from_args,
     fraction,
-    input_size,
-    layer,
     learning_rate,
     positive_int,
     say_for,
-    weights,
 )
 from featx.cli.sources import labelled_source
+
+#: The embedder's options fine-tuning does not take: it trains with Keras in float32, and its
+#: --batch-size is the training step's.
+_NOT_TRAINED = ("engine", "precision", "calibration", "retry_failed", "batch_size")
 
 
 def add_finetune_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     """Add ``featx finetune`` to the ``featx`` subcommands."""
     finetune = add_command(
-        commands, "finetune", cmd_finetune, [flags],
+        commands, "finetune", cmd_finetune,
+        [flags, embedder_flags(cache=False, without=_NOT_TRAINED)],
         help="fine-tune a backbone's top layers on labelled images into a new .keras backbone",
         description="Train a new classifier on the frozen backbone's features, then unfreeze "
         "its top layers and train them at a low learning rate (BatchNormalization frozen, early "
@@ -33,16 +36,8 @@ def add_finetune_command(commands: Any, flags: argparse.ArgumentParser) -> None:
         "at the layer that feeds the new classifier.",
     )
     add_labelled_source(finetune)
-    finetune.add_argument("--backbone", required=True, metavar="NAME",
-                          help="a registry name (mobilenet, ...) or a .keras/.h5 model file")
     finetune.add_argument("--out", required=True, metavar="FILE.keras",
                           help="the fine-tuned backbone to write")
-    finetune.add_argument("--weights", type=weights, default="imagenet", metavar="W",
-                          help="'imagenet' (default), 'none' for random weights, or a file")
-    finetune.add_argument("--input-size", type=input_size, metavar="N",
-                          help="resize images to N x N (or HxW) pixels; default: the backbone's")
-    finetune.add_argument("--layer", type=layer, metavar="L",
-                          help="cut the backbone here before the new classifier")
     which = finetune.add_mutually_exclusive_group()
     which.add_argument("--top-layers", type=positive_int, metavar="N",
                        help="unfreeze the last N layers (default: the top 15%%)")
@@ -60,11 +55,7 @@ def add_finetune_command(commands: Any, flags: argparse.ArgumentParser) -> None:
                           help="random flips and shifts of the training images")
     finetune.add_argument("--random-state", type=int, default=0, metavar="N",
                           help="seed of the split, the shuffling and the weights (default 0)")
-    add_path_column(finetune)
     add_label_column(finetune)
-    finetune.add_argument("--unsafe-backbone", action="store_true",
-                          help="load a backbone file outside Keras's safe mode (only for "
-                          "files you trust)")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -72,11 +63,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     paths, y = labelled_source(args.src, args.path_column, args.label_column)
     fine_tune(
-        paths, y, out=args.out, backbone=args.backbone, weights=args.weights, layer=args.layer,
-        input_size=args.input_size, top_layers=args.top_layers, from_layer=args.from_layer,
-        epochs=args.epochs, learning_rate=args.learning_rate,
+        paths, y, out=args.out, embedder=embedder_from_args(args), top_layers=args.top_layers,
+        from_layer=args.from_layer, epochs=args.epochs, learning_rate=args.learning_rate,
         validation_split=args.validation_split, batch_size=args.batch_size,
-        augment=args.augment, random_state=args.random_state,
-        safe_mode=not args.unsafe_backbone, log=say_for(args),
+        augment=args.augment, random_state=args.random_state, log=say_for(args),
     )
     return 0

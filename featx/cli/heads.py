@@ -22,13 +22,14 @@ from featx.cli.args import (
     add_search_flags,
     add_test_flags,
     embedder_flags,
+    embedder_from_args,
     progress,
     ray_flags,
     reason,
     say_for,
     test_size_of,
 )
-from featx.cli.embed import embed_on_ray, make_embedder, ray_options_need_ray
+from featx.cli.embed import embed_on_ray, ray_options_need_ray
 from featx.cli.sources import labelled_source, list_source
 from featx.exceptions import FeatxError
 from featx.heads.presets import DEFAULT_HEADS
@@ -39,7 +40,7 @@ def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
 
     heads = add_command(
         commands, "heads", cmd_heads,
-        [flags, embedder_flags(backbone_required=False), ray_flags()],
+        [flags, embedder_flags(from_cache=True), ray_flags()],
         help="tune classifier heads on labelled images' embeddings; plots and a saved model",
         description="Tune classifier heads (grid search, stratified cross-validation) on the "
         "embeddings of labelled images and rank them. The embeddings come through the cache: "
@@ -97,7 +98,7 @@ def _heads(args: argparse.Namespace) -> int:
     say = say_for(args)
     paths, y = labelled_source(args.src, args.path_column, args.label_column)
     from_cache = backbone_from_cache(args)
-    embedder = make_embedder(args, "skip", from_cache)
+    embedder = embedder_from_args(args, on_error="skip", params=from_cache)
     embedder.fit(paths)  # checks the parameters before any work
     if from_cache is not None:
         say(f"backbone from the cache: {embedder.config_.label}")
@@ -156,40 +157,29 @@ def _heads(args: argparse.Namespace) -> int:
 def _write_outputs(args: argparse.Namespace, board: Any, embedder: Any, X: Any, y: Any,
                    tested: list[str] | None, notes: list[str], say: Any) -> None:
     """``--out``: the leaderboard (CSV, PNG), the confusion matrix, model.featx, report.html."""
-    import numpy as np
-
     from featx.model import FeatxModel
-    from featx.report.page import write_report
-    from featx.report.plots import plot_confusion_matrix, plot_leaderboard
+    from featx.report.outputs import write_outputs
+    from featx.report.plots import plot_leaderboard
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     best = board.best
     where = (f"{board.n_test} test images" if board.n_test
              else f"{board.n_train} images, out-of-fold predictions" if board.cv
              else f"{len(board.y_true)} validation images")
-    written = [
-        board.to_csv(out / "leaderboard.csv"),
-        plot_leaderboard(board, out / "leaderboard.png",
-                         title=f"Heads on {embedder.config_.name} features ({board.n_train} "
-                         "training images)"),
-        plot_confusion_matrix(board.y_true, board.y_pred, out / "confusion_matrix.png",
-                              title=f"{best.head}: {where}, accuracy "
-                              f"{np.mean(board.y_true == board.y_pred):.1%}"),
-    ]
-    model = FeatxModel(
-        embedder.set_params(cache=None, verbose=False, on_error="raise"), best.estimator,
+    model = FeatxModel.portable(
+        embedder, best.estimator,
         info={"source": str(args.src), "head": best.head, "cv_score": best.cv_mean,
               "test_score": best.test_score, "scoring": board.scoring,
               "n_train": board.n_train, "n_test": board.n_test},
     )
-    written.append(model.save(out / "model.featx"))
-    say(f"writing {out / 'report.html'} (with a t-SNE map of the embeddings)")
-    written.append(write_report(
-        out / "report.html", board, embeddings=X, labels=y, eval_sources=tested,
-        plots=written[1:3], title=f"featx heads: {args.src}", random_state=args.random_state,
-        notes=[f"Backbone: {embedder.config_.label}.", *notes],
-    ))
+    written = write_outputs(
+        args.out, board, model,
+        plot=lambda out: plot_leaderboard(
+            board, out / "leaderboard.png",
+            title=f"Heads on {embedder.config_.name} features ({board.n_train} training images)"),
+        confusion=f"{best.head}: {where},", report_title=f"featx heads: {args.src}",
+        embeddings=X, labels=y, tested=tested, random_state=args.random_state,
+        notes=[f"Backbone: {embedder.config_.label}.", *notes], log=say,
+    )
     say(f"best head: {best.head} ({', '.join(f'{k}={v!r}' for k, v in best.best_params.items())})")
     say("wrote " + ", ".join(str(p) for p in written))
 
@@ -240,7 +230,7 @@ def _cached_readable(embedder: Any, paths: list[str], y: Any) -> tuple[list[str]
 
     report = embedder.embed_to_cache(paths)
     _print_failures(report)
-    bad = sorted({i for i, _, _ in report.failures})
+    bad = sorted({f.index for f in report.failures})
     keep = np.ones(len(paths), bool)
     keep[bad] = False
     return [p for p, k in zip(paths, keep, strict=True) if k], np.asarray(y)[keep], report
@@ -274,23 +264,11 @@ def _print_failures(report: Any) -> None:
 
 
 def held_out(y: Any, test_size: float | None, random_state: int) -> tuple[Any, Any]:
-    """The rows to tune on and the rows to test on: the stratified split
-    ``tune_heads(test_size=...)`` makes (every row twice when ``test_size`` is ``None``)."""
-    import numpy as np
+    """The rows to tune on and the rows to test on: :func:`featx.heads.tuning.test_split`, the
+    split ``tune_heads(test_size=...)`` makes."""
+    from featx.heads.tuning import test_split
 
-    rows = np.arange(len(y))
-    if not test_size:
-        return rows, rows
-    from sklearn.model_selection import train_test_split
-
-    fit_rows, test_rows = train_test_split(rows, test_size=test_size, stratify=y,
-                                           random_state=random_state)
-    return fit_rows, test_rows
-
-
-#: The options that describe a backbone, with their defaults (``featx heads`` may omit them all).
-_BACKBONE_OPTIONS = {"weights": "imagenet", "layer": None, "pooling": "auto",
-                     "input_size": None, "precision": "float32"}
+    return test_split(y, test_size, random_state)
 
 
 def backbone_from_cache(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -298,23 +276,22 @@ def backbone_from_cache(args: argparse.Namespace) -> dict[str, Any] | None:
 
     With ``--backbone`` the options' defaults apply and ``--group`` is refused; without it the
     cache's one group (or the one ``--group`` names) gives every setting, and options that
-    describe a backbone are refused (they would be ignored).
+    name a cache group are refused (they would be ignored).
     """
     from featx.cache.groups import describe_group, embedder_params_from_cache
     from featx.exceptions import CacheGroupError
+    from featx.nets.options import EMBEDDER_OPTIONS
 
-    given = [name for name in _BACKBONE_OPTIONS if hasattr(args, name)]
+    given = [opt.flag for opt in EMBEDDER_OPTIONS
+             if opt.names_group and opt.name != "backbone" and hasattr(args, opt.name)]
     if args.backbone is not None:
         if args.group is not None:
             raise FeatxError(
                 "--group and --backbone both choose the embeddings; pass one of them."
             )
-        for name, default in _BACKBONE_OPTIONS.items():
-            if not hasattr(args, name):
-                setattr(args, name, default)
         return None
     if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        flags = ", ".join(str(flag) for flag in given)
         raise FeatxError(
             f"{flags} describe{'s' if len(given) == 1 else ''} a backbone, but no --backbone was "
             "given. Pass --backbone NAME with them, or leave them out to use the backbone the "
@@ -353,7 +330,8 @@ def _heads_on_target(args: argparse.Namespace, embedder: Any, X: Any, y: Any) ->
 
     from featx.heads.tuning import tune_heads
     from featx.model import FeatxModel
-    from featx.report.plots import plot_confusion_matrix, plot_leaderboard
+    from featx.report.outputs import write_outputs
+    from featx.report.plots import plot_leaderboard
 
     say = say_for(args)
     folder = Path(args.target)
@@ -378,27 +356,22 @@ def _heads_on_target(args: argparse.Namespace, embedder: Any, X: Any, y: Any) ->
         test=None if target_y is None else (X_target, target_y),
     )
     print(board.to_text())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     best = board.best
-    written = [
-        board.to_csv(out / "leaderboard.csv"),
-        plot_leaderboard(board, out / "leaderboard.png",
-                         title=f"Heads adapted to {folder.name} ({args.adapt}), "
-                         f"{embedder.config_.name} features"),
-    ]
-    if board.n_test:
-        written.append(plot_confusion_matrix(
-            board.y_true, board.y_pred, out / "confusion_matrix.png",
-            title=f"{best.head} + {args.adapt} on {board.n_test} target images, accuracy "
-            f"{np.mean(board.y_true == board.y_pred):.1%}"))
-    model = FeatxModel(
-        embedder.set_params(cache=None, verbose=False, on_error="raise"), best.estimator,
+    model = FeatxModel.portable(
+        embedder, best.estimator,
         info={"source": str(args.src), "target": str(args.target), "adapt": args.adapt,
               "head": best.head, "cv_score": best.cv_mean, "test_score": best.test_score,
               "scoring": board.scoring, "n_train": board.n_train, "n_target": len(X_target)},
     )
-    written.append(model.save(out / "model.featx"))
+    written = write_outputs(
+        args.out, board, model,
+        plot=lambda out: plot_leaderboard(
+            board, out / "leaderboard.png", title=f"Heads adapted to {folder.name} "
+            f"({args.adapt}), {embedder.config_.name} features"),
+        confusion=(f"{best.head} + {args.adapt} on {board.n_test} target images,"
+                   if board.n_test else None),
+    )
+    out = Path(args.out)
     say(f"best head: {best.head} + {args.adapt} "
         f"({', '.join(f'{k}={v!r}' for k, v in best.best_params.items())}); predict the "
         f"target with: featx predict {out / 'model.featx'} {args.target}")

@@ -9,7 +9,6 @@ prints the layers x heads table and the decision, and writes to ``--out`` the CS
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from featx.cli.args import (
@@ -17,16 +16,13 @@ from featx.cli.args import (
     add_heads_flags,
     add_label_column,
     add_labelled_source,
-    add_path_column,
     add_search_flags,
     add_test_flags,
-    input_size,
-    positive_int,
-    progress,
+    embedder_flags,
+    embedder_from_args,
     reason,
     say_for,
     test_size_of,
-    weights,
 )
 from featx.cli.heads import held_out
 from featx.cli.sources import labelled_source
@@ -54,11 +50,8 @@ def _layers(text: str) -> Any:
 
 def add_probe_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     """Add ``featx probe`` to the ``featx`` sub-commands."""
-    from featx.nets.backbones import ENGINES, POOLINGS, PRECISIONS
-    from featx.transfer.probe import MAX_FLATTEN_WIDTH
-
     probe = add_command(
-        commands, "probe", run_probe, [flags],
+        commands, "probe", run_probe, [flags, embedder_flags(without=("layer",))],
         help="which layer transfers best: tune heads on several depths of one backbone",
         description="Embed labelled images once through a network that returns several cut "
         "layers (each cached where `featx embed --layer L` would put it), tune the heads on every "
@@ -68,9 +61,6 @@ def add_probe_command(commands: Any, flags: argparse.ArgumentParser) -> None:
         "(layer, head) as model.featx (for featx predict) and report.html.",
     )
     add_labelled_source(probe)
-    probe.add_argument("--backbone", required=True, metavar="NAME",
-                       help="a registry name (mobilenet, resnet50, ...) or a .keras/.h5 model file")
-    probe.add_argument("--cache", required=True, metavar="FILE", help="the HDF5 cache file")
     probe.add_argument("--layers", type=_layers, default="auto", metavar="auto|L1,L2",
                        help="'auto' (default: 5-8 block outputs from early layers to the default "
                        "cut, registry backbones) or comma-separated layer names or indices; "
@@ -80,25 +70,7 @@ def add_probe_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     probe.add_argument("--out", default="featx-probe", metavar="DIR",
                        help="where probe.csv, depth.png, model.featx and report.html go "
                        "(default featx-probe)")
-    probe.add_argument("--weights", type=weights, default="imagenet", metavar="W",
-                       help="'imagenet' (default), 'none' for random weights, or a weights file")
-    probe.add_argument("--input-size", type=input_size, metavar="N",
-                       help="resize images to N x N (or HxW) pixels; default: the backbone's")
-    probe.add_argument("--pooling", choices=[p for p in POOLINGS if p != "none"], default="auto",
-                       help="how each layer's feature map becomes a vector (default auto: avg, or "
-                       "a Keras Hub encoder's class token; "
-                       f"flatten is refused above {MAX_FLATTEN_WIDTH:,} features)")
-    probe.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
-                       help="images per network call (default 32)")
-    probe.add_argument("--engine", choices=ENGINES, default="auto",
-                       help="what runs the network (default auto: OpenVINO on a CPU under "
-                       "TensorFlow, else Keras)")
-    probe.add_argument("--precision", choices=PRECISIONS, default="float32",
-                       help="float32 (default) or mixed_bfloat16 (bfloat16 inference)")
-    probe.add_argument("--n-workers", type=positive_int, metavar="N",
-                       help="threads decoding images (default: one per core, up to 16)")
     add_search_flags(probe)
-    add_path_column(probe)
     add_label_column(probe)
 
 
@@ -109,6 +81,7 @@ def run_probe(args: argparse.Namespace) -> int:
     import numpy as np
 
     from featx.model import FeatxModel
+    from featx.report.outputs import write_outputs
     from featx.report.plots import plot_depth
     from featx.transfer.probe import probe_layers
 
@@ -133,27 +106,16 @@ def run_probe(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
         probe = probe_layers(
-            list(listed[fit_rows]), y[fit_rows], test=test, backbone=args.backbone,
-            layers=args.layers, heads=args.heads, cache=args.cache, cv=args.cv,
-            pooling=args.pooling, weights=args.weights, input_size=args.input_size,
-            batch_size=args.batch_size, engine=args.engine, precision=args.precision,
-            n_workers=args.n_workers, scoring=args.scoring, search=args.search,
-            random_state=args.random_state, n_jobs=args.n_jobs, on_error="skip",
-            verbose=progress(args), log=say,
+            list(listed[fit_rows]), y[fit_rows], embedder=embedder_from_args(args, on_error="skip"),
+            test=test, layers=args.layers, heads=args.heads, cv=args.cv, scoring=args.scoring,
+            search=args.search, random_state=args.random_state, n_jobs=args.n_jobs, log=say,
         )
     for e in probe.errors:
         print(f"  {e.source}: {reason(e)} (left out)")
     print(probe.to_text())
     print(probe.decision())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     best, layer = probe.best, probe.best_layer
-    written = [
-        probe.to_csv(out / "probe.csv"),
-        plot_depth(probe, out / "depth.png",
-                   title=f"{args.backbone}: score by depth ({probe.n_train} training images)"),
-    ]
-    embedder = probe.embedder(cache=args.cache)
+    embedder = probe.embedder()
     kept = np.delete(listed[fit_rows], probe.dropped)
     y_kept = np.delete(y[fit_rows], probe.dropped)
     evaluated = kept
@@ -166,35 +128,21 @@ def run_probe(args: argparse.Namespace) -> int:
         raise FeatxError(  # pragma: no cover - the probe cached every row it tuned on
             f"the best layer's embeddings were not all in the cache {args.cache}"
         )
-    model = FeatxModel(
-        embedder.set_params(cache=None, verbose=False, on_error="raise"), best.estimator,
+    model = FeatxModel.portable(
+        embedder, best.estimator,
         info={"source": str(args.src), "head": best.head, "layer": layer.name,
               "cv_score": best.cv_mean, "test_score": best.test_score,
               "scoring": probe.scoring, "n_train": probe.n_train, "n_test": probe.n_test},
     )
-    written.append(model.save(out / "model.featx"))
-    written.append(_report(out, probe, rows, y_kept, evaluated, args, written[1]))
-    say("wrote " + ", ".join(str(p) for p in written))
-    return 0
-
-
-def _report(out: Path, probe: Any, rows: Any, y: Any, evaluated: Any,
-            args: argparse.Namespace, depth_png: Path) -> Path:
-    """report.html (featx.report) for the best (layer, head), with the depth plot."""
-    import numpy as np
-
-    from featx.report.page import write_report
-    from featx.report.plots import plot_confusion_matrix
-
-    best = probe.best
-    confusion = plot_confusion_matrix(
-        probe.y_true, probe.y_pred, out / "confusion_matrix.png",
-        title=f"{best.head} at {best.extra['layer']}: accuracy "
-        f"{np.mean(probe.y_true == probe.y_pred):.1%}")
-    return write_report(
-        out / "report.html", probe, embeddings=rows, labels=y,
-        eval_sources=[str(p) for p in evaluated], plots=[depth_png, confusion],
-        title=f"featx probe: {args.src}", random_state=args.random_state,
+    written = write_outputs(
+        args.out, probe, model, csv_name="probe.csv",
+        plot=lambda out: plot_depth(probe, out / "depth.png", title=f"{args.backbone}: score by "
+                                    f"depth ({probe.n_train} training images)"),
+        confusion=f"{best.head} at {layer.name}:", report_title=f"featx probe: {args.src}",
+        embeddings=rows, labels=y_kept, tested=[str(p) for p in evaluated],
+        random_state=args.random_state,
         notes=[f"Backbone: {args.backbone}, layers probed: "
                f"{', '.join(p.name for p in probe.layers)}.", *probe.decision().splitlines()],
     )
+    say("wrote " + ", ".join(str(p) for p in written))
+    return 0

@@ -353,8 +353,8 @@ def _write_outputs(out: Path, dataset: str, classes: Sequence[str], backbone_nam
     ]
     tables = [emb_board.to_csv(out / "leaderboard-embeddings.csv"),
               px_board.to_csv(out / "leaderboard-pixels.csv")]
-    model = FeatxModel(
-        embedder.set_params(cache=None, verbose=False), best.estimator,
+    model = FeatxModel.portable(
+        embedder, best.estimator,
         info={"dataset": dataset, "head": best.head, "test_accuracy": best.test_score,
               "n_train": int(n_train), "n_test": int(n_test)},
     )

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from featx.cache.failure import Failure
 from featx.cache.store import EmbeddingCache
 from featx.cache.writer import CacheWriter
 from featx.distributed.cluster import (
@@ -396,7 +397,8 @@ class _Driver:
         report = self.report
         report.n_embedded = self.store.rows  # rows this run committed: each key once
         report.n_failed = len(failures)
-        report.failures = [(int(e.index or 0), e.source, e.describe()) for e in failures]
+        report.failures = [Failure(source=e.source, reason=e.describe(), index=int(e.index or 0))
+                           for e in failures]
         report.errors = failures
 
     def _loop(self) -> None:

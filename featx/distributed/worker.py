@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from featx.embed.engine import cache_group, network_for, run_network, safe_key
+from featx.cache.failure import Failure
+from featx.embed.chunk import safe_key
+from featx.embed.engine import cache_group, network_for, run_network
 from featx.embed.images import Item
 from featx.exceptions import ImageLoadError
 
@@ -60,7 +62,7 @@ class ShardResult:
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     sources: list[str] = field(default_factory=list)
     failed: list[ImageLoadError] = field(default_factory=list)
-    remember: list[tuple[str, str, str]] = field(default_factory=list)
+    remember: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     batches: int = 0
 
@@ -167,20 +169,21 @@ class RayWorker:
         rows: dict[int, np.ndarray] = {}
         decode_failed: list[ImageLoadError] = []
         if unique:
-            for done, outputs in run_network(
-                self._network(), items, unique, pool=self.pool, failed=decode_failed,
+            for batch in run_network(
+                self._network(), items, unique, pool=self.pool,
                 batch_size=self.batch_size, resize=self.config.resize,
             ):
-                out.batches += 1
-                for j, v in zip(done, outputs[0], strict=True):
-                    rows[j] = v
+                decode_failed += batch.failed
+                if batch.positions:
+                    out.batches += 1
+                rows.update(zip(batch.positions, batch.outputs[0], strict=True))
         failed += decode_failed
         bad = {e.index for e in failed}
         for j in todo:
             if j not in bad and first_of[str(keys[j])] in bad:
                 failed.append(ImageLoadError(items[j].name, "same content as a failed item", j))
-        out.remember = [(str(keys[e.index]), e.source, e.reason) for e in decode_failed
-                        if e.index is not None]
+        out.remember = [Failure(key=str(keys[e.index]), source=e.source, reason=e.reason)
+                        for e in decode_failed if e.index is not None]
         for e in failed:
             e.index = positions[e.index if e.index is not None else 0]
         out.failed = failed

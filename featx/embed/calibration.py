@@ -3,7 +3,9 @@
 :func:`calibrated_config` decodes the calibration images (the ``calibration=`` set, or the first
 images of the run) as the embedder would, registers them with :mod:`featx.nets.quantize` and
 returns the configuration whose fingerprint names them (``"int8@openvino:<digest>"``): the same
-images give the same digest, whatever their order or names.
+images give the same digest, whatever their order or names. :func:`cached_calibration` finds
+the calibration of an INT8 group a cache already holds for the same configuration, so that the
+clones of a search (each fitted on another fold) share one quantized network and one group.
 """
 
 from __future__ import annotations
@@ -15,12 +17,48 @@ from typing import Any
 
 import numpy as np
 
+from featx.cache.store import EmbeddingCache, open_cache
+from featx.embed.engine import cache_group
 from featx.embed.images import Item, as_items, load_pixels
 from featx.exceptions import FeatxError, ImageLoadError
 from featx.nets.backbones import BackboneConfig
-from featx.nets.quantize import MAX_CALIBRATION, MIN_CALIBRATION, register_calibration
+from featx.nets.quantize import (
+    MAX_CALIBRATION,
+    MIN_CALIBRATION,
+    register_calibration,
+    registered_calibrations,
+)
 
-__all__ = ["calibrated_config"]
+__all__ = ["cached_calibration", "calibrated_config"]
+
+
+def cached_calibration(config: BackboneConfig, cache: Any) -> BackboneConfig | None:
+    """``config`` with the calibration of an INT8 group ``cache`` already holds for it, or None.
+
+    Only calibrations this process holds are candidates (the quantized network is built from
+    them); of several groups, the one with the most rows. A search's first fold calibrates on
+    its own images and embeds into its group; every later clone, fitted on another fold, finds
+    that group here instead of calibrating on other images (another network, another group, every
+    image embedded again).
+
+    Parameters
+    ----------
+    config : BackboneConfig
+        An INT8 configuration, not yet calibrated.
+    cache : path or EmbeddingCache
+        The embedder's cache.
+    """
+    digests = registered_calibrations()
+    if not digests:
+        return None  # nothing calibrated in this process: the cache is not read
+    store = cache if isinstance(cache, EmbeddingCache) else open_cache(cache)
+    rows = {g.fingerprint: g.rows for g in store.groups()}
+    held = [(rows[group], candidate)
+            for candidate in (replace(config, calibration_id=d) for d in digests)
+            if (group := cache_group(candidate, None)) in rows]
+    if not held:
+        return None
+    return max(held, key=lambda pair: pair[0])[1]
 
 
 def calibrated_config(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -14,10 +13,9 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
-from featx.embed.calibration import calibrated_config
+from featx.embed.calibration import cached_calibration, calibrated_config
 from featx.embed.engine import (
     MAX_PIXELS,
     EmbeddingReport,
@@ -27,16 +25,8 @@ from featx.embed.engine import (
 )
 from featx.embed.images import as_items, warn_if_unit_scale
 from featx.exceptions import ImageLoadError
-from featx.nets.backbones import (
-    DECODERS,
-    ENGINES,
-    POOLINGS,
-    PRECISIONS,
-    PREPROCESS_MODES,
-    RESIZE_POLICIES,
-    BackboneConfig,
-    resolve_backbone,
-)
+from featx.nets.backbones import BackboneConfig, resolve_backbone
+from featx.nets.options import EMBEDDER_OPTIONS, backbone_options
 from featx.nets.quantize import is_registered
 
 __all__ = ["ImageEmbedder", "EmbeddingReport", "MAX_PIXELS"]
@@ -144,10 +134,13 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         when simplejpeg and OpenCV are installed (featx depends on both).
     calibration : images or None, default=None
         For ``precision="int8"``: 32 to 300 images like those to embed, on which NNCF calibrates
-        the quantized network (``None``: the first 300 images given to ``fit``, or to the first
-        ``transform`` when not fitted; later calls reuse that calibration. Pass a fixed set when
-        separate fits, such as a grid search's folds, should share one quantized network and
-        one cache group). Their content digest is part of the fingerprint
+        the quantized network. ``None``: the calibration of the INT8 group for this
+        configuration that the cache already holds, when it was calibrated in this process (so
+        a grid search's folds and refit, each fitting a clone on other images, share one
+        quantized network and one cache group, and embed each image once); else the first 300
+        images given to ``fit``, or to the first ``transform`` when not fitted. Later calls
+        reuse that calibration. Pass a fixed set to choose it, or to share it across processes
+        (``n_jobs>1``). Their content digest is part of the fingerprint
         (``"int8@openvino:<digest>"``); the quantized network is kept on disk under featx's home.
 
     Attributes
@@ -172,26 +165,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     ['imageembedder0', 'imageembedder1']
     """
 
-    _parameter_constraints: dict = {
-        "backbone": [str, os.PathLike, callable, HasMethods(["get_layer"])],
-        "weights": [StrOptions({"imagenet"}), str, os.PathLike, None],
-        "layer": [str, Interval(Integral, None, None, closed="neither"), None],
-        "pooling": [StrOptions(set(POOLINGS)), None],
-        "input_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
-        "resize": [StrOptions(set(RESIZE_POLICIES))],
-        "preprocess": [StrOptions(set(PREPROCESS_MODES)), callable],
-        "precision": [StrOptions(set(PRECISIONS))],
-        "engine": [StrOptions(set(ENGINES))],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "cache": [str, os.PathLike, None],
-        "on_error": [StrOptions({"raise", "skip", "nan"})],
-        "retry_failed": ["boolean"],
-        "n_workers": [Interval(Integral, 1, None, closed="left"), None],
-        "verbose": ["verbose"],
-        "safe_mode": ["boolean"],
-        "decoder": [StrOptions(set(DECODERS))],
-        "calibration": ["array-like", None],
-    }
+    # The options are declared once, in featx.nets.options (a test checks __init__ against it).
+    _parameter_constraints: dict = {opt.name: opt.constraints for opt in EMBEDDER_OPTIONS}
 
     def __init__(
         self,
@@ -353,16 +328,20 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         )
 
     def _calibrated(self, config: BackboneConfig, items: Any) -> BackboneConfig:
-        """``config`` calibrated for INT8: on ``calibration=``, else on the first images of the
-        first call (``fit``'s, or the first ``transform``'s when not fitted), once, so that later
-        calls share one quantized network and one cache group."""
+        """``config`` calibrated for INT8, once, so that later calls share one quantized network
+        and one cache group: on ``calibration=``; else as the INT8 group of this configuration
+        that the cache already holds (calibrated in this process: a search's other folds);
+        else on the first images of the first call (``fit``'s, or the first ``transform``'s
+        when not fitted)."""
         memo = getattr(self, "_calibration_of", None)
         if memo is not None:
             source, base, calibrated = memo
             if (source is self.calibration and base == config.fingerprint
                     and is_registered(calibrated.calibration_id)):
                 return calibrated
-        calibrated = calibrated_config(config, self.calibration, items)
+        found = (cached_calibration(config, self.cache)
+                 if self.calibration is None and self.cache is not None else None)
+        calibrated = found or calibrated_config(config, self.calibration, items)
         self._calibration_of = (self.calibration, config.fingerprint, calibrated)
         return calibrated
 
@@ -409,12 +388,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         UnknownBackboneError, ValueError
             Whatever ``fit`` would raise for these parameters.
         """
-        return resolve_backbone(
-            self.backbone, weights=self.weights, layer=self.layer, pooling=self.pooling,
-            input_size=self.input_size, resize=self.resize, preprocess=self.preprocess,
-            precision=self.precision, safe_mode=self.safe_mode, engine=self.engine,
-            decoder=self.decoder,
-        )
+        return resolve_backbone(self.backbone, **backbone_options(self))
 
     @property
     def _n_features_out(self) -> int:

@@ -5,9 +5,11 @@ one backbone at once (one forward pass, each cut cached in its own group): conte
 lookups (remembered failures included), each distinct content embedded once, decode threads one
 batch ahead of the network, one batch in flight on the network, a writer thread committing every
 batch to the cache (:class:`featx.cache.writer.CacheWriter`), and an :class:`EmbeddingReport`.
+Each chunk of items runs as named steps: keys, lookup, deduplicate (:mod:`featx.embed.chunk`),
+run (the network, each :class:`Batch` committed with its own failures), assemble.
 :func:`run_network` is its streaming core (decode, prefetch, dispatch) for callers that keep
-their own books, such as the Ray workers; :func:`cache_group`, :func:`safe_key` and
-:func:`progress_bar` are theirs too.
+their own books, such as the Ray workers; :func:`cache_group` and :func:`progress_bar` are
+theirs too.
 
 The engine knows nothing about scikit-learn: :class:`featx.ImageEmbedder` is its face there.
 """
@@ -24,15 +26,27 @@ from typing import Any
 
 import numpy as np
 
+from featx.cache.failure import Failure
 from featx.cache.store import EmbeddingCache, open_cache
 from featx.cache.writer import CacheWriter
+from featx.embed.chunk import (
+    Lookup,
+    Plan,
+    assemble,
+    content_keys,
+    deduplicate,
+    failed_duplicates,
+    lookup,
+    to_compute,
+)
 from featx.embed.images import Item, batched, load_pixels
 from featx.exceptions import FeatxError, ImageLoadError
 from featx.nets.backbones import BackboneConfig
 from featx.nets.build import get_network
 from featx.nets.network import Network
 
-__all__ = ["EmbeddingReport", "EngineResult", "embed_items", "run_network", "default_workers"]
+__all__ = ["Batch", "EmbeddingReport", "EngineResult", "embed_items", "run_network",
+           "default_workers"]
 
 #: Images larger than this many pixels are refused (decompression-bomb guard); Pillow's limit.
 MAX_PIXELS = 89_478_485
@@ -61,7 +75,10 @@ class EmbeddingReport:
         Distinct items that went through the network (duplicates are computed once).
     n_failed : int
         Items that could not be read or decoded.
-    failures : list of (index, source, reason)
+    failures : list of Failure
+        One record per failed item, by position: ``index``, ``source``, ``reason`` (a failure
+        remembered from an earlier run says how to try it again) and ``key`` where the item
+        could be read.
     dropped : list of int
         Input positions left out of the output (``on_error="skip"``).
     errors : list of ImageLoadError
@@ -73,7 +90,7 @@ class EmbeddingReport:
     n_misses: int = 0
     n_embedded: int = 0
     n_failed: int = 0
-    failures: list[tuple[int, str, str]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
     errors: list[ImageLoadError] = field(default_factory=list, repr=False)
 
@@ -153,27 +170,31 @@ def embed_items(
     report = EmbeddingReport(n_items=len(items))
     outputs: list[np.ndarray] | None = None
     failed: list[ImageLoadError] = []
-    wrote = False
     for start in range(0, max(len(items), 1), CHUNK):
         chunk = list(items[start : start + CHUNK])
-        parts, part_failed, part_wrote = run.chunk(chunk, report)
-        wrote = wrote or part_wrote
-        for e in part_failed:
-            e.index = (e.index or 0) + start
-        failed.extend(part_failed)
+        part = run.chunk(chunk)
+        report.n_hits += part.n_hits
+        report.n_misses += part.n_misses
+        report.n_embedded += part.n_embedded
+        for e in part.failed:
+            at = e.index if e.index is not None else 0
+            report.failures.append(Failure(source=e.source, reason=e.describe(),
+                                           key=part.keys[at], index=start + at))
+            e.index = start + at
+        failed.extend(part.failed)
         if not keep_rows:
             outputs = []
         elif len(chunk) == len(items):
-            outputs = parts
+            outputs = part.outputs
         else:
             if outputs is None:
-                outputs = [np.empty((len(items), p.shape[1]), np.float32) for p in parts]
-            for out, part in zip(outputs, parts, strict=True):
-                out[start : start + len(chunk)] = part
+                outputs = [np.empty((len(items), p.shape[1]), np.float32) for p in part.outputs]
+            for out, rows in zip(outputs, part.outputs, strict=True):
+                out[start : start + len(chunk)] = rows
     assert outputs is not None
     failed.sort(key=lambda e: e.index if e.index is not None else -1)
+    report.failures.sort(key=lambda f: f.index if f.index is not None else -1)
     report.n_failed = len(failed)
-    report.failures = [(int(e.index or 0), e.source, e.describe()) for e in failed]
     report.errors = failed
     return EngineResult(outputs, failed, report)
 
@@ -249,157 +270,114 @@ class _Run:
         self.verbose = verbose
         self.keep_rows = keep_rows
 
-    def chunk(
-        self, items: list[Item], report: EmbeddingReport
-    ) -> tuple[list[np.ndarray], list[ImageLoadError], bool]:
-        n = len(items)
-        k = len(self.configs)
-        cache = self.cache
-        failed: list[ImageLoadError] = []
-        pool = ThreadPoolExecutor(self.n_workers)
-        writers: list[CacheWriter | None] = [None] * k
+    def chunk(self, items: list[Item]) -> Part:
+        """Embed one chunk: its keys, what the cache holds, each distinct content of the rest
+        through the network (committed as it comes), and its rows in order."""
+        with ThreadPoolExecutor(self.n_workers) as pool:
+            keys, failed = (content_keys(items, pool) if self.cache is not None
+                            else ([None] * len(items), []))
+            held = self._lookup(items, keys)
+            failed += held.remembered
+            plan = deduplicate(to_compute(held, failed), keys)
+            embedded = self._run(items, keys, held, plan, pool)
+        failed += embedded.failed
+        failed += failed_duplicates(items, keys, plan, failed)
+        outputs = (assemble(self._widths(held, embedded), held, plan, keys, embedded.rows)
+                   if self.keep_rows else [])
+        return Part(outputs, failed, keys, n_hits=int(held.found_all.sum()),
+                    n_misses=len(plan.todo), n_embedded=embedded.count)
+
+    def _lookup(self, items: list[Item], keys: list[str | None]) -> Lookup:
+        if self.cache is None:
+            return Lookup.nothing(len(items), len(self.configs))
+        return lookup(self.cache, self.configs, self.groups, items, keys,
+                      keep_rows=self.keep_rows, retry_failed=self.retry_failed)
+
+    def _run(self, items: list[Item], keys: list[str | None], held: Lookup, plan: Plan,
+             pool: ThreadPoolExecutor) -> Embedded:
+        """Embed ``plan.unique`` (keeping their rows when ``keep_rows``); a writer thread per cut
+        commits each batch, its rows and its failures, meanwhile."""
+        if not plan.unique:
+            return Embedded([{} for _ in self.configs], None, [], 0)
+        network = network_for(self.configs, self.kind, self.sample_shape)
+        if self.verbose and network.note:
+            print(f"featx: {network.note}", file=sys.stderr)
+        embedded = Embedded([{} for _ in self.configs], network.widths, [], 0)
+        writers = [] if self.cache is None else [
+            CacheWriter(self.cache, g, c) for c, g in zip(network.configs, self.groups,
+                                                          strict=True)]
+        progress = progress_bar(len(plan.unique), self.verbose)
         try:
-            # 1. Content keys (only needed with a cache: they read every file once).
-            keys: list[str | None] = [None] * n
-            if cache is not None:
-                for i, result in enumerate(pool.map(safe_key, items)):
-                    if isinstance(result, ImageLoadError):
-                        result.index = i
-                        failed.append(result)
-                    else:
-                        keys[i] = result
-            # 2. Cache lookups, per group; an item is a hit when every group has it. Items that
-            #    failed to decode in an earlier run fail again at once.
-            found = [np.zeros(n, dtype=bool) for _ in range(k)]
-            hits: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * k
-            if cache is not None:
-                known = [i for i in range(n) if keys[i] is not None]
-                known_keys = [str(keys[i]) for i in known]
-                for c, (config, group) in enumerate(zip(self.configs, self.groups, strict=True)):
-                    if self.keep_rows:
-                        mask, hits[c] = cache.lookup(group, known_keys,
-                                                     fields=config.fingerprint_fields)
-                    else:  # only whether it is there: no vector is read
-                        mask = cache.contains(group, known_keys, fields=config.fingerprint_fields)
-                    found[c][np.asarray(known, dtype=np.int64)[mask]] = True
-                if not self.retry_failed:
-                    missing = [i for i in known if not all(f[i] for f in found)]
-                    missing_keys = [str(keys[i]) for i in missing]
-                    remembered: dict[str, str] = {}
-                    for group in self.groups:
-                        remembered.update(cache.failures(group, missing_keys))
-                    for i in missing:
-                        if keys[i] in remembered:
-                            failed.append(ImageLoadError(items[i].name, remembered[str(keys[i])],
-                                                         i, retry_param="retry_failed"))
-            found_all = np.logical_and.reduce(found) if k > 1 else found[0]
-            report.n_hits += int(found_all.sum())
-            failed_idx = {e.index for e in failed}
-            todo = [i for i in range(n) if not found_all[i] and i not in failed_idx]
-            report.n_misses += len(todo)
-            # 3. Duplicates are computed once: the first position with a key stands for the rest.
-            first_of: dict[str, int] = {}
-            unique: list[int] = []
-            for i in todo:
-                key = keys[i]
-                if key is None or key not in first_of:
-                    if key is not None:
-                        first_of[key] = i
-                    unique.append(i)
-            # 4. Embed the misses; writer threads commit each batch to the cache meanwhile.
-            widths: list[int] | None = [h.shape[1] for h in hits] if all(
-                h.size for h in hits) else None
-            rows: list[dict[int, np.ndarray]] = [{} for _ in range(k)]
-            if unique:
-                network = network_for(self.configs, self.kind, self.sample_shape)
-                if self.verbose and network.note:
-                    print(f"featx: {network.note}", file=sys.stderr)
-                widths = network.widths
-                if cache is not None:
-                    writers = [CacheWriter(cache, g, c) for c, g in
-                               zip(network.configs, self.groups, strict=True)]
-                report.n_embedded += self._embed(network, items, unique, pool, failed, keys,
-                                                 found, rows, writers)
-            if not self.keep_rows:
-                return [], failed + self._failed_duplicates(items, todo, keys, first_of, failed), \
-                    any(w is not None for w in writers)
-            if widths is None:
-                widths = output_widths(self.configs, self.kind, self.sample_shape)
-            outs = [np.full((n, w), np.nan, dtype=np.float32) for w in widths]
-            for c in range(k):
-                if found[c].any():
-                    outs[c][found[c]] = hits[c]
-                for i in todo:
-                    key = keys[i]
-                    src = first_of.get(key, i) if key is not None else i
-                    if src in rows[c]:
-                        outs[c][i] = rows[c][src]
-            failed += self._failed_duplicates(items, todo, keys, first_of, failed)
-        finally:
-            pool.shutdown(wait=True)
-            for writer in writers:
-                if writer is not None:
-                    writer.close()  # commits what was embedded, even when the run failed
-        return outs, failed, any(w is not None for w in writers)
-
-    @staticmethod
-    def _failed_duplicates(items: list[Item], todo: list[int], keys: list[str | None],
-                           first_of: dict[str, int], failed: list[ImageLoadError]
-                           ) -> list[ImageLoadError]:
-        """Duplicates of an item that failed fail too."""
-        bad_first = {e.index for e in failed}
-        return [ImageLoadError(items[i].name, "same content as a failed item", i)
-                for i in todo
-                if (key := keys[i]) is not None and first_of.get(key, i) in bad_first
-                and i not in bad_first]
-
-    def _embed(
-        self,
-        network: Network,
-        items: list[Item],
-        unique: list[int],
-        pool: ThreadPoolExecutor,
-        failed: list[ImageLoadError],
-        keys: list[str | None],
-        found: list[np.ndarray],
-        rows: list[dict[int, np.ndarray]],
-        writers: list[CacheWriter | None],
-    ) -> int:
-        """Embed ``unique`` positions, keeping their rows (``keep_rows``) and committing them;
-        return how many were embedded."""
-        n_failed_before = len(failed)
-        n_embedded = 0
-
-        def commit(positions: list[int], outputs: list[np.ndarray]) -> None:
-            nonlocal n_failed_before
-            fresh = failed[n_failed_before:]
-            n_failed_before = len(failed)
-            bad = [(str(keys[e.index]), e.source, e.reason) for e in fresh
-                   if e.index is not None and keys[e.index] is not None]
-            for c, writer in enumerate(writers):
-                if writer is None:
-                    continue
-                # A group that already holds an item keeps its row.
-                new = [j for j, p in enumerate(positions) if not found[c][p]]
-                writer.put([str(keys[positions[j]]) for j in new], outputs[c][new],
-                           [items[positions[j]].name for j in new], bad)
-
-        progress = progress_bar(len(unique), self.verbose)
-        try:
-            for positions, outputs in run_network(
-                network, items, unique, pool=pool, failed=failed, batch_size=self.batch_size,
-                resize=self.configs[0].resize, progress=progress,
-            ):
-                n_embedded += len(positions)
+            for batch in run_network(network, items, plan.unique, pool=pool,
+                                     batch_size=self.batch_size,
+                                     resize=self.configs[0].resize, progress=progress):
+                embedded.count += len(batch.positions)
+                embedded.failed += batch.failed
                 if self.keep_rows:
-                    for c in range(len(rows)):
-                        for p, v in zip(positions, outputs[c], strict=True):
-                            rows[c][p] = v
-                commit(positions, outputs)
-            commit([], [np.zeros((0, w), np.float32) for w in network.widths])
+                    for rows, out in zip(embedded.rows, batch.outputs, strict=True):
+                        rows.update(zip(batch.positions, out, strict=True))
+                commit(writers, batch, items, keys, held.found)
         finally:
             progress(None)
-        return n_embedded
+            for writer in writers:
+                writer.close()  # commits what was embedded, even when the run failed
+        return embedded
+
+    def _widths(self, held: Lookup, embedded: Embedded) -> list[int]:
+        """Each configuration's width: from the rows found, the network, or the registry."""
+        if all(h.size for h in held.hits):
+            return [h.shape[1] for h in held.hits]
+        if embedded.widths is not None:
+            return embedded.widths
+        return output_widths(self.configs, self.kind, self.sample_shape)
+
+
+@dataclass
+class Part:
+    """What one chunk gave: its rows per configuration (none without ``keep_rows``), its
+    failures (positions in the chunk), its keys and its counts."""
+
+    outputs: list[np.ndarray]
+    failed: list[ImageLoadError]
+    keys: list[str | None]
+    n_hits: int
+    n_misses: int
+    n_embedded: int
+
+
+@dataclass
+class Embedded:
+    """What went through the network: rows per configuration by position (kept only with
+    ``keep_rows``), the network's widths (None when nothing ran), the positions that failed to
+    decode and how many were embedded."""
+
+    rows: list[dict[int, np.ndarray]]
+    widths: list[int] | None
+    failed: list[ImageLoadError]
+    count: int
+
+
+def commit(writers: Sequence[CacheWriter], batch: Batch, items: Sequence[Item],
+           keys: Sequence[str | None], found: Sequence[np.ndarray]) -> None:
+    """Hand one batch to each cut's writer: the rows its group lacks (a group that already
+    holds an item keeps its row) and the batch's failures, remembered by key."""
+    failures = [Failure(key=key, source=e.source, reason=e.reason) for e in batch.failed
+                if e.index is not None and (key := keys[e.index]) is not None]
+    for c, writer in enumerate(writers):
+        new = [j for j, p in enumerate(batch.positions) if not found[c][p]]
+        writer.put([str(keys[batch.positions[j]]) for j in new], batch.outputs[c][new],
+                   [items[batch.positions[j]].name for j in new], failures)
+
+
+@dataclass
+class Batch:
+    """One batch off the network: the positions embedded, one array of rows per network output
+    (in the order of ``positions``), and the batch's items that could not be decoded (``index``
+    their position)."""
+
+    positions: list[int]
+    outputs: list[np.ndarray]
+    failed: list[ImageLoadError]
 
 
 def run_network(
@@ -408,16 +386,16 @@ def run_network(
     positions: Sequence[int],
     *,
     pool: ThreadPoolExecutor,
-    failed: list[ImageLoadError],
     batch_size: int = 32,
     resize: str = "resize",
     progress: Callable[[int | None], None] | None = None,
-) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+) -> Iterator[Batch]:
     """Decode ``items[p]`` for ``p`` in ``positions`` in ``pool``'s threads, one batch ahead of
-    the network; yield ``(positions, outputs)`` per batch, one array per network output.
+    the network; yield a :class:`Batch` per batch of ``positions``, in order.
 
-    Items that cannot be decoded are appended to ``failed`` (their ``index`` is the position)
-    and left out of the batches. If a batch fails, the batch before it is still yielded first.
+    Items that cannot be decoded are left out of the network's input and listed in their
+    batch's ``failed`` (a batch whose items all failed has no rows). If a batch fails, the batch
+    before it is still yielded first.
     """
     loader = _loader(network, resize)
     step = progress or (lambda k: None)
@@ -449,29 +427,31 @@ def run_network(
             futures = [pool.submit(loader, items[p]) for p in batch]
             ahead.append((assembler.submit(assemble, batch, futures), futures))
 
+    def no_rows() -> list[np.ndarray]:
+        return [np.zeros((0, w), np.float32) for w in network.widths]
+
     for _ in range(PREFETCH):
         submit()
     # One batch stays in flight: the next is handed to the network before the last one is
     # read back, so a device that runs asynchronously (JAX, OpenVINO) has its next batch when
     # it finishes. If the next batch fails, the one before is still delivered (and cached).
-    pending: tuple[list[int], Callable[[], list[np.ndarray]]] | None = None
+    pending: tuple[list[int], Callable[[], list[np.ndarray]], list[ImageLoadError]] | None = None
     try:
         while ahead:
             try:
                 ok, x, errors = ahead.popleft()[0].result()
                 submit()
-                failed.extend(errors)
-                started = (ok, network.dispatch(x)) if x is not None else None
+                started = (ok, network.dispatch(x) if x is not None else no_rows, errors)
             except BaseException:
                 if pending is not None:
-                    yield pending[0], pending[1]()
+                    yield Batch(pending[0], pending[1](), pending[2])
                 raise
             if pending is not None:
-                yield pending[0], pending[1]()
+                yield Batch(pending[0], pending[1](), pending[2])
             pending = started
             step(len(ok) + len(errors))
         if pending is not None:
-            yield pending[0], pending[1]()
+            yield Batch(pending[0], pending[1](), pending[2])
     finally:
         for _, futures in ahead:
             for fut in futures:
@@ -511,14 +491,6 @@ def default_workers() -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return max(1, min(16, cores))
-
-
-def safe_key(item: Item) -> str | ImageLoadError:
-    """``item``'s content key, or the error reading it raised (for a thread pool's map)."""
-    try:
-        return item.key()
-    except ImageLoadError as exc:
-        return exc
 
 
 def progress_bar(

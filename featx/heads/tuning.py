@@ -45,7 +45,7 @@ from featx.heads.search import (
     tune_head,
 )
 
-__all__ = ["tune_heads", "cached_embeddings", "image_keys", "EXACT_ROWS"]
+__all__ = ["tune_heads", "cached_embeddings", "image_keys", "test_split", "EXACT_ROWS"]
 
 
 def cached_embeddings(
@@ -356,8 +356,6 @@ def _train_and_test(
     X_target: np.ndarray | None,
 ) -> TuningData:
     """The training rows and the test set: ``test``, a stratified ``test_size`` split, or none."""
-    from sklearn.model_selection import train_test_split
-
     y_all = np.asarray(y)
     if y_all.shape != (len(X_all),):
         raise FeatxError(
@@ -375,11 +373,33 @@ def _train_and_test(
     if test_size:
         if not 0 < test_size < 1:
             raise FeatxError(f"test_size={test_size!r} is not valid; expected 0 < test_size < 1.")
-        X_train, X_test, y_train, y_test = train_test_split(
-            X_all, y_all, test_size=test_size, stratify=y_all, random_state=random_state
-        )
-        return TuningData(X_train, y_train, X_test, y_test, X_target)
+        fit_rows, test_rows = test_split(y_all, test_size, random_state)
+        return TuningData(X_all[fit_rows], y_all[fit_rows], X_all[test_rows], y_all[test_rows],
+                          X_target)
     return TuningData(X_all, y_all, None, None, X_target)
+
+
+def test_split(y: Any, test_size: float | None, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``tune_heads(test_size=...)`` tunes on and the rows it tests on (a stratified,
+    seeded split); every row in both when ``test_size`` is ``None`` or 0.
+
+    For callers that need to know which images were tested (``featx heads`` and ``featx probe``
+    show the test images the best head got wrong).
+
+    Examples
+    --------
+    >>> fit_rows, test_rows = test_split([0, 0, 0, 0, 1, 1, 1, 1], 0.5, random_state=0)
+    >>> sorted([*fit_rows, *test_rows]) == list(range(8)), len(test_rows)
+    (True, 4)
+    """
+    rows = np.arange(len(y))
+    if not test_size:
+        return rows, rows
+    from sklearn.model_selection import train_test_split
+
+    fit_rows, test_rows = train_test_split(rows, test_size=test_size, stratify=np.asarray(y),
+                                           random_state=random_state)
+    return fit_rows, test_rows
 
 
 def _classes(y_train: np.ndarray, cv: int) -> np.ndarray:

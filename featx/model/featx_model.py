@@ -82,6 +82,26 @@ class FeatxModel:
         self.info = dict(info or {})
         self.manifest: dict[str, Any] | None = None
 
+    @classmethod
+    def portable(cls, embedder: Any, head: Any, *,
+                 info: dict[str, Any] | None = None) -> FeatxModel:
+        """The model to save from a tuning run: ``embedder`` as a saved model runs it, without
+        the run's cache, quiet, raising on an image it cannot read (a copy: ``embedder`` is
+        left as it is).
+
+        Examples
+        --------
+        >>> from featx import FeatxModel, ImageEmbedder
+        >>> embedder = ImageEmbedder("mobilenet", cache="emb.h5", on_error="skip")
+        >>> model = FeatxModel.portable(embedder, head=None)
+        >>> model.embedder.cache, model.embedder.on_error, embedder.cache
+        (None, 'raise', 'emb.h5')
+        """
+        import copy
+
+        reset = copy.copy(embedder).set_params(cache=None, verbose=False, on_error="raise")
+        return cls(reset, head, info=info)
+
     @property
     def classes_(self) -> np.ndarray:
         return np.asarray(self.head.classes_)

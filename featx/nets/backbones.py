@@ -12,10 +12,8 @@ Nothing here imports Keras or TensorFlow.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from featx.exceptions import FeatxError, UnknownBackboneError
+from featx.nets.fingerprint import DECODER_FORMATS, Fingerprint
 from featx.nets.hub import feature_map_pooling, hub_fields, is_hub
 from featx.nets.identity import (
     file_sha256,
@@ -46,15 +45,6 @@ __all__ = [
     "ENGINES",
 ]
 
-#: Version of the embedding format; part of every fingerprint. Bump it when a change in featx
-#: (decoding, resizing, preprocessing) would change the numbers an unchanged backbone produces.
-#: 2: JPEGs decoded by libjpeg-turbo's scaled decode and resized by OpenCV
-#: (``featx.embed.jpeg``, ``decoder="fast"``). Format 1 is the Pillow path (``decoder="pillow"``),
-#: kept as it was, so that caches made with it stay valid for it.
-EMBEDDING_FORMAT_VERSION = 2
-
-#: The embedding format each JPEG decoder gives (see :data:`EMBEDDING_FORMAT_VERSION`).
-DECODER_FORMATS = {"pillow": 1, "fast": EMBEDDING_FORMAT_VERSION}
 DECODERS = ("auto", "fast", "pillow")
 
 #: "auto": "avg", or a Keras Hub encoder's own; "cls", "cls_avg", "pooled": its tokens (hub.py).
@@ -247,27 +237,28 @@ class BackboneConfig:
     calibration_id: str = ""
 
     @property
+    def fingerprint_record(self) -> Fingerprint:
+        """Everything that decides the numbers an image turns into, as named fields."""
+        reduced = self.precision != "float32"
+        return Fingerprint(
+            format=DECODER_FORMATS[self.decoder],
+            kind=self.kind, source_id=self.name if self.kind == "registry" else self.source_id,
+            weights_id=self.weights_id, layer=self.layer, pooling=self.pooling,
+            input_size=self.input_size, resize=self.resize if self.input_size else None,
+            preprocess=self.preprocess, precision=self.precision,
+            engine=self.engine if reduced else None,
+            calibration_id=self.calibration_id if reduced else "",
+        )
+
+    @property
     def fingerprint_fields(self) -> dict[str, Any]:
-        """Everything that decides the numbers an image turns into."""
-        return {
-            "format": DECODER_FORMATS[self.decoder],
-            "backbone": self.name if self.kind == "registry" else f"{self.kind}:{self.source_id}",
-            "weights": self.weights_id,
-            "layer": self.layer,
-            "pooling": self.pooling,
-            "input_size": list(self.input_size) if self.input_size else None,
-            "resize": self.resize if self.input_size else None,
-            "preprocess": self.preprocess,
-            "precision": self.precision if self.engine == "keras" or self.precision == "float32"
-            else f"{self.precision}@{self.engine}"
-            + (f":{self.calibration_id}" if self.calibration_id else ""),
-        }
+        """:attr:`fingerprint_record` as a cache group stores it."""
+        return self.fingerprint_record.fields()
 
     @property
     def fingerprint(self) -> str:
         """A short hex digest of :attr:`fingerprint_fields`; names the cache group."""
-        text = json.dumps(self.fingerprint_fields, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
+        return self.fingerprint_record.digest
 
     @property
     def label(self) -> str:

@@ -1,8 +1,10 @@
 """Keras Hub presets as featx backbones: what ``"keras_hub:<preset>"`` means, without Keras.
 
 ``ImageEmbedder("keras_hub:dinov2_small")`` names a Keras Hub preset; ``"keras_hub:/path/dir"``
-a preset directory on disk (what ``save_to_preset`` writes, or the Kaggle CLI downloads). This
-module resolves either into a :class:`~featx.nets.backbones.BackboneConfig`: the family (DINOv2,
+a preset directory on disk (what ``save_to_preset`` writes, or the Kaggle CLI downloads);
+``"keras_hub:kaggle://<org>/<model>/keras/<variant>[/<version>]"`` and
+``"keras_hub:hf://<org>/<model>"`` a handle, passed to Keras Hub as it is. This module
+resolves any of these into a :class:`~featx.nets.backbones.BackboneConfig`: the family (DINOv2,
 SigLIP, CLIP vision, ViT), the native input size, the token pooling and the identity that goes
 into the fingerprint, reading at most the directory's JSON files and hashing its weights. It
 never imports Keras or Keras Hub (the registry resolves through it); building the network, the
@@ -10,7 +12,10 @@ image converter and the token pooling are :mod:`featx.nets.hub_model`'s.
 
 Identity: a preset name is ``<name>@keras-hub-<version>`` (each Keras Hub release pins every
 preset's Kaggle handle and version, as ``imagenet@keras-<version>`` does for
-``keras.applications``); a directory is the sha256 of its ``config.json`` and
+``keras.applications``); a handle is the handle with the Keras Hub version (a Kaggle handle
+without its version, or a Hugging Face repository, follows what the host serves: pin a Kaggle
+version, or download the preset into a directory, for embeddings that cannot change under the
+same handle); a directory is the sha256 of its ``config.json`` and
 ``image_converter.json`` (architecture and preprocessing) and, for its weights, of its weights
 files. Two presets never share a cache group.
 """
@@ -33,6 +38,7 @@ from featx.nets.identity import file_sha256, keras_backend_name
 
 __all__ = [
     "FAMILIES",
+    "HANDLES",
     "HUB_PREFIX",
     "HUB_PREPROCESS",
     "PRESETS",
@@ -44,6 +50,7 @@ __all__ = [
     "describe_preset",
     "download_hint",
     "feature_map_pooling",
+    "handle_model",
     "hub_auto_layers",
     "is_hub",
     "missing_extra_message",
@@ -153,7 +160,8 @@ class HubPreset:
     Attributes
     ----------
     preset : str
-        What Keras Hub's ``from_preset`` is given: a preset name or a directory's absolute path.
+        What Keras Hub's ``from_preset`` is given: a preset name, a ``kaggle://`` or ``hf://``
+        handle, or a directory's absolute path.
     is_dir : bool
         A local preset directory.
     family : HubFamily
@@ -252,27 +260,75 @@ def describe_preset(text: str) -> HubPreset:
             f"backbone {HUB_PREFIX!r} names no preset. Expected 'keras_hub:<preset name>' "
             f"(e.g. keras_hub:dinov2_small) or 'keras_hub:<preset directory>'."
         )
+    if "://" in text:
+        return _describe_handle(text)
     path = Path(text).expanduser()
     if path.is_dir():
         return _describe_dir(path)
-    if os.sep in text or "/" in text and "://" not in text or text.startswith((".", "~")):
+    if os.sep in text or "/" in text or text.startswith((".", "~")):
         raise UnknownBackboneError(
             f"Keras Hub preset directory {text!r} does not exist. Expected a directory written "
             "by save_to_preset, or a preset name such as 'dinov2_small'."
         )
-    if text in PRESETS:
-        family, size, width, layers = PRESETS[text]
-        return HubPreset(text, False, FAMILIES[family], size, width, layers)
-    stem = text.rsplit("/", 1)[-1]
+    return _named(text, text)
+
+
+def _named(preset: str, name: str) -> HubPreset:
+    """``preset`` (a preset name, or a handle whose model is ``name``): its row in
+    :data:`PRESETS`, else its family from the name's prefix."""
+    key = name.replace("-", "_").lower()
+    if key in PRESETS:
+        family, size, width, layers = PRESETS[key]
+        return HubPreset(preset, False, FAMILIES[family], size, width, layers)
     for prefix, family in (("dinov2", "dinov2"), ("siglip", "siglip"), ("medsiglip", "siglip"),
                            ("clip", "clip"), ("vit", "vit")):
-        if stem.startswith(prefix):
-            return HubPreset(text, False, FAMILIES[family], None, None, None)
+        if key.startswith(prefix):
+            return HubPreset(preset, False, FAMILIES[family], None, None, None)
     raise UnknownBackboneError(
-        f"Keras Hub preset {text!r} is not one featx embeds with. Expected a DINOv2, SigLIP, "
+        f"Keras Hub preset {preset!r} is not one featx embeds with. Expected a DINOv2, SigLIP, "
         f"CLIP or ViT preset (e.g. {', '.join(list(PRESETS)[:3])}, ...; "
-        "featx.list_backbones(hub=True) lists them) or a local preset directory."
+        "featx.list_backbones(hub=True) lists them), a Kaggle or Hugging Face handle "
+        f"({', '.join(HANDLES.values())}) or a local preset directory."
     )
+
+
+#: The handles Keras Hub downloads a preset from, and their form.
+HANDLES = {"kaggle": "kaggle://<org>/<model>/keras/<variant>[/<version>]",
+           "hf": "hf://<org>/<model>"}
+
+
+def handle_model(handle: str) -> str:
+    """The model a ``kaggle://`` or ``hf://`` handle names (Kaggle's variant, Hugging Face's
+    repository), checked against the form Keras Hub takes.
+
+    Examples
+    --------
+    >>> handle_model("kaggle://keras/dinov2/keras/dinov2_small/1")
+    'dinov2_small'
+    >>> handle_model("hf://keras/siglip_base_patch16_224")
+    'siglip_base_patch16_224'
+    """
+    scheme, _, path = handle.partition("://")
+    parts = path.split("/")
+    if scheme not in HANDLES:
+        raise UnknownBackboneError(
+            f"Keras Hub preset {handle!r} names a {scheme}:// handle, which featx does not pass "
+            f"on. Expected {' or '.join(HANDLES.values())}, a preset name or a local directory."
+        )
+    kaggle = scheme == "kaggle"
+    if "" in parts or len(parts) not in ((4, 5) if kaggle else (2,)):
+        raise UnknownBackboneError(
+            f"Keras Hub preset handle {handle!r} is not of the form {HANDLES[scheme]} (e.g. "
+            + ("'kaggle://keras/dinov2/keras/dinov2_small/1'" if kaggle
+               else "'hf://keras/dinov2_small'") + ")."
+        )
+    return parts[3] if kaggle else parts[1]
+
+
+def _describe_handle(handle: str) -> HubPreset:
+    """A Kaggle or Hugging Face handle, passed to Keras Hub as it is: its family (and, for a
+    model featx knows, its size and depth) from the model's name."""
+    return _named(handle, handle_model(handle))
 
 
 def keras_hub_version() -> str:
@@ -288,14 +344,22 @@ def missing_extra_message() -> str:
 
 
 def download_hint(preset: str) -> str:
-    """How to get a preset onto a machine that cannot download it."""
+    """How to get a preset (a name or a handle) onto a machine that cannot download it."""
+    local = handle_model(preset) if "://" in preset else preset
+    if preset.startswith("kaggle://"):
+        cli = (f"kaggle models instances versions download {preset[len('kaggle://'):]}, then "
+               "unpack it")
+    elif preset.startswith("hf://"):
+        cli = f"hf download {preset[len('hf://'):]} --local-dir {local}"
+    else:
+        cli = (f"kaggle models instances versions download keras/<model>/keras/{preset}/"
+               "<version>, then unpack it")
     return (
         f"Download it on a machine with a network: python -c \"import keras_hub as h; "
-        f"h.models.Backbone.from_preset('{preset}').save_to_preset('{preset}'); "
-        f"h.layers.ImageConverter.from_preset('{preset}').save_to_preset('{preset}')\" "
-        f"(or the Kaggle CLI: kaggle models instances versions download "
-        f"keras/<model>/keras/{preset}/<version>, then unpack it), copy the directory here and "
-        f"pass ImageEmbedder('keras_hub:/path/to/{preset}')."
+        f"h.models.Backbone.from_preset('{preset}').save_to_preset('{local}'); "
+        f"h.layers.ImageConverter.from_preset('{preset}').save_to_preset('{local}')\" "
+        f"(or the command line: {cli}), copy the directory here and "
+        f"pass ImageEmbedder('keras_hub:/path/to/{local}')."
     )
 
 

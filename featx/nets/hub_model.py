@@ -66,6 +66,19 @@ def _load_failure(preset: HubPreset, what: str, exc: Exception) -> FeatxError:
     )
 
 
+def _fetch_config(preset: HubPreset) -> None:
+    """Fetch a Hugging Face handle's ``config.json`` as Keras Hub would, first: Keras Hub reports
+    any failure to fetch it as a preset with no config.json, which hides an unreachable host
+    (a Kaggle handle's failure comes through as it is)."""
+    if not preset.preset.startswith("hf://"):
+        return
+    try:
+        import huggingface_hub
+    except ImportError:
+        return  # Keras Hub says what to install
+    huggingface_hub.hf_hub_download(repo_id=preset.preset[len("hf://"):], filename="config.json")
+
+
 def load_hub_backbone(
     config: BackboneConfig, seeded: Callable[[], contextlib.AbstractContextManager[Any]]
 ) -> Any:
@@ -84,6 +97,7 @@ def load_hub_backbone(
             )
         kwargs["image_shape"] = (h, w, 3)
     try:
+        _fetch_config(preset)
         with seeded() if config.weights is None else contextlib.nullcontext():
             backbone = keras_hub.models.Backbone.from_preset(
                 preset.preset, load_weights=config.weights is not None, **kwargs)

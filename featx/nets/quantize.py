@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MIN_CALIBRATION", "int8_units", "register_calibration", "is_registered",
-           "quantize", "check_int8_cpu"]
+           "registered_calibrations", "quantize", "check_int8_cpu"]
 
 #: The fewest calibration images accepted (NNCF's statistics are unstable below this).
 MIN_CALIBRATION = 32
@@ -34,6 +34,11 @@ def register_calibration(digest: str, pixels: np.ndarray) -> None:
 def is_registered(digest: str) -> bool:
     """Whether this process holds the calibration images of ``digest``."""
     return digest in _CALIBRATION
+
+
+def registered_calibrations() -> list[str]:
+    """The digests of every calibration set this process holds, in the order registered."""
+    return list(_CALIBRATION)
 
 
 @functools.cache

@@ -33,10 +33,17 @@ from typing import Any
 
 import numpy as np
 
+from featx.embed.embedder import ImageEmbedder
 from featx.embed.images import as_items
 from featx.exceptions import FeatxError
-from featx.nets.backbones import BackboneConfig, resolve_backbone
+from featx.nets.backbones import BackboneConfig
 from featx.nets.tuned_file import METADATA_FORMAT, save_tuned_model
+from featx.transfer.finetune_checks import (
+    check_params,
+    labels_of,
+    trained_config,
+    validation_split_of,
+)
 from featx.transfer.finetune_data import (
     array_batches,
     frozen_activations,
@@ -55,13 +62,7 @@ def fine_tune(
     y: Any,
     *,
     out: str | os.PathLike[str],
-    backbone: Any = "mobilenet",
-    weights: Any = "imagenet",
-    layer: str | int | None = None,
-    input_size: Any = None,
-    resize: str = "resize",
-    preprocess: Any = "auto",
-    pooling: str = "avg",
+    embedder: Any = None,
     top_layers: int | None = None,
     from_layer: str | None = None,
     epochs: int = 5,
@@ -74,8 +75,6 @@ def fine_tune(
     dropout: float = 0.2,
     patience: int = 2,
     random_state: int = 0,
-    n_workers: int | None = None,
-    safe_mode: bool = True,
     callbacks: Sequence[Any] = (),
     log: Callable[[str], None] | None = None,
 ) -> Path:
@@ -95,12 +94,17 @@ def fine_tune(
         Class labels (at least 2 classes).
     out : path
         The ``.keras`` file to write (written under a temporary name, then renamed).
-    backbone, weights, layer, input_size, resize, preprocess, safe_mode
-        As in :class:`featx.ImageEmbedder`: the network to start from (a registry name, a model
-        file, a ``keras.Model`` or a function of the input shape), cut at ``layer`` (default:
-        the layer that feeds the classifier), images resized to ``input_size``.
-    pooling : {"avg", "max", "flatten"}, default="avg"
-        How the cut layer's feature map becomes the vector the new classifier reads.
+    embedder : ImageEmbedder, optional
+        The network to start from and how images reach it (default: ``ImageEmbedder()``,
+        MobileNet): its ``backbone`` (a registry name, a model file, a ``keras.Model`` or a
+        function of the input shape), ``weights``, ``layer`` (default: the layer that feeds the
+        classifier), ``input_size``, ``resize``, ``preprocess``, ``decoder`` (the pixels are the
+        embedder's), ``safe_mode``, ``n_workers`` (threads decoding batches; default: the CPU
+        cores, up to 8) and ``pooling`` (``"auto"``/``"avg"``, ``"max"`` or ``"flatten"``: how
+        the cut layer's feature map becomes the vector the new classifier reads). Fine-tuning
+        trains with Keras in float32: ``engine="openvino"`` and a reduced ``precision`` are
+        refused (embed the tuned file with them: ``ImageEmbedder(out, precision=...)``); its
+        ``batch_size`` (this function has its own), ``cache`` and ``on_error`` do not apply.
     top_layers : int, optional
         Unfreeze the last ``top_layers`` layers of the backbone (counted as in
         ``model.layers``, input layer excluded).
@@ -129,8 +133,6 @@ def fine_tune(
         Epochs without a lower validation loss before fine-tuning stops.
     random_state : int, default=0
         Seeds the split, the shuffling, the augmentation and Keras.
-    n_workers : int, optional
-        Threads decoding batches (default: the CPU cores, up to 8).
     callbacks : sequence of keras.callbacks.Callback
         Extra callbacks for the fine-tuning phase.
     log : callable, optional
@@ -150,26 +152,25 @@ def fine_tune(
     ...     return keras.Model(inp, keras.layers.Conv2D(4, 3, name="top")(x))
     >>> images = np.random.default_rng(0).integers(0, 255, (20, 12, 12), dtype=np.uint8)
     >>> out = os.path.join(tempfile.mkdtemp(), "tuned.keras")
-    >>> path = fine_tune(images, [0, 1] * 10, out=out, backbone=tiny, input_size=12,
+    >>> path = fine_tune(images, [0, 1] * 10, out=out,
+    ...                  embedder=featx.ImageEmbedder(tiny, input_size=12),
     ...                  top_layers=1, epochs=1, head_epochs=1)
     >>> featx.ImageEmbedder(path).fit_transform(images).shape
     (20, 4)
     """
     say = log or (lambda line: None)
-    target = _check_params(out, top_layers, from_layer, epochs, learning_rate, head_epochs,
-                           head_learning_rate, validation_split, batch_size, dropout, patience,
-                           pooling)
+    target = check_params(out, top_layers, from_layer, epochs, learning_rate, head_epochs,
+                           head_learning_rate, validation_split, batch_size, dropout, patience)
     items, kind = as_items(images)
     if kind != "images":
         raise ValueError(
             "fine_tune takes images (paths, bytes, PIL images or an (N, H, W[, C]) array); got "
             "a 2-D array of feature vectors. Pass the images themselves."
         )
-    classes, labels = _labels(y, len(items))
-    train_idx, val_idx = _split(labels, classes, validation_split, random_state)
-    config = resolve_backbone(backbone, weights=weights, layer=layer, pooling=pooling,
-                              input_size=input_size, resize=resize, preprocess=preprocess,
-                              safe_mode=safe_mode)
+    classes, labels = labels_of(y, len(items))
+    train_idx, val_idx = validation_split_of(labels, classes, validation_split, random_state)
+    embedder = ImageEmbedder() if embedder is None else embedder
+    config = trained_config(embedder)
     import keras
 
     started = time.perf_counter()
@@ -180,13 +181,13 @@ def fine_tune(
         size = (int(base.input_shape[1]), int(base.input_shape[2]))
         channels = int(base.input_shape[3])
         prep = numpy_preprocess(config)
-        workers = n_workers or min(8, os.cpu_count() or 1)
+        workers = embedder.n_workers or min(8, os.cpu_count() or 1)
 
         def batches(idx: np.ndarray, *, train: bool) -> Any:
             return image_batches(items, labels, idx, size=size, channels=channels,
                             resize=config.resize, preprocess=prep, batch_size=batch_size,
                             shuffle=train, augment=augment and train,
-                            seed=random_state, workers=workers)
+                            seed=random_state, workers=workers, decoder=config.decoder)
 
         say(f"{config.label}: {len(train_idx)} training and {len(val_idx)} validation images, "
             f"{len(classes)} classes, {size[0]}x{size[1]} px")
@@ -262,99 +263,6 @@ def fine_tune(
     save_tuned_model(final, metadata, target)
     say(f"wrote {target} ({time.perf_counter() - started:.0f} s in all)")
     return target
-
-
-# ---- checks -------------------------------------------------------------------------------------
-
-
-def _check_params(out: Any, top_layers: Any, from_layer: Any, epochs: Any, lr: Any,
-                  head_epochs: Any, head_lr: Any, validation_split: Any, batch_size: Any,
-                  dropout: Any, patience: Any, pooling: Any) -> Path:
-    target = Path(out)
-    if target.suffix != ".keras":
-        raise ValueError(
-            f"out={str(out)!r} does not end in .keras; fine_tune writes a Keras 3 model file. "
-            f"Name it like {target.with_suffix('.keras').name!r}."
-        )
-    if not target.parent.is_dir():
-        raise ValueError(f"out={str(out)!r}: folder {str(target.parent)!r} does not exist; "
-                         "create it first.")
-    if top_layers is not None and from_layer is not None:
-        raise ValueError(
-            f"got top_layers={top_layers!r} and from_layer={from_layer!r}; give one of them: "
-            "the number of layers to unfreeze, or the lowest layer to unfreeze."
-        )
-    for name, value, low in (("top_layers", top_layers, 1), ("epochs", epochs, 1),
-                             ("head_epochs", head_epochs, 1), ("batch_size", batch_size, 1),
-                             ("patience", patience, 0)):
-        if name == "top_layers" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name}={value!r} is not valid; expected an integer >= {low}.")
-    for name, value in (("learning_rate", lr), ("head_learning_rate", head_lr)):
-        if not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise ValueError(f"{name}={value!r} is not valid; expected a number between 0 and 1 "
-                             "(1e-5 is usual for fine-tuning, 1e-3 for a new classifier).")
-    if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
-        raise ValueError(f"validation_split={validation_split!r} is not valid; expected a "
-                         "fraction from 0 (no early stopping) to below 1, e.g. 0.1.")
-    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout={dropout!r} is not valid; expected a rate from 0 to below 1.")
-    if pooling not in ("avg", "max", "flatten"):
-        raise ValueError(f"pooling={pooling!r} is not valid for fine-tuning; expected 'avg', "
-                         "'max' or 'flatten' (the new classifier reads a vector).")
-    return target
-
-
-def _labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    y_arr = np.asarray(y)
-    if y_arr.ndim != 1:
-        raise ValueError(f"y has shape {y_arr.shape}; expected one class label per image, "
-                         "shape (n_samples,).")
-    if len(y_arr) != n:
-        raise ValueError(f"got {n} images but {len(y_arr)} labels; expected one label per image.")
-    classes, labels = np.unique(y_arr, return_inverse=True)
-    if len(classes) < 2:
-        got = f"one class ({_show(classes[0])})" if len(classes) else "no labels"
-        raise ValueError(
-            f"y holds {got}; fine-tuning trains a classifier and needs at least 2 classes. "
-            "Pass labelled images of two or more classes."
-        )
-    return classes, labels.astype(np.int64)
-
-
-def _show(value: Any) -> str:
-    """``repr`` of a label, NumPy scalars as plain Python values."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
-
-
-def _split(labels: np.ndarray, classes: np.ndarray, validation_split: float,
-           seed: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.arange(len(labels))
-    if validation_split == 0:
-        return idx, idx[:0]
-    counts = np.bincount(labels, minlength=len(classes))
-    small = int(np.argmin(counts))
-    if counts[small] < 2:
-        raise ValueError(
-            f"class {_show(classes[small])} has {counts[small]} image; a stratified validation "
-            f"split (validation_split={validation_split}) needs at least 2 of every class, one to "
-            "train and one to validate. Add images of that class, or pass validation_split=0 (no "
-            "early stopping)."
-        )
-    n_val = math.ceil(len(labels) * validation_split)
-    if n_val < len(classes) or len(labels) - n_val < len(classes):
-        need = len(classes) / len(labels)
-        raise ValueError(
-            f"validation_split={validation_split} of {len(labels)} images holds {n_val} "
-            f"validation images for {len(classes)} classes; a stratified split needs at least "
-            f"one image of every class on each side. Use validation_split >= {need:.2f} (and "
-            f"<= {1 - need:.2f}), more images, or validation_split=0."
-        )
-    from sklearn.model_selection import train_test_split
-
-    train, val = train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
-    return np.sort(train), np.sort(val)
 
 
 # ---- the model ----------------------------------------------------------------------------------

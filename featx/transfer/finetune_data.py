@@ -94,10 +94,12 @@ def _dataset_class() -> type:
         def __init__(self, items: list[Item], labels: np.ndarray, idx: np.ndarray, *,
                      size: tuple[int, int], channels: int, resize: str,
                      preprocess: Callable[[np.ndarray], np.ndarray], batch_size: int,
-                     shuffle: bool, augment: bool, seed: int, workers: int):
+                     shuffle: bool, augment: bool, seed: int, workers: int,
+                     decoder: str = "auto"):
             super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4)
             self.items, self.labels, self.idx = items, labels, np.asarray(idx)
             self.size, self.channels, self.resize = size, channels, resize
+            self.decoder = decoder
             self.preprocess, self.batch_size = preprocess, batch_size
             self.shuffle, self.augment = shuffle, augment
             self.rng = np.random.default_rng(seed)
@@ -115,7 +117,8 @@ def _dataset_class() -> type:
             for row, p in enumerate(chosen):
                 try:
                     pixels[row] = load_pixels(self.items[p], self.size, channels=self.channels,
-                                              resize=self.resize, max_pixels=MAX_PIXELS)
+                                              resize=self.resize, max_pixels=MAX_PIXELS,
+                                              decoder=self.decoder)
                 except ImageLoadError as exc:
                     exc.index = int(p)
                     self.failures[int(p)] = exc

@@ -216,30 +216,18 @@ def probe_layers(
     images: Any,
     y: Any,
     *,
-    backbone: Any = "mobilenet",
+    embedder: Any = None,
     layers: Any = "auto",
     heads: Any = None,
-    cache: str | os.PathLike[str] | None = None,
     cv: int = 5,
     test_size: float | None = None,
     test: tuple[Any, Any] | None = None,
-    pooling: str = "auto",
-    weights: Any = "imagenet",
-    input_size: Any = None,
-    resize: str = "resize",
-    preprocess: Any = "auto",
-    precision: str = "float32",
-    engine: str = "auto",
-    batch_size: int = 32,
-    n_workers: int | None = None,
     scoring: str = "accuracy",
     search: str = "grid",
     grids: Mapping[str, Mapping[str, list[Any]]] | None = None,
     random_state: int = 0,
     n_jobs: int | None = None,
-    on_error: str = "raise",
     max_flatten_width: int = MAX_FLATTEN_WIDTH,
-    verbose: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> LayerProbe:
     """Probe several depths of one backbone: one forward pass, every layer cached and tuned.
@@ -250,32 +238,28 @@ def probe_layers(
         The labelled images.
     y : array-like of shape (n_images,)
         Their labels.
-    backbone : str, path, keras.Model or callable, default="mobilenet"
-        As in :class:`featx.ImageEmbedder`.
+    embedder : ImageEmbedder, optional
+        The backbone and how images reach it (default: ``ImageEmbedder()``, MobileNet): every
+        option but ``layer`` (``layers=`` chooses) is the same for every layer, each layer's
+        rows go to the cache group ``embedder.set_params(layer=that_layer)`` reads (so the
+        embedder chosen afterwards reads them all), and its ``batch_size``, ``n_workers``,
+        ``retry_failed`` and ``verbose`` (progress) run the one pass. Its ``on_error``:
+        ``"raise"`` after embedding (and caching) the rest, or ``"skip"``: leave the images
+        that cannot be read and their labels out (``"nan"`` is refused: heads need numbers).
     layers : "auto" or sequence of str, int or None, default="auto"
         Which cut layers: ``"auto"`` (registry backbones) takes 5-8 block outputs from early
         layers to the default cut (:func:`featx.nets.auto_layers.auto_layers`); else Keras layer
         names or indices, ``None`` being the default cut. Reported in the order given.
     heads : sequence, optional
         As in :func:`featx.tune_heads` (default: its ``DEFAULT_HEADS``).
-    cache : path, optional
-        The embedding cache. Each layer's rows go to the group ``ImageEmbedder(layer=that
-        layer, pooling=pooling, ...)`` reads, so the embedder chosen afterwards reads them all.
     cv, test_size, scoring, search, grids, random_state, n_jobs
         As in :func:`featx.tune_heads`: every layer is tuned on the same folds and test split.
     test : (images, y), optional
         Held-out labelled images, scored at every layer (``test_score``, ``y_true``/``y_pred``
         of the best) and never tuned on; embedded in the same forward pass as ``images`` and
         cached with them. Instead of ``test_size``.
-    pooling, weights, input_size, resize, preprocess, precision, engine, batch_size, n_workers
-        As in :class:`featx.ImageEmbedder`; the same for every layer.
-    on_error : {"raise", "skip"}, default="raise"
-        Images that cannot be read: ``"raise"`` after embedding (and caching) the rest, or
-        ``"skip"``: leave them and their labels out.
     max_flatten_width : int, default=MAX_FLATTEN_WIDTH
         With ``pooling="flatten"``, refuse layers wider than this (before embedding anything).
-    verbose : bool
-        Show the embedding's progress.
     log : callable, optional
         Called with a line per step (embedding, each layer's heads).
 
@@ -287,6 +271,7 @@ def probe_layers(
     Examples
     --------
     >>> import keras, numpy as np
+    >>> from featx import ImageEmbedder
     >>> from featx.transfer.probe import probe_layers
     >>> def tiny(shape):
     ...     x = inp = keras.Input(shape)
@@ -297,31 +282,24 @@ def probe_layers(
     >>> y = np.repeat([0, 1], 12)
     >>> images = rng.integers(0, 100, (24, 16, 16, 3), dtype=np.uint8) + 120 * y[:, None, None,
     ...     None].astype(np.uint8)
-    >>> probe = probe_layers(images, y, backbone=tiny, input_size=16, layers=["early", "late"],
-    ...                      heads=["logreg"], cv=3)
+    >>> probe = probe_layers(images, y, embedder=ImageEmbedder(tiny, input_size=16),
+    ...                      layers=["early", "late"], heads=["logreg"], cv=3)
     >>> probe.columns, sorted(r.extra["layer"] for r in probe)
     (['layer'], ['early', 'late'])
     """
+    from sklearn.base import clone
+
     from featx.embed.embedder import ImageEmbedder
     from featx.embed.engine import embed_items, output_widths
     from featx.embed.images import as_items
     from featx.heads.tuning import tune_heads
 
     say = log or (lambda line: None)
-    if pooling not in ("auto", "avg", "max", "flatten", "cls", "cls_avg", "pooled"):
-        raise FeatxError(
-            f"pooling={pooling!r} cannot be probed: heads need one vector per image. Expected "
-            "'auto', 'avg', 'max' or 'flatten' ('cls', 'cls_avg' for a Keras Hub encoder)."
-        )
-    if on_error not in ("raise", "skip"):
-        raise FeatxError(f"on_error={on_error!r} is not valid. Expected 'raise' or 'skip'.")
+    embedder = ImageEmbedder() if embedder is None else embedder
+    _check_embedder(embedder)
+    backbone, cache = embedder.backbone, embedder.cache
     wanted = _layer_list(backbone, layers)
-    params: dict[str, Any] = dict(
-        backbone=backbone, weights=weights, pooling=pooling, input_size=input_size,
-        resize=resize, preprocess=preprocess, precision=precision, engine=engine,
-        batch_size=batch_size, n_workers=n_workers,
-    )
-    configs = [ImageEmbedder(**params, layer=lay).backbone_config() for lay in wanted]
+    configs = [clone(embedder).set_params(layer=lay).backbone_config() for lay in wanted]
     items, kind = as_items(images)
     labels = np.asarray(y)
     if labels.shape != (len(items),):
@@ -335,7 +313,7 @@ def probe_layers(
         test_items, test_labels = _test_set(test, kind)
         items, labels = [*items, *test_items], np.concatenate([labels, test_labels])
     names = [_label(backbone, lay) for lay in wanted]
-    if pooling == "flatten":
+    if embedder.pooling == "flatten":
         widths = output_widths(configs, kind, None)
         for name, width in zip(names, widths, strict=True):
             if width > max_flatten_width:
@@ -349,14 +327,15 @@ def probe_layers(
     say(f"embedding {len(items)} images once for {len(configs)} layers of "
         f"{configs[0].name}" + (f" through the cache {cache}" if cache else ""))
     started = time.perf_counter()
-    result = embed_items(configs, items, kind=kind, cache=cache, batch_size=batch_size,
-                         n_workers=n_workers, verbose=verbose)
+    result = embed_items(configs, items, kind=kind, cache=cache, batch_size=embedder.batch_size,
+                         n_workers=embedder.n_workers, retry_failed=embedder.retry_failed,
+                         verbose=bool(embedder.verbose))
     embed_seconds = time.perf_counter() - started
     report = result.report
     say(f"  {report.summary()} ({embed_seconds:.1f} s)")
     keep = np.ones(len(items), bool)
     if result.failed:
-        if on_error == "raise":
+        if embedder.on_error == "raise":
             lines = "; ".join(str(e) for e in result.failed[:10])
             raise ImageLoadError(
                 f"{len(result.failed)} of {len(items)} images",
@@ -383,7 +362,7 @@ def probe_layers(
         for i, (name, lay, rows, config) in enumerate(
             zip(names, wanted, result.outputs, configs, strict=True))
     ]
-    probe.embedder_params = params
+    probe.embedder_params = {k: v for k, v in embedder.get_params().items() if k != "layer"}
     probe.embed_seconds = embed_seconds
     probe.n_embedded = report.n_embedded
     probe.n_hits = report.n_hits
@@ -391,6 +370,27 @@ def probe_layers(
     probe.test_dropped = [int(i) for i in np.flatnonzero(~keep[n_train:])]
     probe.errors = list(result.failed)
     return probe
+
+
+def _check_embedder(embedder: Any) -> None:
+    """Refuse what the probe cannot do with an embedder: a cut (``layers=`` chooses), a pooling
+    that leaves more than one vector per image, NaN rows."""
+    if embedder.layer is not None:
+        raise FeatxError(
+            f"the embedder is cut at layer={embedder.layer!r}, but probe_layers cuts at each of "
+            "layers=; leave the embedder's layer out (None) and name the layers to probe."
+        )
+    if embedder.pooling not in ("auto", "avg", "max", "flatten", "cls", "cls_avg", "pooled"):
+        raise FeatxError(
+            f"pooling={embedder.pooling!r} cannot be probed: heads need one vector per image. "
+            "Expected 'auto', 'avg', 'max' or 'flatten' ('cls', 'cls_avg' for a Keras Hub "
+            "encoder)."
+        )
+    if embedder.on_error not in ("raise", "skip"):
+        raise FeatxError(
+            f"on_error={embedder.on_error!r} cannot be probed: heads need numbers. Expected "
+            "'raise' or 'skip' (leave the images that cannot be read out)."
+        )
 
 
 def _test_set(test: Any, kind: str) -> tuple[list[Any], np.ndarray]:
