@@ -1,7 +1,8 @@
 """Linear heads that train by blocks: what scales to a million rows and past.
 
 :class:`SGDHead` standardises (``StandardScaler.partial_fit``, one pass), optionally maps the
-rows through an RBF kernel approximation (``Nystroem`` landmarks drawn from a seeded sample),
+rows through an RBF kernel approximation (:class:`~featx.heads.kernel_map.RBFMap`, fitted on a
+seeded sample),
 and trains scikit-learn's ``SGDClassifier`` by ``partial_fit`` over blocks, several epochs in
 a new seeded order each, stopping when the held-out score stops improving (the best epoch is
 kept). The rows come from a :class:`~featx.heads.rows.BlockSource`: an array in memory, or a
@@ -61,10 +62,11 @@ class SGDHead(ClassifierMixin, BaseEstimator):
     alpha : float, default=1e-4
         L2 regularisation strength (``SGDClassifier``'s).
     kernel : {None, "rbf"}, default=None
-        ``"rbf"``: the rows are mapped by a Nystroem approximation of an RBF kernel first
-        (the scalable stand-in for ``SVC(kernel="rbf")``).
-    n_components : int, default=2048
-        Nystroem landmarks (with ``kernel="rbf"``).
+        ``"rbf"``: the rows are mapped by :class:`~featx.heads.kernel_map.RBFMap` (a float32
+        Nystroem map on the top principal axes, its landmarks and axes from a seeded sample
+        of the standardised rows) first: the scalable stand-in for ``SVC(kernel="rbf")``.
+    n_components : int, default=1024
+        Landmarks of the kernel map (with ``kernel="rbf"``).
     gamma : float or None, default=None
         The RBF kernel's gamma; ``None``: ``1 / n_features`` (scikit-learn's ``"scale"`` on
         standardised rows).
@@ -86,7 +88,7 @@ class SGDHead(ClassifierMixin, BaseEstimator):
     ----------
     classes_, n_features_in_
     scaler_ : StandardScaler
-    kernel_ : Nystroem or None
+    kernel_ : RBFMap or None
     clf_ : SGDClassifier
         The best epoch's classifier.
     n_epochs_ : int
@@ -113,7 +115,7 @@ class SGDHead(ClassifierMixin, BaseEstimator):
         *,
         alpha: float = 1e-4,
         kernel: str | None = None,
-        n_components: int = 2048,
+        n_components: int = 1024,
         gamma: float | None = None,
         max_epochs: int = 8,
         n_iter_no_change: int = 2,
@@ -260,13 +262,13 @@ class SGDHead(ClassifierMixin, BaseEstimator):
     def _fit_kernel(self, source: BlockSource) -> Any:
         if self.kernel is None:
             return None
-        from sklearn.kernel_approximation import Nystroem
+        from featx.heads.kernel_map import RBFMap
 
-        sample, _ = source.sample(int(self.n_components), seed=self.random_state)
-        gamma = self.gamma if self.gamma is not None else 1.0 / source.width
-        nystroem = Nystroem(kernel="rbf", gamma=gamma, n_components=min(len(sample),
-                            int(self.n_components)), random_state=self.random_state)
-        return nystroem.fit(self.scaler_.transform(sample))
+        n = max(8192, 4 * int(self.n_components))
+        sample, _ = source.sample(n, seed=self.random_state)
+        rbf = RBFMap(n_components=min(len(sample), int(self.n_components)), gamma=self.gamma,
+                     random_state=self.random_state)
+        return rbf.fit(self.scaler_.transform(sample))
 
     def _features(self, X: np.ndarray) -> np.ndarray:
         Z = self.scaler_.transform(np.asarray(X, dtype=np.float32))
