@@ -168,3 +168,31 @@ def test_more_neighbours_than_rows_says_how_many_there_are():
     head = IndexKNNClassifier(5).fit(*clusters(4, seed=11, d=3))
     with pytest.raises(ValueError, match=r"n_neighbors <= 4 .*got n_neighbors=5"):
         head.predict(np.zeros((1, 3)))
+
+
+def test_wide_rows_are_projected_before_an_ivf_index():
+    """Above n_pca features, the IVF index holds the rows' top principal axes: on rows whose
+    structure lies in fewer dimensions, neighbours and accuracy stay those of exact search."""
+    import pickle
+
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(7)
+    n, k = 6000, 10
+    y = rng.integers(0, 4, n)
+    basis = rng.normal(size=(16, 120))
+    X = ((rng.normal(size=(4, 16))[y] * 3 + rng.normal(size=(n, 16))) @ basis
+         + 0.05 * rng.normal(size=(n, 120))).astype(np.float32)
+    X_test, y_test, X, y = X[:500], y[:500], X[500:], y[500:]
+    head = IndexKNNClassifier(k, exact_below=1000, n_pca=32).fit(X, y)
+    assert head.index_kind_ == "pca32-ivf-sq8"
+    exact = make_pipeline(StandardScaler(), KNeighborsClassifier(k)).fit(X, y)
+    assert abs(head.score(X_test, y_test) - exact.score(X_test, y_test)) <= 0.01
+    _, approx = head.kneighbors(X_test)
+    _, truth = exact[-1].kneighbors(exact[0].transform(X_test), k)
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(approx, truth, strict=True)])
+    assert recall >= 0.9
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(head)).predict(X_test),
+                                  head.predict(X_test))

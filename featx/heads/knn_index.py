@@ -110,6 +110,11 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         IVF cells; ``None``: :func:`auto_nlist`. Capped at the k-means training rows / 39.
     nprobe : int, default=None
         IVF cells searched per query; ``None``: :func:`auto_nprobe`.
+    n_pca : int or None, default=256
+        With an IVF index, rows wider than this are projected on their top ``n_pca`` principal
+        axes first (faiss's ``PCAMatrix``, trained on the k-means sample): a million rows of
+        1,024 take 256 MB instead of 1 GB, and a query scans a quarter of the bytes. ``None``:
+        index the full width.
     block_rows : int, default=8192
         Rows per block when fitting on arrays and when searching.
     random_state : int, RandomState or None, default=0
@@ -125,7 +130,7 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         Pickled (and saved by skops) as ``faiss.serialize_index``'s bytes.
     labels_ : ndarray of int
         Each indexed row's class code (position in ``classes_``), in the source's stored order.
-    index_kind_ : {"flat", "ivf-sq8"}
+    index_kind_ : {"flat", "ivf-sq8", "pca<n>-ivf-sq8"}
     nlist_ : int
         IVF cells (0 for a flat index).
     nprobe_ : int
@@ -149,12 +154,14 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         "exact_below": [Interval(Integral, 0, None, closed="left")],
         "nlist": [Interval(Integral, 1, None, closed="left"), None],
         "nprobe": [Interval(Integral, 1, None, closed="left"), None],
+        "n_pca": [Interval(Integral, 1, None, closed="left"), None],
         "block_rows": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
     }
 
     def __init__(self, n_neighbors: int = 10, *, weights: str = "uniform", scale: bool = True,
                  exact_below: int = 100_000, nlist: int | None = None, nprobe: int | None = None,
+                 n_pca: int | None = 256,
                  block_rows: int = DEFAULT_BLOCK_ROWS, random_state: Any = 0):
         self.n_neighbors = n_neighbors
         self.weights = weights
@@ -162,6 +169,7 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         self.exact_below = exact_below
         self.nlist = nlist
         self.nprobe = nprobe
+        self.n_pca = n_pca
         self.block_rows = block_rows
         self.random_state = random_state
 
@@ -212,7 +220,9 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         # Set only now: a fit stopped by the deadline leaves the estimator as it was.
         self.scaler_, self.index_, self.labels_ = scaler, index, labels
         self.nlist_, self.nprobe_ = nlist, nprobe
-        self.index_kind_ = "flat" if nlist == 0 else "ivf-sq8"
+        dim = width if self.n_pca is None or width <= self.n_pca else int(self.n_pca)
+        self.index_kind_ = ("flat" if nlist == 0 else "ivf-sq8" if dim == width
+                            else f"pca{dim}-ivf-sq8")
         self.classes_, self.n_features_in_ = classes, width
         return self
 
@@ -224,16 +234,20 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         want = self.nlist or auto_nlist(source.n_rows)
         sample, _ = source.sample(min(source.n_rows, max(39 * want, 20_000)), seed=seed)
         nlist = int(max(1, min(want, len(sample) // 39)))
-        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(width), width, nlist,
-                                              faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
-        index.cp.seed = seed
-        index.cp.niter = 10  # faiss's default 25 costs 2.5x for no recall measured here
+        dim = width if self.n_pca is None or width <= self.n_pca else int(self.n_pca)
+        ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(dim), dim, nlist,
+                                            faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
+        ivf.cp.seed = seed
+        ivf.cp.niter = 10  # faiss's default 25 costs 2.5x for no recall measured here
+        # Rows projected on their top principal axes (trained on the same sample): 4x less
+        # memory and 4x less to scan per query at 1,024 -> 256.
+        index = ivf if dim == width else faiss.IndexPreTransform(faiss.PCAMatrix(width, dim), ivf)
         steps.check("training the k-means cells")
         sample = _scaled(_finite(sample), scaler)
         index.train(sample)
         del sample
-        index.nprobe = int(min(nlist, self.nprobe or auto_nprobe(nlist)))
-        return index, nlist, int(index.nprobe)
+        ivf.nprobe = int(min(nlist, self.nprobe or auto_nprobe(nlist)))
+        return index, nlist, int(ivf.nprobe)
 
     def kneighbors(self, X: Any, n_neighbors: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The nearest indexed rows of each row of ``X``.
@@ -258,9 +272,9 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         if not 1 <= k <= len(self.labels_):
             raise ValueError(f"expected 1 <= n_neighbors <= {len(self.labels_)} (the rows "
                              f"fitted); got n_neighbors={k}. Pass a smaller n_neighbors.")
-        _faiss()
+        faiss = _faiss()
         if self.nprobe_:
-            self.index_.nprobe = self.nprobe_
+            faiss.extract_index_ivf(self.index_).nprobe = self.nprobe_
         dist = np.empty((len(X), k), np.float32)
         ind = np.empty((len(X), k), np.int64)
         for lo in range(0, len(X), self.block_rows):

@@ -141,7 +141,7 @@ def _linear_svm_sgd(random_state: int | None) -> Any:
 def _rbf_svm_approx(random_state: int | None) -> Any:
     from featx.heads.scalable import SGDHead
 
-    return SGDHead("hinge", kernel="rbf", random_state=random_state or 0)
+    return SGDHead("hinge", kernel="rbf", alpha=1e-3, random_state=random_state or 0)
 
 
 def _knn_faiss(random_state: int | None) -> Any:
@@ -176,7 +176,7 @@ HEADS: dict[str, HeadPreset] = {
                    _linear_svm_sgd, {"alpha": [1e-5, 1e-4, 1e-3]}, True, streams=True,
                    scale_grid={"alpha": [1e-5, 1e-4]}),
         HeadPreset("rbf_svm_approx", "standardise + RBF kernel approximation + SGD over blocks",
-                   _rbf_svm_approx, {"alpha": [1e-4, 1e-3, 1e-2]}, True, streams=True,
+                   _rbf_svm_approx, {"alpha": [1e-4, 3e-4, 1e-3]}, True, streams=True,
                    scale_grid={"alpha": [1e-3]}),
         HeadPreset("knn_faiss", "standardise + k nearest neighbours on a faiss index",
                    _knn_faiss, {"n_neighbors": [5, 10, 20]}, True, streams=True,

@@ -70,6 +70,7 @@ TRUSTED_TYPES: tuple[str, ...] = (
     # The heads that train by blocks: plain estimators holding a StandardScaler, an
     # SGDClassifier and (kernel="rbf") a kernel map, all arrays.
     "featx.heads.scalable.SGDHead",
+    "featx.heads.kernel_map.RBFMap",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.metrics._dist_metrics.EuclideanDistance32",
     "sklearn.metrics._dist_metrics.EuclideanDistance64",
