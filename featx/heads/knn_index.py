@@ -110,11 +110,14 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         IVF cells; ``None``: :func:`auto_nlist`. Capped at the k-means training rows / 39.
     nprobe : int, default=None
         IVF cells searched per query; ``None``: :func:`auto_nprobe`.
-    n_pca : int or None, default=256
+    n_pca : int or None, default=None
         With an IVF index, rows wider than this are projected on their top ``n_pca`` principal
         axes first (faiss's ``PCAMatrix``, trained on the k-means sample): a million rows of
-        1,024 take 256 MB instead of 1 GB, and a query scans a quarter of the bytes. ``None``:
-        index the full width.
+        1,024 take 256 MB instead of 1 GB at ``n_pca=256``, and a query scans a quarter of the
+        bytes. It changes the neighbours: on 8,000 real MobileNet embeddings of Fashion-MNIST
+        (2,000 queries) recall@10 against exact search fell from 0.988 (full width) to 0.83 at
+        256 and 0.73 at 128, while accuracy rose (0.8675 at 256 against 0.857 exact); on a
+        million noisy resampled rows, 0.32. ``None`` (the default): the full width.
     block_rows : int, default=8192
         Rows per block when fitting on arrays and when searching.
     random_state : int, RandomState or None, default=0
@@ -161,7 +164,7 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, n_neighbors: int = 10, *, weights: str = "uniform", scale: bool = True,
                  exact_below: int = 100_000, nlist: int | None = None, nprobe: int | None = None,
-                 n_pca: int | None = 256,
+                 n_pca: int | None = None,
                  block_rows: int = DEFAULT_BLOCK_ROWS, random_state: Any = 0):
         self.n_neighbors = n_neighbors
         self.weights = weights
