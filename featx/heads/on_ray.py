@@ -11,8 +11,8 @@ readable at the same path on every node (a shared file system, or the cache copi
 
 1. Each worker sums its rows' counts, means and variances (``StandardScaler.partial_fit``); the
    driver combines them exactly (Chan et al.'s pairwise formula) into the head's scaler. With
-   ``kernel="rbf"`` the driver then fits the kernel map (RBFMap) from ``source.sample`` (one pass over
-   the group on the driver), as :meth:`SGDHead.fit_stream` does.
+   ``kernel="rbf"`` the driver then fits the kernel map (RBFMap) from ``source.sample`` (one
+   pass over the group on the driver), as :meth:`SGDHead.fit_stream` does.
 2. Every epoch the driver sends the averaged classifier; each worker continues from it with
    ``SGDClassifier.partial_fit`` over its pieces' blocks (a new seeded order each epoch) and
    sends its classifier back; the driver averages the coefficients weighted by rows (the
