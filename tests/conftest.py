@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -155,6 +156,24 @@ def imagenet_weights() -> Path:
 def lite0_weights() -> Path:
     """The offline ImageNet EfficientNet-Lite0 weights, present in this session's KERAS_HOME."""
     return _session_weights("efficientnet_lite0", LITE0_FILES, "FEATX_TEST_LITE0_WHEEL")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of two nodes of one CPU each, joined by this process for the whole
+    module (the Ray test files, which share one xdist worker, each start their own)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True,
+                head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    ray.init(address=c.address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
 
 
 @pytest.fixture

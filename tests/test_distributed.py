@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import pickle
 import re
@@ -25,7 +24,6 @@ import numpy as np
 import pytest
 import ray
 from PIL import Image
-from ray.cluster_utils import Cluster
 
 from featx import ImageEmbedder, tune_heads
 from featx.cache.failure import Failure
@@ -39,20 +37,6 @@ from tests.conftest import save_tiny_convnet
 FEATX = str(Path(sys.executable).with_name("featx"))
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """Two nodes of one CPU each, joined by this process for the whole module."""
-    c = Cluster(initialize_head=True,
-                head_node_args={"num_cpus": 1, "include_dashboard": False})
-    c.add_node(num_cpus=1)
-    ray.init(address=c.address, logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 @pytest.fixture(scope="module")

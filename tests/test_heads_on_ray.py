@@ -5,7 +5,6 @@ SGDHead, only the labelled rows of the part are read, and a worker's death is na
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import pickle
 import signal
@@ -13,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
-from ray.cluster_utils import Cluster
 
 from featx.cache.store import EmbeddingCache
 from featx.distributed.cluster import ClusterError
@@ -26,20 +23,6 @@ from featx.heads.scalable import SGDHead, fit_scaler
 FP = "fp-on-ray"
 WIDTH = 16
 CLASSES = np.array(["a", "b", "c"])
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """Two nodes of one CPU each, joined by this process for the whole module."""
-    c = Cluster(initialize_head=True,
-                head_node_args={"num_cpus": 1, "include_dashboard": False})
-    c.add_node(num_cpus=1)
-    ray.init(address=c.address, logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def _key(i: int) -> str:

@@ -35,7 +35,7 @@ from featx.heads.rows import ArrayBlocks, BlockSource, CachedBlocks
 from featx.heads.scalable import BudgetExceeded, fit_scaler
 
 __all__ = ["EXACT_ROWS", "VALID_ROWS", "ScaleData", "arrays_at_scale", "cache_at_scale",
-           "tune_at_scale"]
+           "test_split", "tune_at_scale"]
 
 #: Training rows up to which :func:`featx.tune_heads` runs the exact cross-validated grid in
 #: memory (the protocol of small data sets). At 20,000 rows one RBF SVM fit takes about a minute
@@ -67,16 +67,37 @@ class ScaleData:
         return self.fit.n_rows + self.valid.n_rows
 
 
+def test_split(y: Any, test_size: float | None, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``tune_heads(test_size=...)`` tunes on and the rows it tests on (a stratified,
+    seeded split); every row in both when ``test_size`` is ``None`` or 0.
+
+    For callers that need to know which images were tested (``featx heads`` and ``featx probe``
+    show the test images the best head got wrong).
+
+    Examples
+    --------
+    >>> fit_rows, test_rows = test_split([0, 0, 0, 0, 1, 1, 1, 1], 0.5, random_state=0)
+    >>> sorted([*fit_rows, *test_rows]) == list(range(8)), len(test_rows)
+    (True, 4)
+    """
+    rows = np.arange(len(y))
+    if not test_size:
+        return rows, rows
+    from sklearn.model_selection import train_test_split
+
+    fit_rows, test_rows = train_test_split(rows, test_size=test_size, stratify=np.asarray(y),
+                                           random_state=random_state)
+    return fit_rows, test_rows
+
+
 def _split(y: np.ndarray, test_size: float | None, random_state: int) -> np.ndarray:
-    """Each row's part: 0 train, 1 validation, 2 test (stratified, seeded)."""
+    """Each row's part: 0 train, 1 validation, 2 test (stratified, seeded; the test rows are
+    :func:`test_split`'s, as below ``EXACT_ROWS``)."""
     from sklearn.model_selection import train_test_split
 
     part = np.zeros(len(y), np.int8)
-    rows = np.arange(len(y))
-    train = rows
+    train, test = test_split(y, test_size, random_state)
     if test_size:
-        train, test = train_test_split(rows, test_size=test_size, stratify=y,
-                                       random_state=random_state)
         part[test] = 2
     n_classes = len(np.unique(y[train]))
     n_valid = min(VALID_ROWS, max(2 * n_classes, round(0.1 * len(train))))

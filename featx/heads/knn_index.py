@@ -223,11 +223,15 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         # Set only now: a fit stopped by the deadline leaves the estimator as it was.
         self.scaler_, self.index_, self.labels_ = scaler, index, labels
         self.nlist_, self.nprobe_ = nlist, nprobe
-        dim = width if self.n_pca is None or width <= self.n_pca else int(self.n_pca)
+        dim = self._indexed_width(width)
         self.index_kind_ = ("flat" if nlist == 0 else "ivf-sq8" if dim == width
                             else f"pca{dim}-ivf-sq8")
         self.classes_, self.n_features_in_ = classes, width
         return self
+
+    def _indexed_width(self, width: int) -> int:
+        """The width an IVF index holds: ``n_pca`` principal axes when the rows are wider."""
+        return width if self.n_pca is None or width <= self.n_pca else int(self.n_pca)
 
     def _new_index(self, faiss: Any, source: BlockSource, width: int, scaler: Any, seed: int,
                    steps: _Steps) -> tuple[Any, int, int]:
@@ -237,7 +241,7 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         want = self.nlist or auto_nlist(source.n_rows)
         sample, _ = source.sample(min(source.n_rows, max(39 * want, 20_000)), seed=seed)
         nlist = int(max(1, min(want, len(sample) // 39)))
-        dim = width if self.n_pca is None or width <= self.n_pca else int(self.n_pca)
+        dim = self._indexed_width(width)
         ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(dim), dim, nlist,
                                             faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
         ivf.cp.seed = seed

@@ -31,6 +31,7 @@ from featx.heads.at_scale import (
     ScaleData,
     arrays_at_scale,
     cache_at_scale,
+    test_split,
     tune_at_scale,
 )
 from featx.heads.leaderboard import Leaderboard
@@ -377,29 +378,6 @@ def _train_and_test(
         return TuningData(X_all[fit_rows], y_all[fit_rows], X_all[test_rows], y_all[test_rows],
                           X_target)
     return TuningData(X_all, y_all, None, None, X_target)
-
-
-def test_split(y: Any, test_size: float | None, random_state: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rows ``tune_heads(test_size=...)`` tunes on and the rows it tests on (a stratified,
-    seeded split); every row in both when ``test_size`` is ``None`` or 0.
-
-    For callers that need to know which images were tested (``featx heads`` and ``featx probe``
-    show the test images the best head got wrong).
-
-    Examples
-    --------
-    >>> fit_rows, test_rows = test_split([0, 0, 0, 0, 1, 1, 1, 1], 0.5, random_state=0)
-    >>> sorted([*fit_rows, *test_rows]) == list(range(8)), len(test_rows)
-    (True, 4)
-    """
-    rows = np.arange(len(y))
-    if not test_size:
-        return rows, rows
-    from sklearn.model_selection import train_test_split
-
-    fit_rows, test_rows = train_test_split(rows, test_size=test_size, stratify=np.asarray(y),
-                                           random_state=random_state)
-    return fit_rows, test_rows
 
 
 def _classes(y_train: np.ndarray, cv: int) -> np.ndarray:
