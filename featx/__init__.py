@@ -13,6 +13,7 @@ from featx.adapt import (
     SubspaceAlignment,
     TargetData,
 )
+from featx.audit import EmbeddingIndex
 from featx.cache import EmbeddingCache
 from featx.embed import EmbeddingReport, ImageEmbedder, load_image_csv, load_image_folder
 from featx.exceptions import (
@@ -48,6 +49,7 @@ __all__ = [
     "ImageEmbedder",
     "EmbeddingReport",
     "EmbeddingCache",
+    "EmbeddingIndex",
     "load_image_folder",
     "load_image_csv",
     "list_backbones",
