@@ -35,10 +35,13 @@ PIECE_ROWS = 256
 
 @dataclass(frozen=True)
 class Block:
-    """Rows of one group: their content keys (``S64``) and vectors (float32, ``(n, width)``)."""
+    """Rows of one group: their content keys (``S64``), vectors (float32, ``(n, width)``) and,
+    when asked for (``sources=True``), the source each row was stored with (an object array of
+    ``str``: a path, ``array[3]``, ...); otherwise ``sources`` is ``None``."""
 
     keys: np.ndarray
     vectors: np.ndarray
+    sources: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -94,8 +97,10 @@ def read_blocks(
     *,
     block_rows: int,
     seed: int | None = None,
+    sources: bool = False,
 ) -> Iterator[Block]:
-    """Read ``pieces`` into blocks of up to ``block_rows`` rows (see the module docstring).
+    """Read ``pieces`` into blocks of up to ``block_rows`` rows (see the module docstring), with
+    each row's stored source when ``sources`` is true.
 
     Raises
     ------
@@ -119,10 +124,10 @@ def read_blocks(
             taken.append(pieces[i])
             size += len(pieces[i].rows)
             if size >= block_rows:
-                yield from _split(_read(handles, fingerprint, taken), block_rows, rng)
+                yield from _split(_read(handles, fingerprint, taken, sources), block_rows, rng)
                 taken, size = [], 0
         if taken:
-            yield from _split(_read(handles, fingerprint, taken), block_rows, rng)
+            yield from _split(_read(handles, fingerprint, taken, sources), block_rows, rng)
 
 
 @contextlib.contextmanager
@@ -137,22 +142,27 @@ def _opened(path: Path) -> Iterator[Any]:
         f.close()
 
 
-def _read(handles: dict[Path, Any], fingerprint: str, pieces: list[Piece]) -> Block:
-    """The pieces' rows, in the order given."""
+def _read(handles: dict[Path, Any], fingerprint: str, pieces: list[Piece],
+          sources: bool = False) -> Block:
+    """The pieces' rows (and their sources, when asked), in the order given."""
     n = sum(len(p.rows) for p in pieces)
     first = handles[pieces[0].path][f"embeddings/{fingerprint}/vectors"]
     out = np.empty((n, first.shape[1]), np.float32)
+    names = np.empty(n, object) if sources else None
     at = 0
     for p in pieces:
         lo, hi = int(p.rows[0]), int(p.rows[-1]) + 1
         try:
             with reading(p.path):
-                data = handles[p.path][f"embeddings/{fingerprint}/vectors"][lo:hi]
+                group = handles[p.path][f"embeddings/{fingerprint}"]
+                data = group["vectors"][lo:hi]
+                if names is not None:
+                    names[at:at + len(p.rows)] = group["sources"].asstr()[lo:hi][p.rows - lo]
         except UnreadableFile as exc:
             raise _unreadable(p.path, exc.reason) from None
         out[at:at + len(p.rows)] = data[p.rows - lo]
         at += len(p.rows)
-    return Block(hex_keys(np.concatenate([p.digests for p in pieces])), out)
+    return Block(hex_keys(np.concatenate([p.digests for p in pieces])), out, names)
 
 
 def _split(block: Block, block_rows: int, rng: np.random.Generator | None) -> Iterator[Block]:
@@ -160,7 +170,8 @@ def _split(block: Block, block_rows: int, rng: np.random.Generator | None) -> It
     order = np.arange(len(block)) if rng is None else rng.permutation(len(block))
     for lo in range(0, len(order), block_rows):
         rows = order[lo:lo + block_rows]
-        yield Block(block.keys[rows], block.vectors[rows])
+        names = None if block.sources is None else block.sources[rows]
+        yield Block(block.keys[rows], block.vectors[rows], names)
 
 
 def _unreadable(path: Path, reason: str) -> CacheError:

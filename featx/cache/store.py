@@ -250,10 +250,12 @@ class EmbeddingCache:
             return keys, vectors.astype(np.float32, copy=False), sources
 
     def blocks(
-        self, fingerprint: str, *, block_rows: int = 8192, seed: int | None = None
+        self, fingerprint: str, *, block_rows: int = 8192, seed: int | None = None,
+        sources: bool = False,
     ) -> Iterator[Block]:
         """Every row of one group once, as :class:`~featx.cache.blocks.Block` s of at most
-        ``block_rows`` rows (keys and vectors), never the whole group in memory.
+        ``block_rows`` rows (keys, vectors and, with ``sources=True``, each row's stored source),
+        never the whole group in memory.
 
         Without a seed the rows come file by file in stored order; with one, in a seeded
         shuffled order (chunks of 256 rows drawn from every file, then each block shuffled):
@@ -271,13 +273,17 @@ class EmbeddingCache:
         >>> import numpy as np, tempfile, os
         >>> cache = EmbeddingCache(os.path.join(tempfile.mkdtemp(), "emb.h5"))
         >>> keys = [f"{i:064x}" for i in range(5)]
-        >>> cache.append("fp0", keys, np.eye(5, dtype=np.float32), ["x"] * 5)
+        >>> cache.append("fp0", keys, np.eye(5, dtype=np.float32), [f"{i}.png" for i in range(5)])
         5
         >>> [len(b) for b in cache.blocks("fp0", block_rows=2, seed=0)]
         [2, 2, 1]
+        >>> block = next(cache.blocks("fp0", block_rows=2, sources=True))
+        >>> block.keys[1][-4:], block.vectors[1].tolist(), block.sources.tolist()
+        (b'0001', [0.0, 1.0, 0.0, 0.0, 0.0], ['0.png', '1.png'])
         """
         pieces = plan_pieces(self._files, fingerprint)
-        return read_blocks(self._files, fingerprint, pieces, block_rows=block_rows, seed=seed)
+        return read_blocks(self._files, fingerprint, pieces, block_rows=block_rows, seed=seed,
+                           sources=sources)
 
     # ---- writing ------------------------------------------------------------
 

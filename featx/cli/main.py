@@ -6,6 +6,7 @@
     featx heads SRC --backbone NAME --cache FILE    tune heads on labelled images' embeddings
     featx predict MODEL PATH...                     predictions of a saved model, as CSV
     featx info FILE                                 what a cache (or a saved model) holds
+    featx export --cache FILE --out DIR             a cache group as .npy/Parquet shards
     featx weights install NAME | featx weights list offline ImageNet weights
     featx demo [--out DIR]                          Fashion-MNIST end to end
     featx finetune SRC --backbone NAME --out F.keras fine-tune the top layers into a new backbone
@@ -13,8 +14,8 @@
 
 Each subcommand is a module that adds its parser and holds what it runs: ``cli_embed``,
 ``cli_heads``, ``cli_probe``, ``cli_predict``, ``cli_info``, ``cli_weights``, ``cli_demo``,
-``cli_finetune``; the options they share are in ``cli_args``, the listing of ``SRC`` in
-``cli_sources``. This module puts them together and runs them.
+``cli_finetune``, ``cli_export``; the options they share are in ``cli_args``, the listing of
+``SRC`` in ``cli_sources``. This module puts them together and runs them.
 
 Library code raises; only :func:`main` turns exceptions into a one-line ``featx: error: ...`` on
 standard error and an exit code: 0 success, 1 an error (bad input, missing file, unknown backbone),
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     """``featx`` and its subcommands, each added by its own module."""
     from featx.cli.demo import add_demo_command
     from featx.cli.embed import add_embed_command
+    from featx.cli.export import add_export_command
     from featx.cli.finetune import add_finetune_command
     from featx.cli.heads import add_heads_command
     from featx.cli.info import add_info_command
@@ -60,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     commands.required = True
     for add in (add_embed_command, add_heads_command, add_probe_command, add_predict_command,
-                add_info_command, add_weights_command, add_demo_command, add_finetune_command):
+                add_info_command, add_weights_command, add_demo_command, add_finetune_command,
+                add_export_command):
         add(commands, flags)
     return parser
 
