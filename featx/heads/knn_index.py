@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from numbers import Integral
 from typing import Any
 
@@ -130,7 +131,8 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     scaler_ : StandardScaler or None
     index_ : faiss.Index
-        Pickled (and saved by skops) as ``faiss.serialize_index``'s bytes.
+        Pickled as ``faiss.serialize_index``'s bytes; a ``.featx`` file holds it as a member of
+        its own (:meth:`write_index`), streamed, not inside the head's skops bytes.
     labels_ : ndarray of int
         Each indexed row's class code (position in ``classes_``), in the source's stored order.
     index_kind_ : {"flat", "ivf-sq8", "pca<n>-ivf-sq8"}
@@ -314,9 +316,33 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
+    def write_index(self, path: str | os.PathLike[str]) -> None:
+        """Write the fitted index to ``path`` with ``faiss.write_index``: streamed to the file,
+        no copy of the index in memory (how a ``.featx`` file stores it, as a member of its own)."""
+        check_is_fitted(self, "index_")
+        _faiss().write_index(self.index_, os.fspath(path))
+
+    def read_index(self, path: str | os.PathLike[str]) -> None:
+        """Load the index :meth:`write_index` wrote (faiss parses the file; it runs no code)."""
+        self.index_ = _faiss().read_index(os.fspath(path))
+
+    @contextmanager
+    def index_detached(self, member: str) -> Iterator[None]:
+        """Within the block the estimator holds no index, only ``index_member_ = member`` (the
+        name of the file that holds it): what the saved model writes with skops, so that the
+        index is never copied into skops's bytes."""
+        check_is_fitted(self, "index_")
+        index = self.index_
+        self.index_, self.index_member_ = None, member
+        try:
+            yield
+        finally:
+            self.index_ = index
+            del self.index_member_
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # object.__getstate__ gives __dict__ itself
-        if "index_" in state:
+        if state.get("index_") is not None:
             state["index_"] = _faiss().serialize_index(state["index_"])
         return state
 

@@ -7,6 +7,11 @@ A ``.featx`` file is a zip archive of two members (``docs/saved-model.md``)::
                     classes; the head's type and the sha256 of head.skops
     head.skops      the fitted head, written with skops (no pickle)
 
+and, for a head that searches a faiss index (:class:`~featx.heads.knn_index.IndexKNNClassifier`),
+one ``index-<i>.faiss`` member per index, written by ``faiss.write_index`` and stored
+uncompressed: streamed from and to a temporary file, never copied in memory (a million rows of
+width 1,024 are a 1 GB index; inside skops's bytes, saving one took 3-4 times that).
+
 The network's weights are never stored: :func:`featx.load_model` rebuilds the backbone from its
 configuration (a registry name with ImageNet or random weights, or the path of a model file),
 and checks that it still resolves to the fingerprint the head was trained on.
@@ -27,10 +32,12 @@ import importlib.metadata
 import json
 import os
 import platform
+import tempfile
 import time
 import warnings
 import zipfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +61,7 @@ MODEL_FORMAT_VERSION = 1
 _FORMAT_NAME = "featx-model"
 _MANIFEST = "manifest.json"
 _HEAD = "head.skops"
+_INDEX_MEMBER = "index-{}.faiss"
 
 #: scikit-learn internals that featx's preset heads hold and skops does not trust by default
 #: (a test dumps every fitted preset and checks this list covers it).
@@ -145,7 +153,31 @@ def write_model(model: Any, path: str | os.PathLike[str], *, info: dict[str, Any
 
     params = _embedder_params(model.embedder)
     config = model.embedder.backbone_config()
-    head_bytes = sio.dumps(model.head)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    indexes = {_INDEX_MEMBER.format(i): head for i, head in enumerate(_indexed_heads(model.head))}
+    files = {name: tmp.with_name(f"{tmp.name}.{name}") for name in indexes}
+    try:
+        members = {}
+        for name, head in indexes.items():
+            head.write_index(files[name])
+            members[name] = _sha256_file(files[name])
+        with ExitStack() as detached:
+            for name, head in indexes.items():
+                detached.enter_context(head.index_detached(name))
+            head_bytes = sio.dumps(model.head)
+        _write_zip(model, out, tmp, params, config, head_bytes, info, members, files)
+    finally:
+        for file in files.values():
+            file.unlink(missing_ok=True)
+    return out
+
+
+def _write_zip(model: Any, out: Path, tmp: Path, params: dict[str, Any], config: Any,
+               head_bytes: bytes, info: dict[str, Any] | None, members: dict[str, str],
+               files: dict[str, Path]) -> None:
+    """The manifest, the head and the index files, zipped into ``tmp``, then renamed ``out``."""
     extra = {**model.info, **(info or {})}
     try:
         json.dumps(extra)
@@ -173,17 +205,79 @@ def write_model(model: Any, path: str | os.PathLike[str], *, info: dict[str, Any
         "classes": [plain(c) for c in model.classes_],
         "info": extra,
     }
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    if members:
+        manifest["members"] = members
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
             zf.writestr(_HEAD, head_bytes)
+            for name, file in files.items():
+                zf.write(file, name, compress_type=zipfile.ZIP_STORED)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return out
+
+
+def _indexed_heads(head: Any) -> list[Any]:
+    """The :class:`~featx.heads.knn_index.IndexKNNClassifier` s a fitted head holds (itself, a
+    pipeline's step, a meta-estimator's head), each once."""
+    from featx.heads.knn_index import IndexKNNClassifier
+
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def walk(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > 8:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, IndexKNNClassifier):
+            if getattr(obj, "index_", None) is not None or hasattr(obj, "index_member_"):
+                found.append(obj)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                walk(value, depth + 1)
+        elif hasattr(obj, "get_params") and hasattr(obj, "__dict__"):
+            for value in vars(obj).values():
+                walk(value, depth + 1)
+
+    walk(head, 0)
+    return found
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _attach_indexes(head: Any, zf: zipfile.ZipFile, manifest: dict[str, Any], file: Path
+                    ) -> None:
+    """Load each index member into the head that names it, checking its sha256 as it streams
+    to a temporary file (faiss reads files)."""
+    members = manifest.get("members") or {}
+    for knn in _indexed_heads(head):
+        name = getattr(knn, "index_member_", None)
+        if name is None:
+            continue  # a file written before indexes had members of their own: in the skops bytes
+        if name not in members or name not in zf.namelist():
+            raise FeatxError(f"{str(file)!r} has no {name} (the head's index); the file is "
+                             "damaged.")
+        fd, tmp_name = tempfile.mkstemp(suffix=".faiss")
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as tmp, zf.open(name) as src:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    digest.update(block)
+                    tmp.write(block)
+            if digest.hexdigest() != members[name]:
+                raise FeatxError(f"{str(file)!r}: {name} does not match the sha256 in its "
+                                 "manifest; the file is damaged or was altered.")
+            knn.read_index(tmp_name)
+        finally:
+            os.unlink(tmp_name)
+        del knn.index_member_
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -240,8 +334,6 @@ def read_model(
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Read a ``.featx`` file into its rebuilt embedder, its head and its manifest, running no
     code it holds; see :func:`featx.load_model`."""
-    import skops.io as sio
-
     from featx.embed.embedder import ImageEmbedder
 
     file = Path(path)
@@ -252,28 +344,8 @@ def read_model(
         if head_name not in zf.namelist():
             raise FeatxError(f"{str(file)!r} has no {head_name}; the file is damaged.")
         head_bytes = zf.read(head_name)
-    expected = manifest["head"].get("sha256")
-    if expected and hashlib.sha256(head_bytes).hexdigest() != expected:
-        raise FeatxError(
-            f"{str(file)!r}: {head_name} does not match the sha256 in its manifest; the file is "
-            "damaged or was altered."
-        )
-    try:
-        found = sio.get_untrusted_types(data=head_bytes)
-    except Exception as exc:
-        raise FeatxError(f"{str(file)!r}: {head_name} cannot be read by skops ({exc}).") from None
-    allowed = set(TRUSTED_TYPES) | set(trusted or ())
-    refused = sorted(t for t in found if t not in allowed)
-    if refused:
-        raise UntrustedModelError(
-            f"{str(file)!r} holds types featx does not trust: {', '.join(refused)}. Nothing was "
-            "loaded. If you trust where the file came from, pass "
-            f"load_model(..., trusted={refused!r}) (featx predict: "
-            + " ".join(f"--trust {t}" for t in refused) + ").",
-            refused,
-        )
-    head = sio.loads(head_bytes, trusted=list(found))
-
+        head = _trusted_head(head_bytes, head_name, manifest, file, trusted)
+        _attach_indexes(head, zf, manifest, file)
     stored = dict(manifest["embedder"]["params"])
     known = set(ImageEmbedder().get_params(deep=False))
     unknown = sorted(set(stored) - known)
@@ -297,6 +369,34 @@ def read_model(
     embedder = ImageEmbedder(**params)
     _check_backbone(embedder, manifest, file)
     return embedder, head, manifest
+
+
+def _trusted_head(head_bytes: bytes, head_name: str, manifest: dict[str, Any], file: Path,
+                  trusted: Sequence[str] | None) -> Any:
+    """The head, loaded by skops once its bytes match the manifest and hold trusted types only."""
+    import skops.io as sio
+
+    expected = manifest["head"].get("sha256")
+    if expected and hashlib.sha256(head_bytes).hexdigest() != expected:
+        raise FeatxError(
+            f"{str(file)!r}: {head_name} does not match the sha256 in its manifest; the file is "
+            "damaged or was altered."
+        )
+    try:
+        found = sio.get_untrusted_types(data=head_bytes)
+    except Exception as exc:
+        raise FeatxError(f"{str(file)!r}: {head_name} cannot be read by skops ({exc}).") from None
+    allowed = set(TRUSTED_TYPES) | set(trusted or ())
+    refused = sorted(t for t in found if t not in allowed)
+    if refused:
+        raise UntrustedModelError(
+            f"{str(file)!r} holds types featx does not trust: {', '.join(refused)}. Nothing was "
+            "loaded. If you trust where the file came from, pass "
+            f"load_model(..., trusted={refused!r}) (featx predict: "
+            + " ".join(f"--trust {t}" for t in refused) + ").",
+            refused,
+        )
+    return sio.loads(head_bytes, trusted=list(found))
 
 
 def _locate(value: Any, file: Path) -> Any:
