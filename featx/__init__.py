@@ -15,7 +15,16 @@ from featx.adapt import (
 )
 from featx.audit import EmbeddingIndex
 from featx.cache import EmbeddingCache
-from featx.embed import EmbeddingReport, ImageEmbedder, load_image_csv, load_image_folder
+from featx.embed import (
+    EmbeddingReport,
+    ImageEmbedder,
+    ParquetImages,
+    TarShards,
+    load_image_csv,
+    load_image_folder,
+    load_parquet,
+    load_shards,
+)
 from featx.exceptions import (
     AdaptationError,
     CacheError,
@@ -52,6 +61,10 @@ __all__ = [
     "EmbeddingIndex",
     "load_image_folder",
     "load_image_csv",
+    "load_shards",
+    "load_parquet",
+    "TarShards",
+    "ParquetImages",
     "list_backbones",
     "get_backbone",
     "HEADS",

@@ -18,7 +18,7 @@ from featx.cli.args import (
     reason,
     say_for,
 )
-from featx.cli.sources import list_source
+from featx.cli.sources import add_source_flags, open_source, source_options
 from featx.exceptions import FeatxError, ImageLoadError
 
 
@@ -31,8 +31,11 @@ def add_embed_command(commands: Any, flags: argparse.ArgumentParser) -> None:
         "embedded again; a file that cannot be read is reported with its reason and skipped.",
     )
     embed.add_argument("src", metavar="SRC",
-                       help="a folder with one sub-folder per class, a folder of images, or a "
-                       "CSV file with a 'path' column")
+                       help="a folder with one sub-folder per class, a folder of images, a "
+                       "CSV file with a 'path' column, tar shards (a .tar file, a folder or a "
+                       "quoted glob of them), Parquet/Arrow files (a file, a folder of parts or "
+                       "a glob), or an image; each a path or a URL (s3://, gs://, https://)")
+    add_source_flags(embed)
     embed.add_argument("--on-error", choices=("skip", "nan", "raise"), default="skip",
                        help="what a bad image does (default skip: report it and go on)")
 
@@ -51,16 +54,17 @@ def ray_options_need_ray(args: argparse.Namespace) -> None:
 def cmd_embed(args: argparse.Namespace) -> int:
     ray_options_need_ray(args)
     say = say_for(args)
-    paths = list_source(args.src, args.path_column)
+    source = open_source(args.src, args.path_column, **source_options(args))
     embedder = embedder_from_args(args, on_error=args.on_error)
-    embedder.fit(paths)  # checks the parameters (an unknown backbone, ...) before any work
-    say(f"embedding {len(paths)} images from {args.src} into {args.cache}"
+    embedder.fit(source)  # checks the parameters (an unknown backbone, ...) before any work
+    count = "" if source.count is None else f"{source.count} "
+    say(f"embedding {count}images from {args.src} into {args.cache}"
         + (" on Ray" if args.ray else ""))
     started = time.perf_counter()
     if args.ray:
-        report = embed_on_ray(args, paths, embedder)
+        report = embed_on_ray(args, source, embedder)
     else:
-        report = _embed_here(args, paths, embedder)
+        report = _embed_here(args, source, embedder)
     seconds = time.perf_counter() - started
     if args.verbosity > 0:
         say(f"backbone: {embedder.config_.label}")
@@ -76,13 +80,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embed_here(args: argparse.Namespace, paths: list[str], embedder: Any) -> Any:
-    """Embed in this process; the report of the run."""
+def _embed_here(args: argparse.Namespace, source: Any, embedder: Any) -> Any:
+    """Embed in this process, the source read a chunk at a time; the report of the run."""
     with warnings.catch_warnings():
         # The failures are printed below, with their reasons.
         warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
         try:
-            embedder.embed_to_cache(paths)  # the rows stay in the cache, not in memory
+            embedder.embed_to_cache(source)  # the rows stay in the cache, not in memory
         except ImageLoadError:
             errors = embedder.report_.errors
             if not errors:
@@ -90,16 +94,21 @@ def _embed_here(args: argparse.Namespace, paths: list[str], embedder: Any) -> An
             listing = "; ".join(f"{e.source}: {reason(e)}" for e in errors[:10])
             more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
             raise FeatxError(
-                f"{len(errors)} of {len(paths)} images could not be read: {listing}{more}. The "
+                f"{len(errors)} of {embedder.report_.n_items} images could not be read: "
+                f"{listing}{more}. The "
                 "others were embedded and cached; pass --on-error skip to leave the bad ones out."
             ) from None
     return embedder.report_
 
 
-def embed_on_ray(args: argparse.Namespace, paths: list[str], embedder: Any) -> Any:
+def embed_on_ray(args: argparse.Namespace, paths: Any, embedder: Any) -> Any:
     """``--ray``: embed on the cluster ``--ray-address`` (or ``RAY_ADDRESS``) names, or on a
     local one started for this command and shut down after it; the report of the run."""
     from featx.distributed.driver import embed_on_ray as run_on_ray
+    from featx.embed.stream import ItemStream
+
+    if isinstance(paths, ItemStream):  # the driver deals out a list of items
+        paths = list(paths)
 
     report = run_on_ray(paths, embedder, address=args.ray_address, workers=args.workers,
                         gpus_per_worker=args.gpus_per_worker)

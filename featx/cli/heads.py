@@ -30,7 +30,13 @@ from featx.cli.args import (
     test_size_of,
 )
 from featx.cli.embed import embed_on_ray, ray_options_need_ray
-from featx.cli.sources import labelled_source, list_source
+from featx.cli.sources import (
+    add_source_flags,
+    labelled_source,
+    list_source,
+    source_names,
+    source_options,
+)
 from featx.exceptions import FeatxError
 from featx.heads.presets import DEFAULT_HEADS
 
@@ -53,6 +59,7 @@ def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
         "embeddings and the images the best head got wrong.",
     )
     add_labelled_source(heads)
+    add_source_flags(heads)
     add_heads_flags(heads)
     add_test_flags(heads)
     heads.add_argument("--out", default="featx-heads", metavar="DIR",
@@ -96,7 +103,8 @@ def _heads(args: argparse.Namespace) -> int:
     from featx.heads.tuning import EXACT_ROWS
 
     say = say_for(args)
-    paths, y = labelled_source(args.src, args.path_column, args.label_column)
+    paths, y = labelled_source(args.src, args.path_column, args.label_column,
+                               **source_options(args))
     from_cache = backbone_from_cache(args)
     embedder = embedder_from_args(args, on_error="skip", params=from_cache)
     embedder.fit(paths)  # checks the parameters before any work
@@ -108,11 +116,11 @@ def _heads(args: argparse.Namespace) -> int:
             f"{on_ray.n_failed} failed")
     exact_rows = EXACT_ROWS if args.exact_rows is None else args.exact_rows
     if (args.target is None and args.cache is not None
-            and len(paths) * (1 - (test_size_of(args) or 0)) > exact_rows):
+            and len(y) * (1 - (test_size_of(args) or 0)) > exact_rows):
         return _heads_at_scale(args, embedder, paths, y, say)
     X, report = _embed_readable(embedder, paths)
     y = np.delete(y, report.dropped)
-    say(f"{len(paths)} images in {len(np.unique(y))} classes from {args.src}: "
+    say(f"{report.n_items} images in {len(np.unique(y))} classes from {args.src}: "
         f"{report.n_hits} embeddings from the cache {args.cache}, {report.n_embedded} embedded, "
         f"{report.n_failed} failed (left out)")
     _print_failures(report)
@@ -123,7 +131,7 @@ def _heads(args: argparse.Namespace) -> int:
                 "the target's own labels (give --target one sub-folder per class)."
             )
         return _heads_on_target(args, embedder, X, y)
-    kept = np.delete(np.asarray(paths, dtype=object), report.dropped)
+    kept = np.delete(np.asarray(source_names(paths), dtype=object), report.dropped)
     test_size = test_size_of(args)
     tuning = dict(heads=args.heads, cv=args.cv, search=args.search, scoring=args.scoring,
                   random_state=args.random_state, n_jobs=args.n_jobs, log=say,
@@ -149,7 +157,8 @@ def _heads(args: argparse.Namespace) -> int:
             board = tune_heads(X, y, **tuning)
     print(board.to_text())
     _write_outputs(args, board, embedder, X, y, [str(p) for p in tested],
-                   [f"Images: {args.src} ({len(paths)} listed, {report.n_failed} unreadable)."],
+                   [f"Images: {args.src} ({report.n_items} listed, {report.n_failed} "
+                    "unreadable)."],
                    say)
     return 0
 
@@ -198,7 +207,7 @@ def _heads_at_scale(args: argparse.Namespace, embedder: Any, paths: list[str], y
     from featx.heads.tuning import cached_embeddings, tune_heads
 
     kept, y, report = _cached_readable(embedder, paths, y)
-    say(f"{len(paths):,} images in {len(np.unique(y))} classes from {args.src}: "
+    say(f"{report.n_items:,} images in {len(np.unique(y))} classes from {args.src}: "
         f"{report.n_hits:,} embeddings in the cache {args.cache}, {report.n_embedded:,} "
         f"embedded, {report.n_failed:,} failed (left out)")
     group = cache_group(embedder.backbone_config(), None)
@@ -206,9 +215,10 @@ def _heads_at_scale(args: argparse.Namespace, embedder: Any, paths: list[str], y
                   n_jobs=args.n_jobs, log=say, budget=args.budget, exact_rows=args.exact_rows,
                   group=group, progress=progress(args))
     if args.test is not None:
-        test_paths, y_test = labelled_source(args.test, args.path_column, args.label_column)
+        test_paths, y_test = labelled_source(args.test, args.path_column, args.label_column,
+                                             **source_options(args))
         test_kept, y_test, test_report = _cached_readable(embedder, test_paths, y_test)
-        say(f"{len(test_paths):,} test images from {args.test}: {test_report.n_failed:,} "
+        say(f"{test_report.n_items:,} test images from {args.test}: {test_report.n_failed:,} "
             "failed (left out)")
         board = tune_heads(args.cache, y, images=kept, test=(args.cache, y_test),
                            test_images=test_kept, **tuning)
@@ -219,7 +229,7 @@ def _heads_at_scale(args: argparse.Namespace, embedder: Any, paths: list[str], y
         len(kept), min(len(kept), 1500), replace=False))
     X_map = cached_embeddings(args.cache, [kept[i] for i in sample], group=group)
     _write_outputs(args, board, embedder, X_map, y[sample], None,
-                   [f"Images: {args.src} ({len(paths)} listed, {report.n_failed} unreadable); "
+                   [f"Images: {args.src} ({report.n_items} listed, {report.n_failed} unreadable); "
                     "the map shows a seeded sample of 1,500."], say)
     return 0
 
@@ -231,7 +241,7 @@ def _cached_readable(embedder: Any, paths: list[str], y: Any) -> tuple[list[str]
     report = embedder.embed_to_cache(paths)
     _print_failures(report)
     bad = sorted({f.index for f in report.failures})
-    keep = np.ones(len(paths), bool)
+    keep = np.ones(len(y), bool)
     keep[bad] = False
     return [p for p, k in zip(paths, keep, strict=True) if k], np.asarray(y)[keep], report
 
@@ -240,12 +250,13 @@ def _test_images(args: argparse.Namespace, embedder: Any, say: Any) -> tuple[Any
     """``--test``'s embeddings (through the cache), labels and the paths that could be read."""
     import numpy as np
 
-    paths, y = labelled_source(args.test, args.path_column, args.label_column)
+    paths, y = labelled_source(args.test, args.path_column, args.label_column,
+                               **source_options(args))
     X, report = _embed_readable(embedder, paths)
     _print_failures(report)
-    say(f"{len(paths)} test images from {args.test}: {report.n_hits} from the cache, "
+    say(f"{report.n_items} test images from {args.test}: {report.n_hits} from the cache, "
         f"{report.n_embedded} embedded, {report.n_failed} failed (left out)")
-    kept = np.delete(np.asarray(paths, dtype=object), report.dropped)
+    kept = np.delete(np.asarray(source_names(paths), dtype=object), report.dropped)
     return X, np.delete(y, report.dropped), kept
 
 

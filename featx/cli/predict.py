@@ -15,7 +15,7 @@ from featx.cli.args import (
     progress,
     reason,
 )
-from featx.cli.sources import list_source
+from featx.cli.sources import add_source_flags, open_source, source_options
 
 _PROG = "featx"
 
@@ -32,8 +32,9 @@ def add_predict_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     )
     predict.add_argument("model", metavar="MODEL", help="a .featx model file")
     predict.add_argument("sources", metavar="PATH", nargs="+",
-                         help="image files, folders of images (or of class folders), or CSV "
-                         "files with a 'path' column")
+                         help="image files, folders of images (or of class folders), CSV "
+                         "files with a 'path' column, tar shards or Parquet/Arrow files; paths "
+                         "or URLs (s3://, gs://, https://)")
     predict.add_argument("--out", metavar="FILE", help="write the CSV here (default: stdout)")
     predict.add_argument("--cache", metavar="FILE",
                          help="an embedding cache to read and fill (default: none)")
@@ -42,6 +43,7 @@ def add_predict_command(commands: Any, flags: argparse.ArgumentParser) -> None:
     predict.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                          help="images per network call (default 32)")
     add_path_column(predict)
+    add_source_flags(predict)
     predict.add_argument("--trust", action="append", default=[], metavar="TYPE",
                          help="trust this type in the model file (repeatable); only for a file "
                          "whose origin you trust and whose load named the type")
@@ -54,10 +56,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import csv
     from dataclasses import replace
 
+    from featx.embed.stream import ChainedStream
     from featx.exceptions import ModelVersionWarning
     from featx.model import load_model, predictions_csv_rows
 
-    paths = [p for src in args.sources for p in list_source(src, args.path_column)]
+    paths = ChainedStream([open_source(src, args.path_column, **source_options(args))
+                           for src in args.sources])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ModelVersionWarning)
         model = load_model(args.model, trusted=args.trust, cache=args.cache,

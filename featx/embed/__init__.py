@@ -12,6 +12,10 @@ from featx.embed.images import (
     load_image_folder,
     load_pixels,
 )
+from featx.embed.listing import CsvImages, FolderImages
+from featx.embed.shards import TarShards, load_shards
+from featx.embed.stream import ItemStream
+from featx.embed.tables import ParquetImages, load_parquet
 
 __all__ = [
     "ImageEmbedder",
@@ -22,4 +26,11 @@ __all__ = [
     "load_image_csv",
     "load_image_folder",
     "load_pixels",
+    "ItemStream",
+    "FolderImages",
+    "CsvImages",
+    "TarShards",
+    "load_shards",
+    "ParquetImages",
+    "load_parquet",
 ]

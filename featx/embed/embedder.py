@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -15,7 +17,7 @@ from sklearn.base import (
 )
 from sklearn.utils.validation import validate_data
 
-from featx.embed.calibration import cached_calibration, calibrated_config
+from featx.embed.calibration import MAX_CALIBRATION, cached_calibration, calibrated_config
 from featx.embed.engine import (
     MAX_PIXELS,
     EmbeddingReport,
@@ -23,7 +25,9 @@ from featx.embed.engine import (
     embed_items,
     output_widths,
 )
-from featx.embed.images import as_items, warn_if_unit_scale
+from featx.embed.images import Item, as_items, iter_items, warn_if_unit_scale
+from featx.embed.stream import ItemStream
+from featx.embed.tables import is_arrow_table
 from featx.exceptions import ImageLoadError
 from featx.nets.backbones import BackboneConfig, resolve_backbone
 from featx.nets.options import EMBEDDER_OPTIONS, backbone_options
@@ -33,7 +37,10 @@ __all__ = ["ImageEmbedder", "EmbeddingReport", "MAX_PIXELS"]
 
 
 def _as_input(X: Any) -> Any:
-    """Turn array-likes that are not arrays, lists or pandas objects into arrays."""
+    """Turn array-likes that are not arrays, lists or pandas objects into arrays (a
+    ``pyarrow.Table`` of encoded images stays a table)."""
+    if is_arrow_table(X):
+        return X
     if hasattr(X, "__array__") and not isinstance(X, (np.ndarray, list, tuple)):
         if not hasattr(X, "iloc") and not hasattr(X, "tocsr"):
             return np.asarray(X)
@@ -239,7 +246,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         if _is_table(X):
             validate_data(self, X, dtype=np.float32, reset=True)
         else:
-            items, _ = as_items(X)  # fail early on input that is not a collection of images
+            items, _ = iter_items(X)  # fail early on input that is not a collection of images
             if self.config_.precision == "int8":
                 self._calibration_of: tuple[Any, str, BackboneConfig] | None = None
                 self.config_ = self._calibrated(self.config_, items)
@@ -311,13 +318,14 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         """Run the engine on ``X`` as :meth:`transform` and :meth:`embed_to_cache` take it."""
         config = self.backbone_config()
         X = _as_input(X)
+        items: Iterable[Item]
         if _is_table(X):
             X = validate_data(self, X, dtype=np.float32, reset=not hasattr(self, "n_features_in_"))
             items, kind = as_items(X)
             sample_shape: tuple[int, ...] | None = (X.shape[1],)
         else:
             warn_if_unit_scale(X)
-            items, kind = as_items(X)
+            items, kind = iter_items(X)
             sample_shape = None
             if config.precision == "int8":
                 config = self._calibrated(config, items)
@@ -341,6 +349,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 return calibrated
         found = (cached_calibration(config, self.cache)
                  if self.calibration is None and self.cache is not None else None)
+        if isinstance(items, ItemStream) and found is None and self.calibration is None:
+            items = list(islice(items, MAX_CALIBRATION))  # a stream's first images
         calibrated = found or calibrated_config(config, self.calibration, items)
         self._calibration_of = (self.calibration, config.fingerprint, calibrated)
         return calibrated

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +39,8 @@ from featx.embed.chunk import (
     lookup,
     to_compute,
 )
-from featx.embed.images import Item, batched, load_pixels
+from featx.embed.images import Item, batched, chunks, load_pixels
+from featx.embed.stream import known_count
 from featx.exceptions import FeatxError, ImageLoadError
 from featx.nets.backbones import BackboneConfig
 from featx.nets.build import get_network
@@ -116,7 +117,7 @@ class EngineResult:
 
 def embed_items(
     configs: BackboneConfig | Sequence[BackboneConfig],
-    items: Sequence[Item],
+    items: Iterable[Item],
     *,
     kind: str = "images",
     sample_shape: tuple[int, ...] | None = None,
@@ -135,8 +136,10 @@ def embed_items(
         Several configurations must differ only in ``layer`` and ``pooling``: each item then
         goes through the network once, and each configuration's rows are cached in its own group
         (the group an ``ImageEmbedder`` with that layer and pooling reads).
-    items : list of Item
-        From :func:`featx.embed.images.as_items`.
+    items : sequence or iterable of Item
+        From :func:`featx.embed.images.as_items`: a sequence, or a stream of unknown length
+        (tar shards, Parquet rows, a folder listed lazily), read a chunk at a time. Nothing
+        but the returned rows and the failures grows with the number of items.
     kind : {"images", "vectors"}
         What the items are.
     sample_shape : tuple of int, optional
@@ -165,32 +168,48 @@ def embed_items(
     else:
         store = open_cache(cache)
     groups = [cache_group(c, sample_shape) for c in configs]
+    total = known_count(items)
+    progress = progress_bar(total, verbose)
     run = _Run(configs, groups, kind, sample_shape, store, batch_size, n_workers, retry_failed,
-               verbose, keep_rows)
-    report = EmbeddingReport(n_items=len(items))
+               verbose, keep_rows, progress)
+    report = EmbeddingReport()
     outputs: list[np.ndarray] | None = None
+    parts: list[list[np.ndarray]] = []  # a stream's rows, chunk by chunk (its length unknown)
     failed: list[ImageLoadError] = []
-    for start in range(0, max(len(items), 1), CHUNK):
-        chunk = list(items[start : start + CHUNK])
-        part = run.chunk(chunk)
-        report.n_hits += part.n_hits
-        report.n_misses += part.n_misses
-        report.n_embedded += part.n_embedded
-        for e in part.failed:
-            at = e.index if e.index is not None else 0
-            report.failures.append(Failure(source=e.source, reason=e.describe(),
-                                           key=part.keys[at], index=start + at))
-            e.index = start + at
-        failed.extend(part.failed)
-        if not keep_rows:
-            outputs = []
-        elif len(chunk) == len(items):
-            outputs = part.outputs
-        else:
-            if outputs is None:
-                outputs = [np.empty((len(items), p.shape[1]), np.float32) for p in part.outputs]
-            for out, rows in zip(outputs, part.outputs, strict=True):
-                out[start : start + len(chunk)] = rows
+    start = 0
+    try:
+        for chunk in chunks(items, CHUNK):
+            part = run.chunk(chunk)
+            report.n_hits += part.n_hits
+            report.n_misses += part.n_misses
+            report.n_embedded += part.n_embedded
+            for e in part.failed:
+                at = e.index if e.index is not None else 0
+                report.failures.append(Failure(source=e.source, reason=e.describe(),
+                                               key=part.keys[at], index=start + at))
+                e.index = start + at
+            failed.extend(part.failed)
+            if keep_rows and total is not None and len(chunk) == total:
+                outputs = part.outputs
+            elif keep_rows and total is not None:
+                if outputs is None:
+                    outputs = [np.empty((total, p.shape[1]), np.float32) for p in part.outputs]
+                for out, rows in zip(outputs, part.outputs, strict=True):
+                    out[start : start + len(chunk)] = rows
+            elif keep_rows:
+                parts.append(part.outputs)
+            start += len(chunk)
+    finally:
+        progress(None)
+    report.n_items = start
+    if not keep_rows:
+        outputs = []
+    elif total is not None and start != total:
+        raise FeatxError(f"the input gave {start} items, not the {total} it said it holds.")
+    elif outputs is None and parts:
+        outputs = [np.concatenate(rows) for rows in zip(*parts, strict=True)]
+    elif outputs is None:  # no items at all: one empty chunk gives the widths
+        outputs = run.chunk([]).outputs
     assert outputs is not None
     failed.sort(key=lambda e: e.index if e.index is not None else -1)
     report.failures.sort(key=lambda f: f.index if f.index is not None else -1)
@@ -258,6 +277,7 @@ class _Run:
         retry_failed: bool,
         verbose: bool,
         keep_rows: bool = True,
+        progress: Callable[[int | None], None] | None = None,
     ):
         self.configs = configs
         self.groups = groups
@@ -269,6 +289,7 @@ class _Run:
         self.retry_failed = retry_failed
         self.verbose = verbose
         self.keep_rows = keep_rows
+        self.progress = progress or (lambda k: None)
 
     def chunk(self, items: list[Item]) -> Part:
         """Embed one chunk: its keys, what the cache holds, each distinct content of the rest
@@ -279,6 +300,7 @@ class _Run:
             held = self._lookup(items, keys)
             failed += held.remembered
             plan = deduplicate(to_compute(held, failed), keys)
+            self.progress(len(items) - len(plan.unique))  # found, failed or duplicates
             embedded = self._run(items, keys, held, plan, pool)
         failed += embedded.failed
         failed += failed_duplicates(items, keys, plan, failed)
@@ -306,11 +328,10 @@ class _Run:
         writers = [] if self.cache is None else [
             CacheWriter(self.cache, g, c) for c, g in zip(network.configs, self.groups,
                                                           strict=True)]
-        progress = progress_bar(len(plan.unique), self.verbose)
         try:
             for batch in run_network(network, items, plan.unique, pool=pool,
                                      batch_size=self.batch_size,
-                                     resize=self.configs[0].resize, progress=progress):
+                                     resize=self.configs[0].resize, progress=self.progress):
                 embedded.count += len(batch.positions)
                 embedded.failed += batch.failed
                 if self.keep_rows:
@@ -318,7 +339,6 @@ class _Run:
                         rows.update(zip(batch.positions, out, strict=True))
                 commit(writers, batch, items, keys, held.found)
         finally:
-            progress(None)
             for writer in writers:
                 writer.close()  # commits what was embedded, even when the run failed
         return embedded
@@ -494,9 +514,10 @@ def default_workers() -> int:
 
 
 def progress_bar(
-    total: int, verbose: bool, desc: str = "embedding"
+    total: int | None, verbose: bool, desc: str = "embedding"
 ) -> Callable[[int | None], None]:
-    """A progress callback on stderr: ``step(k)`` advances by k items, ``step(None)`` closes."""
+    """A progress callback on stderr: ``step(k)`` advances by k items, ``step(None)`` closes.
+    With ``total`` None (a stream of unknown length) it shows a running count and rate."""
     if not verbose or total == 0:
         return lambda k: None
     from tqdm.auto import tqdm

@@ -1,84 +1,65 @@
-"""Image sources: naming, hashing, decoding and resizing them; listing folders and CSV files.
+"""Image sources: turning inputs into items; decoding and resizing them.
 
-An input ``X`` (paths, bytes, PIL images, arrays, a pandas column) becomes a list of
-:class:`Item` objects with :func:`as_items`. Each item can say what it is (``name``), give the
-bytes its cache key is made of (:meth:`Item.key`), and decode itself into a resized pixel array
-(:func:`load_pixels`). Errors on one item are raised as :class:`~featx.exceptions.ImageLoadError`
-naming the item, so that the caller can apply its ``on_error`` policy item by item.
+An input ``X`` (paths, URLs, bytes, PIL images, arrays, a pandas column, a stream of tar
+shards or Parquet rows, a ``pyarrow.Table``) becomes :class:`Item` objects with
+:func:`as_items`. Each item can say what it is (``name``), give the bytes its cache key is made
+of (:meth:`Item.key`), and decode itself into a resized pixel array (:func:`load_pixels`).
+Errors on one item are raised as :class:`~featx.exceptions.ImageLoadError` naming the item, so
+that the caller can apply its ``on_error`` policy item by item. Where sources live and how
+they are listed: :mod:`featx.embed.listing` (folders, CSV files), :mod:`featx.embed.shards`
+(tar shards), :mod:`featx.embed.tables` (Parquet and Arrow), :mod:`featx.embed.remote` (URLs).
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import io
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any, overload
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from featx._faults import fault_point
+from featx.embed.item import Item
+from featx.embed.item import os_reason as _os_reason
 from featx.embed.jpeg import decode_fast, fast_available
-from featx.exceptions import FeatxError, ImageLoadError
+from featx.embed.listing import (
+    IMAGE_EXTENSIONS,
+    load_image_csv,
+    load_image_folder,
+    path_item,
+)
+from featx.embed.stream import ItemStream
+from featx.exceptions import ImageLoadError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Item",
+    "ItemStream",
     "as_items",
+    "iter_items",
     "load_pixels",
     "load_image_folder",
     "load_image_csv",
     "batched",
 ]
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
+def iter_items(X: Any) -> tuple[Iterable[Item], str]:
+    """:func:`as_items`, except that a stream (tar shards, Parquet rows, a ``pyarrow.Table``,
+    a folder listed lazily: an :class:`~featx.embed.stream.ItemStream`) stays a stream, read
+    a chunk at a time when iterated. What the embedder and the engine take."""
+    if isinstance(X, ItemStream):
+        return X, "images"
+    if type(X).__module__.startswith("pyarrow") and type(X).__name__ == "Table":
+        from featx.embed.tables import ParquetImages
 
-@dataclass
-class Item:
-    """One input sample: a file path, encoded bytes, a PIL image or an array."""
-
-    kind: str  # "path" | "bytes" | "pil" | "array"
-    value: Any
-    name: str
-
-    def key(self) -> str:
-        """The content hash the cache stores this item under (sha256, hex)."""
-        h = hashlib.sha256()
-        if self.kind == "path":
-            try:
-                with open(self.value, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-            except OSError as exc:
-                raise ImageLoadError(self.name, _os_reason(exc)) from None
-        elif self.kind == "bytes":
-            h.update(self.value)
-        elif self.kind == "pil":
-            img = self.value
-            h.update(f"pil:{img.mode}:{img.size}".encode())
-            h.update(img.tobytes())
-        else:
-            arr = np.ascontiguousarray(self.value)
-            h.update(f"array:{arr.dtype.str}:{arr.shape}".encode())
-            h.update(arr.tobytes())
-        return h.hexdigest()
-
-
-def _os_reason(exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not an image file"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    return exc.strerror or str(exc)
+        return ParquetImages(X, label_column=None), "images"
+    return as_items(X)
 
 
 def as_items(X: Any) -> tuple[Sequence[Item], str]:
@@ -87,6 +68,7 @@ def as_items(X: Any) -> tuple[Sequence[Item], str]:
     Returns
     -------
     items : list of Item
+        A stream (:func:`iter_items`) is read into a list: for bounded memory, iterate it.
     kind : {"images", "vectors"}
         ``"vectors"`` for a 2-D numeric array (samples x features, for non-image models).
 
@@ -97,6 +79,9 @@ def as_items(X: Any) -> tuple[Sequence[Item], str]:
     >>> len(items), kind, items[0].name
     (2, 'images', 'array[0]')
     """
+    if isinstance(X, ItemStream) or (type(X).__module__.startswith("pyarrow")
+                                      and type(X).__name__ == "Table"):
+        return list(iter_items(X)[0]), "images"
     if isinstance(X, (str, bytes, os.PathLike)):
         raise TypeError(
             f"expected a collection of images (a list of paths, an array, ...); got a single "
@@ -177,8 +162,10 @@ def _array_items(X: np.ndarray) -> tuple[Sequence[Item], str]:
 
 
 def _one_item(i: int, x: Any) -> Item:
+    if isinstance(x, Item):
+        return x
     if isinstance(x, (str, os.PathLike)):
-        return Item("path", os.fspath(x), os.fspath(x))
+        return path_item(os.fspath(x))
     if isinstance(x, (bytes, bytearray, memoryview)):
         return Item("bytes", bytes(x), f"bytes[{i}]")
     if isinstance(x, Image.Image):
@@ -186,7 +173,7 @@ def _one_item(i: int, x: Any) -> Item:
     if isinstance(x, np.ndarray) and x.dtype.kind in "uif":
         return Item("array", x, f"array[{i}]")
     raise TypeError(
-        f"item {i} is a {type(x).__name__}; expected a path (str or pathlib.Path), encoded "
+        f"item {i} is a {type(x).__name__}; expected a path or URL (str or pathlib.Path), encoded "
         "image bytes, a PIL image or a numeric array."
     )
 
@@ -222,12 +209,15 @@ def load_pixels(
     fault_point("images.decode")
     if item.kind == "array":
         return _array_pixels(item, size, channels, resize)
+    if item.kind == "failed":
+        raise ImageLoadError(item.name, str(item.value))
     try:
         if item.kind == "pil":
             return _pil_pixels(_upright(item.value), size, channels, resize)
         if decoder == "auto":
             decoder = "fast" if fast_available() else "pillow"
-        data = item.value if item.kind == "bytes" else None
+        data = item.value if item.kind == "bytes" else item.fetch() if item.kind == "url" else None
+        item.release()
         if decoder == "fast" and channels == 3 and data is None:
             with open(item.value, "rb") as f:  # a JPEG is read once, for Pillow and simplejpeg
                 head = f.read(3)
@@ -359,6 +349,18 @@ def warn_if_unit_scale(X: Any) -> None:
             )
 
 
+def chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    """Consecutive lists of at most ``size`` items, taken from ``items`` as they come (a
+    stream is read a chunk at a time; a sequence is sliced)."""
+    if isinstance(items, Sequence):
+        for start in range(0, len(items), size):
+            yield list(items[start : start + size])
+        return
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
 def batched(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     """Yield consecutive slices of ``seq`` of at most ``size`` items; they concatenate to ``seq``.
 
@@ -371,114 +373,3 @@ def batched(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         raise ValueError(f"batch size must be at least 1; got {size}.")
     for start in range(0, len(seq), size):
         yield seq[start : start + size]
-
-
-def load_image_folder(
-    root: str | os.PathLike[str],
-    *,
-    extensions: Sequence[str] = IMAGE_EXTENSIONS,
-) -> tuple[list[str], np.ndarray, list[str]]:
-    """List a folder laid out with one sub-folder per class.
-
-    Classes are the sub-folder names in alphanumeric order and labels are their indices, as
-    ``keras.utils.image_dataset_from_directory`` reads such a folder. Files are listed in sorted
-    order; files whose extension is not an image extension are ignored.
-
-    Parameters
-    ----------
-    root : path
-        The folder, e.g. ``chest_xray/train`` holding ``NORMAL/`` and ``PNEUMONIA/``.
-    extensions : sequence of str
-        File extensions (lower case, with the dot) counted as images.
-
-    Returns
-    -------
-    paths : list of str
-    labels : ndarray of int, shape (n_images,)
-    class_names : list of str
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> root = pathlib.Path(tempfile.mkdtemp())
-    >>> for c in ("cat", "dog"):
-    ...     (root / c).mkdir()
-    ...     _ = (root / c / "a.png").write_bytes(b"")
-    >>> paths, y, classes = load_image_folder(root)
-    >>> classes, y.tolist()
-    (['cat', 'dog'], [0, 1])
-    """
-    base = Path(root)
-    if not base.is_dir():
-        raise FeatxError(f"image folder {str(base)!r} does not exist or is not a folder.")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise FeatxError(
-            f"image folder {str(base)!r} has no sub-folders; expected one sub-folder per class "
-            "(e.g. train/cat/*.jpg, train/dog/*.jpg)."
-        )
-    exts = {e.lower() for e in extensions}
-    paths: list[str] = []
-    labels: list[int] = []
-    for label, cls in enumerate(classes):
-        for f in sorted((base / cls).rglob("*")):
-            if f.is_file() and f.suffix.lower() in exts:
-                paths.append(str(f))
-                labels.append(label)
-    if not paths:
-        raise FeatxError(
-            f"image folder {str(base)!r} has class folders {classes[:5]} but no image files "
-            f"with extensions {sorted(exts)}."
-        )
-    return paths, np.asarray(labels, dtype=np.int64), classes
-
-
-def load_image_csv(
-    csv_path: str | os.PathLike[str],
-    *,
-    path_column: str = "path",
-    label_column: str | None = "label",
-) -> tuple[list[str], np.ndarray | None, list[str]]:
-    """Read image paths and labels from a CSV file with a header row.
-
-    Relative paths are taken relative to the CSV file's folder. Labels are encoded as indices
-    into the sorted class names.
-
-    Returns
-    -------
-    paths : list of str
-    labels : ndarray of int or None
-        ``None`` when ``label_column`` is None.
-    class_names : list of str
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (d / "list.csv").write_text("path,label\\na.jpg,dog\\nb.jpg,cat\\n")
-    >>> paths, y, classes = load_image_csv(d / "list.csv")
-    >>> [pathlib.Path(p).name for p in paths], y.tolist(), classes
-    (['a.jpg', 'b.jpg'], [1, 0], ['cat', 'dog'])
-    """
-    file = Path(csv_path)
-    if not file.is_file():
-        raise FeatxError(f"CSV file {str(file)!r} does not exist.")
-    with open(file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        wanted = [path_column] + ([label_column] if label_column else [])
-        missing = [c for c in wanted if c not in columns]
-        if missing:
-            raise FeatxError(
-                f"CSV file {str(file)!r} has no column {missing[0]!r}; its columns are "
-                f"{columns}. Pass path_column=/label_column= to name yours."
-            )
-        rows = list(reader)
-    paths = [str((file.parent / r[path_column]).resolve()) if not os.path.isabs(r[path_column])
-             else r[path_column] for r in rows]
-    if not label_column:
-        return paths, None, []
-    raw = [r[label_column] for r in rows]
-    classes = sorted(set(raw))
-    index = {c: i for i, c in enumerate(classes)}
-    return paths, np.asarray([index[v] for v in raw], dtype=np.int64), classes

@@ -135,9 +135,9 @@ class FeatxModel:
         """
         from sklearn.base import clone
 
-        from featx.embed.images import as_items
+        from featx.embed.images import iter_items
 
-        names = [item.name for item in as_items(X)[0]]
+        names = [item.name for item in iter_items(X)[0]]  # a stream is read for its names
         embedder = clone(self.embedder).set_params(on_error="skip")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="ImageEmbedder skipped", category=UserWarning)
