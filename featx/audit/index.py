@@ -121,8 +121,8 @@ class EmbeddingIndex:
     >>> sims, ids = index.search(X[:1], k=2)
     >>> ids.tolist(), len(index)
     ([['a', 'b']], 3)
-    >>> index.search(X[:1], k=1, exclude_self=True)[1].tolist()
-    [['b']]
+    >>> index.search(X, k=1, exclude_self=True)[1].tolist()
+    [['b'], ['a'], ['b']]
     """
 
     def __init__(self, index: Any, ids: np.ndarray, *, mean: np.ndarray | None = None,
@@ -227,8 +227,8 @@ class EmbeddingIndex:
         store = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
         info = choose_group(store, group, offer_backbone=False)
         wanted = None if keys is None else np.unique(np.asarray(list(keys), dtype="S64"))
-        settings: dict[str, Any] = {"center": bool(center), "exact_below": int(exact_below), "nlist": nlist,
-                    "nprobe": nprobe, "seed": int(seed)}
+        settings: dict[str, Any] = {"center": bool(center), "exact_below": int(exact_below),
+                                    "nlist": nlist, "nprobe": nprobe, "seed": int(seed)}
         files = IndexFiles(store, info, wanted, settings)
         if save:
             kept = files.load(cls)

@@ -12,7 +12,7 @@ from featx.exceptions import FeatxError
 __all__ = ["outlier_scores"]
 
 
-def outlier_scores(X: Any, k: int = 10, *, center: bool = True) -> np.ndarray:
+def outlier_scores(X: Any, k: int = 10, *, center: bool = False) -> np.ndarray:
     """How far each row is from its neighbours: ``1 -`` its mean cosine similarity to its ``k``
     nearest other rows. Higher is more outlying.
 
@@ -22,7 +22,7 @@ def outlier_scores(X: Any, k: int = 10, *, center: bool = True) -> np.ndarray:
         Embeddings, or an index (its own rows are searched).
     k : int, default=10
         Neighbours averaged (fewer when there are fewer other rows).
-    center : bool, default=True
+    center : bool, default=False
         Subtract the mean row before normalising (an array only; an index is used as built).
 
     Returns
@@ -34,7 +34,7 @@ def outlier_scores(X: Any, k: int = 10, *, center: bool = True) -> np.ndarray:
     --------
     >>> import numpy as np
     >>> X = np.array([[1, 0], [0.99, 0.1], [0.98, 0.2], [-1, 0.1]], np.float32)
-    >>> int(np.argmax(outlier_scores(X, k=2, center=False)))
+    >>> int(np.argmax(outlier_scores(X, k=2)))
     3
     """
     if isinstance(X, EmbeddingIndex):
