@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from featx.embed.lookup import cached_embeddings, image_keys, require_keys
 from featx.exceptions import FeatxError
 from featx.heads.at_scale import (
     EXACT_ROWS,
@@ -47,54 +48,6 @@ from featx.heads.search import (
 )
 
 __all__ = ["tune_heads", "cached_embeddings", "image_keys", "test_split", "EXACT_ROWS"]
-
-
-def cached_embeddings(
-    cache: str | os.PathLike[str], images: Any, *, group: str | None = None
-) -> np.ndarray:
-    """Read the embeddings of ``images`` from a cache file, by content; embed nothing.
-
-    Parameters
-    ----------
-    cache : path
-        An embedding cache written by :class:`featx.ImageEmbedder` or ``featx embed``.
-    images : sequence of paths, or anything :class:`featx.ImageEmbedder` takes
-        The images, in the order wanted. Each is hashed (a file is read, not decoded) and its
-        row found in the cache.
-    group : str or None, default=None
-        The fingerprint (or a unique prefix of it) of the cache group to read; ``None`` when the
-        cache holds one group. ``featx info FILE`` lists the groups.
-
-    Returns
-    -------
-    embeddings : ndarray of float32, shape (len(images), width)
-
-    Raises
-    ------
-    CacheGroupError
-        If the cache does not exist or is empty, or the group is ambiguous or unknown (see
-        :func:`featx.cache.groups.choose_group`; the message lists the groups).
-    FeatxError
-        If an image is not in the group (the message says how to embed it).
-    """
-    from featx.cache.groups import choose_group
-    from featx.cache.store import EmbeddingCache
-    from featx.embed.images import as_items
-
-    store = EmbeddingCache(cache)
-    chosen = choose_group(store, group, offer_backbone=False)
-    items, _ = as_items(images)
-    keys = [item.key() for item in items]
-    found, vectors = store.lookup(chosen.fingerprint, keys)
-    if not found.all():
-        missing = np.flatnonzero(~found)
-        names = ", ".join(items[i].name for i in missing[:3])
-        raise FeatxError(
-            f"{len(missing)} of {len(items)} images are not in cache group {chosen.fingerprint} "
-            f"({chosen.label}) of {str(cache)!r}, e.g. {names}. Embed them first (featx embed, "
-            "or ImageEmbedder(..., cache=...).transform), or leave them out."
-        )
-    return vectors
 
 
 def _resolve_heads(heads: Any) -> list[tuple[str, Any, dict[str, list[Any]]]]:
@@ -442,50 +395,6 @@ def _n_rows(X: Any, images: Any) -> int:
     return int(shape[0]) if shape is not None and len(shape) else len(X)
 
 
-def image_keys(images: Any, *, chunk: int = 4096) -> np.ndarray:
-    """The content keys of ``images`` as an ``S64`` array (each file read, not decoded).
-
-    Hashed a chunk at a time on the engine's decode threads: memory is the keys (64 bytes an
-    image) plus one chunk of items, however many images there are.
-
-    Raises
-    ------
-    FeatxError
-        If an image cannot be read (the message names it).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from featx.embed.images import as_items
-    from featx.exceptions import ImageLoadError
-
-    out = np.empty(len(images), "S64")
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
-    with ThreadPoolExecutor(min(16, max(2, workers))) as pool:  # reading files: I/O-bound
-        for lo in range(0, len(images), chunk):
-            items, _ = as_items(images[lo:lo + chunk])
-            try:
-                out[lo:lo + len(items)] = list(pool.map(lambda item: item.key(), items))
-            except ImageLoadError as exc:
-                raise FeatxError(
-                    f"{exc}; leave the image out (featx heads leaves out what featx embed "
-                    "could not read) or replace it."
-                ) from None
-    return out
-
-
-def _group_keys(store: Any, fingerprint: str, keys: np.ndarray, cache: Any, label: str) -> None:
-    """Refuse keys the group does not hold, naming how to embed them."""
-    missing = 0
-    for lo in range(0, len(keys), 65536):
-        missing += int((~store.contains(fingerprint, keys[lo:lo + 65536])).sum())
-    if missing:
-        raise FeatxError(
-            f"{missing:,} of {len(keys):,} images are not in cache group {fingerprint} ({label}) "
-            f"of {str(cache)!r}. Embed them first (featx embed SRC --cache {cache}), or leave "
-            "them out."
-        )
-
-
 def _scale_data(
     X: Any, y: Any, images: Any, test: tuple[Any, Any] | None, test_images: Any,
     test_size: float | None, group: str | None, random_state: int, block_rows: int,
@@ -513,7 +422,7 @@ def _scale_data(
     store = open_cache(X)
     chosen = choose_group(store, group, offer_backbone=False)
     keys = image_keys(images)
-    _group_keys(store, chosen.fingerprint, keys, X, chosen.label)
+    require_keys(store, chosen.fingerprint, keys, X, chosen.label)
     test_keys = y_test = None
     if test is not None:
         if not isinstance(test[0], (str, os.PathLike)) or test_images is None:
@@ -525,7 +434,7 @@ def _scale_data(
         if y_test.shape != (len(test_keys),):
             raise FeatxError(f"expected one test label per test image ({len(test_keys)}); got "
                              f"shape {y_test.shape}.")
-        _group_keys(store, chosen.fingerprint, test_keys, X, chosen.label)
+        require_keys(store, chosen.fingerprint, test_keys, X, chosen.label)
     _classes(y_all, 2)
     return cache_at_scale(store, chosen.fingerprint, keys, y_all, test_keys, y_test, test_size,
                           random_state, block_rows)
