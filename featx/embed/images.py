@@ -51,14 +51,17 @@ __all__ = [
 
 def iter_items(X: Any) -> tuple[Iterable[Item], str]:
     """:func:`as_items`, except that a stream (tar shards, Parquet rows, a ``pyarrow.Table``,
-    a folder listed lazily: an :class:`~featx.embed.stream.ItemStream`) stays a stream, read
-    a chunk at a time when iterated. What the embedder and the engine take."""
+    a folder listed lazily: an :class:`~featx.embed.stream.ItemStream`) or an iterator (a
+    generator of paths, bytes, ...) stays one, read a chunk at a time. What the embedder
+    and the engine take."""
     if isinstance(X, ItemStream):
         return X, "images"
     if type(X).__module__.startswith("pyarrow") and type(X).__name__ == "Table":
         from featx.embed.tables import ParquetImages
 
         return ParquetImages(X, label_column=None), "images"
+    if isinstance(X, Iterator):  # a generator: its items are made as it is read
+        return (_one_item(i, x) for i, x in enumerate(X)), "images"
     return as_items(X)
 
 

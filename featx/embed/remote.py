@@ -118,8 +118,13 @@ def is_dir(url: str) -> bool:
     path = local_path(url)
     if path is not None:
         return os.path.isdir(path)
+    if url.startswith(("http://", "https://")) and not url.endswith("/"):
+        return False  # an HTTP "folder" is a page of links; reading it to know costs a download
     fs, p = url_fs(url)
-    return bool(fs.isdir(p))
+    try:
+        return bool(fs.isdir(p))
+    except Exception:  # noqa: BLE001 - unreachable: reading it reports why, per item
+        return False
 
 
 def is_file(url: str) -> bool:

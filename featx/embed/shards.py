@@ -47,7 +47,7 @@ def shard_urls(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     text = os.fspath(source)  # type: ignore[arg-type]
     if _has_glob(text):
         return glob_urls(text)
-    if is_dir(text):
+    if not text.lower().endswith(SHARD_EXTENSIONS) and is_dir(text):
         return list(list_files(text, SHARD_EXTENSIONS))
     return [text]
 

@@ -66,7 +66,7 @@ def table_urls(source: Any) -> list[str]:
     text = os.fspath(source)
     if any(c in text for c in "*?["):
         return glob_urls(text)
-    if is_dir(text):
+    if not text.lower().endswith(TABLE_EXTENSIONS) and is_dir(text):
         return list(list_files(text, TABLE_EXTENSIONS))
     return [text]
 
