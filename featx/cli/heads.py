@@ -83,6 +83,11 @@ def add_heads_command(commands: Any, flags: argparse.ArgumentParser) -> None:
                        "grid in memory; above, the holdout protocol, rows read from the cache "
                        "by blocks, and the default heads are the ones that stream "
                        "(default 20000)")
+    heads.add_argument("--no-dedupe", dest="dedupe", action="store_false",
+                       help="do not keep near-duplicate images inside one fold and one side of "
+                       "the test split, nor count the test images with a near-duplicate in "
+                       "training (by default both are done and the leaderboard shows the "
+                       "leak-free test score beside the raw one)")
     heads.set_defaults(heads=None)
 
 
@@ -135,7 +140,7 @@ def _heads(args: argparse.Namespace) -> int:
     test_size = test_size_of(args)
     tuning = dict(heads=args.heads, cv=args.cv, search=args.search, scoring=args.scoring,
                   random_state=args.random_state, n_jobs=args.n_jobs, log=say,
-                  budget=args.budget, exact_rows=args.exact_rows,
+                  budget=args.budget, exact_rows=args.exact_rows, dedupe=args.dedupe,
                   **({"backend": "ray"} if args.ray else {}))
     n_heads = len(args.heads or DEFAULT_HEADS)
     # Made here, passed as test=, so that the report knows the images behind board.y_true.
@@ -148,11 +153,12 @@ def _heads(args: argparse.Namespace) -> int:
     else:
         say(f"tuning {n_heads} heads, {args.cv}-fold stratified cross-validation"
             + (f", {test_size:.0%} held out for testing" if test_size else "") + ":")
-        fit_rows, evaluated = held_out(y, test_size, args.random_state)
+        groups = duplicate_groups_of(X) if args.dedupe and test_size else None
+        fit_rows, evaluated = held_out(y, test_size, args.random_state, groups)
         tested = kept[evaluated]
         if test_size:
             board = tune_heads(X[fit_rows], y[fit_rows], test=(X[evaluated], y[evaluated]),
-                               **tuning)
+                               groups=None if groups is None else groups[fit_rows], **tuning)
         else:
             board = tune_heads(X, y, **tuning)
     print(board.to_text())
@@ -213,6 +219,7 @@ def _heads_at_scale(args: argparse.Namespace, embedder: Any, paths: list[str], y
     group = cache_group(embedder.backbone_config(), None)
     tuning = dict(heads=args.heads, scoring=args.scoring, random_state=args.random_state,
                   n_jobs=args.n_jobs, log=say, budget=args.budget, exact_rows=args.exact_rows,
+                  dedupe=args.dedupe,
                   group=group, progress=progress(args))
     if args.test is not None:
         test_paths, y_test = labelled_source(args.test, args.path_column, args.label_column,
@@ -274,12 +281,23 @@ def _print_failures(report: Any) -> None:
         print(f"  {e.source}: {reason(e)}")
 
 
-def held_out(y: Any, test_size: float | None, random_state: int) -> tuple[Any, Any]:
+def held_out(y: Any, test_size: float | None, random_state: int,
+             groups: Any = None) -> tuple[Any, Any]:
     """The rows to tune on and the rows to test on: :func:`featx.heads.tuning.test_split`, the
-    split ``tune_heads(test_size=...)`` makes."""
+    split ``tune_heads(test_size=...)`` makes (each duplicate group of ``groups`` on one
+    side)."""
     from featx.heads.tuning import test_split
 
-    return test_split(y, test_size, random_state)
+    return test_split(y, test_size, random_state, groups)
+
+
+def duplicate_groups_of(X: Any) -> Any:
+    """The near-duplicate groups of the rows of ``X``, as ``tune_heads(dedupe=True)`` finds
+    them (:func:`featx.heads.dedupe.duplicate_rows`); ``None`` when no two rows share one."""
+    from featx.heads.dedupe import duplicate_rows
+
+    found = duplicate_rows(X)
+    return None if found.trivial else found.groups
 
 
 def backbone_from_cache(args: argparse.Namespace) -> dict[str, Any] | None:

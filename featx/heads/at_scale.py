@@ -67,12 +67,18 @@ class ScaleData:
         return self.fit.n_rows + self.valid.n_rows
 
 
-def test_split(y: Any, test_size: float | None, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+def test_split(y: Any, test_size: float | None, random_state: int,
+               groups: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """The rows ``tune_heads(test_size=...)`` tunes on and the rows it tests on (a stratified,
     seeded split); every row in both when ``test_size`` is ``None`` or 0.
 
     For callers that need to know which images were tested (``featx heads`` and ``featx probe``
     show the test images the best head got wrong).
+
+    With ``groups`` (a group id per row: near-duplicates share one, see
+    :mod:`featx.heads.dedupe`) each group lands on one side: the split is drawn over one row
+    per group (its first, stratified by its label) and the other rows follow theirs. Without
+    any shared group this is the plain split.
 
     Examples
     --------
@@ -85,6 +91,15 @@ def test_split(y: Any, test_size: float | None, random_state: int) -> tuple[np.n
         return rows, rows
     from sklearn.model_selection import train_test_split
 
+    if groups is not None:
+        groups = np.asarray(groups)
+        first = np.sort(np.unique(groups, return_index=True)[1])
+        if len(first) < len(rows):
+            _, test_firsts = train_test_split(first, test_size=test_size,
+                                              stratify=np.asarray(y)[first],
+                                              random_state=random_state)
+            tested = np.isin(groups, groups[test_firsts])
+            return rows[~tested], rows[tested]
     fit_rows, test_rows = train_test_split(rows, test_size=test_size, stratify=np.asarray(y),
                                            random_state=random_state)
     return fit_rows, test_rows
@@ -165,8 +180,12 @@ def tune_at_scale(
     n_jobs: int | None,
     log: Callable[[str], None],
     progress: bool | None,
+    dedupe: bool = True,
+    dedupe_threshold: float | None = None,
 ) -> Leaderboard:
-    """Tune ``heads`` by the holdout protocol (see the module docstring)."""
+    """Tune ``heads`` by the holdout protocol (see the module docstring); with ``dedupe``,
+    the leaks of a seeded sample of the test rows are counted
+    (:func:`featx.heads.dedupe.sampled_leaks`) and every head scored without them."""
     if scoring not in _SCORERS:
         raise FeatxError(
             f"scoring={scoring!r} cannot rank heads above {EXACT_ROWS} rows (the holdout "
@@ -180,6 +199,19 @@ def tune_at_scale(
     results: list[HeadResult] = []
     kept: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     notes = list(data.notes)
+    leaks = None
+    if dedupe and data.test is not None and data.test.width >= _min_width():
+        from featx.heads.dedupe import LEAK_SAMPLE, leak_note, sampled_leaks
+
+        t0 = time.monotonic()
+        leaks = sampled_leaks(data.fit, data.valid, data.test, threshold=dedupe_threshold,
+                              random_state=random_state)
+        n_checked, n_leaked = int(leaks[0].sum()), int(leaks[1].sum())
+        threshold = _threshold(dedupe_threshold)
+        notes.append(leak_note(n_leaked, n_checked, data.test.n_rows, threshold,
+                               sampled=data.test.n_rows > LEAK_SAMPLE))
+        log(f"  leaks: {n_leaked:,} of {n_checked:,} test rows checked have a near-duplicate in "
+            f"training ({time.monotonic() - t0:.1f} s)")
     for i, (name, head, grid) in enumerate(heads):
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
@@ -192,6 +224,11 @@ def tune_at_scale(
         except BudgetExceeded as exc:
             notes.append(f"{name}: skipped, {exc}")
             continue
+        if leaks is not None:
+            clean = leaks[0] & ~leaks[1]
+            result.n_test_leaked = int(leaks[1].sum())
+            result.test_score_leak_free = (_score(scoring, predicted[0][clean],
+                                                  predicted[1][clean]) if clean.any() else None)
         results.append(result)
         kept[name] = predicted
         log(f"  {name}: {result.protocol} on {result.n_fit} rows, validation {scoring} "
@@ -286,6 +323,18 @@ def _tune_one(
         best_params=dict(params), estimator=est, protocol="holdout", n_fit=rows.n_rows,
         why=why,
     ), predicted
+
+
+def _min_width() -> int:
+    from featx.heads.dedupe import MIN_WIDTH
+
+    return MIN_WIDTH
+
+
+def _threshold(threshold: float | None) -> float:
+    from featx.audit.duplicates import DEFAULT_THRESHOLD
+
+    return DEFAULT_THRESHOLD if threshold is None else float(threshold)
 
 
 def _epochs(est: Any) -> int:

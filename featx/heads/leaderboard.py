@@ -66,6 +66,13 @@ class HeadResult:
         The rows the best candidate was trained on.
     why : str
         Why this protocol and these rows (one phrase).
+    n_test_leaked : int or None
+        Test images with a near-duplicate among the training images (of the sample checked,
+        above ``exact_rows``); ``None`` when leaks were not counted (no test set, or
+        ``dedupe=False``).
+    test_score_leak_free : float or None
+        The test score on the test images without those (``None`` as above, or when every
+        test image leaked).
     """
 
     head: str
@@ -87,6 +94,8 @@ class HeadResult:
     protocol: str = ""
     n_fit: int = 0
     why: str = ""
+    n_test_leaked: int | None = None
+    test_score_leak_free: float | None = None
 
     def as_row(self) -> dict[str, Any]:
         """The result as a flat dict of plain values (what the CSV and the frame hold)."""
@@ -108,6 +117,10 @@ class HeadResult:
             "best_params": _params_text(self.best_params),
             "protocol": self.protocol,
             "n_fit": self.n_fit,
+            # Only where leaks were counted, so boards without them keep their columns.
+            **({} if self.n_test_leaked is None else {
+                "n_test_leaked": self.n_test_leaked,
+                "test_score_leak_free": self.test_score_leak_free}),
         }
 
 
@@ -269,7 +282,9 @@ class Leaderboard:
         """A plain-text table, best first."""
         metric = "test" if self.n_test else "cv"
         extra = self.columns
-        header = ["#", *extra, "head", f"cv {self.scoring}", "test", "bal.acc", "macro-F1"]
+        leaks = any(r.n_test_leaked is not None for r in self.results)
+        header = ["#", *extra, "head", f"cv {self.scoring}", "test", *(["leak-free"] * leaks),
+                  "bal.acc", "macro-F1"]
         binary = any(r.roc_auc is not None for r in self.results)
         if binary:
             header.append("ROC AUC")
@@ -281,6 +296,8 @@ class Leaderboard:
                 (f"{r.cv_mean:.3f} ± {r.cv_std:.3f}" if np.isfinite(r.cv_std)
                  else f"{r.cv_mean:.3f}"),
                 "-" if r.test_score is None else f"{r.test_score:.3f}",
+                *(["-" if r.test_score_leak_free is None else f"{r.test_score_leak_free:.3f}"]
+                  * leaks),
                 f"{r.balanced_accuracy:.3f}", f"{r.macro_f1:.3f}",
             ]
             if binary:
@@ -289,8 +306,7 @@ class Leaderboard:
                     _params_text(r.best_params)]
             table.append(row)
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-        n = len(extra)  # the metrics' columns move right by the extra columns
-        right = {0, 2 + n, 3 + n, 4 + n, 5 + n, *range(6 + n, len(header) - 1)}
+        right = {0, *range(2 + len(extra), len(header) - 1)}
         lines = []
         for row in table:
             cells = [c.rjust(w) if i in right else c.ljust(w)

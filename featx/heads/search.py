@@ -22,7 +22,7 @@ from featx.heads.leaderboard import HeadResult
 from featx.heads.presets import HeadPreset
 
 __all__ = ["SearchPlan", "TuningData", "best_predictions", "candidates", "make_plan",
-           "result_line", "tune_head"]
+           "result_line", "score_rows", "tune_head"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class TuningData:
     X_test: np.ndarray | None
     y_test: np.ndarray | None
     X_target: np.ndarray | None
+    groups: np.ndarray | None = None  # near-duplicate groups of the training rows, if any
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,14 @@ def make_plan(
     search: str,
     n_jobs: int | None,
     random_state: int,
+    folds: Any = None,
 ) -> SearchPlan:
-    """The folds, metrics and ranking scorer every head's search uses."""
+    """The folds, metrics and ranking scorer every head's search uses (``folds``: a splitter
+    instead of the seeded ``StratifiedKFold``, e.g. one keeping duplicate groups together)."""
     from sklearn.model_selection import StratifiedKFold
 
-    folds = StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=random_state)
+    if folds is None:
+        folds = StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=random_state)
     metrics = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy",
                "macro_f1": "f1_macro"}
     if binary:
@@ -177,6 +181,19 @@ def _best_scores(
     if data.X_target is not None:
         return dict.fromkeys(plan.metrics, float("nan")), None, "cv", predict_seconds
     return cv_scores(X_fit, data.y_train), None, "cv", predict_seconds
+
+
+def score_rows(estimator: Any, X: np.ndarray, y: np.ndarray, scoring: str) -> float | None:
+    """The score a leaderboard's ``test`` column shows, on rows ``X``, ``y`` (``None`` when
+    the scorer cannot score them, e.g. ROC AUC on one class)."""
+    from sklearn.metrics import accuracy_score, get_scorer
+
+    if scoring in ("accuracy", "reverse_validation"):
+        return float(accuracy_score(y, estimator.predict(X)))
+    try:
+        return float(get_scorer(scoring)(estimator, X, y))
+    except ValueError:
+        return None
 
 
 def result_line(result: HeadResult, scoring: str) -> str:

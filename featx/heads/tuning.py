@@ -35,6 +35,15 @@ from featx.heads.at_scale import (
     test_split,
     tune_at_scale,
 )
+from featx.heads.dedupe import (
+    MIN_COSINE,
+    MIN_WIDTH,
+    Dedupe,
+    duplicate_rows,
+    grouped_folds,
+    leak_note,
+    leaked_test_rows,
+)
 from featx.heads.leaderboard import Leaderboard
 from featx.heads.presets import DEFAULT_HEADS, SCALABLE_HEADS, HeadPreset, _preset, list_heads
 from featx.heads.rows import DEFAULT_BLOCK_ROWS
@@ -44,6 +53,7 @@ from featx.heads.search import (
     candidates,
     make_plan,
     result_line,
+    score_rows,
     tune_head,
 )
 
@@ -125,6 +135,9 @@ def tune_heads(
     exact_rows: int | None = None,
     progress: bool | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
+    dedupe: bool = True,
+    dedupe_threshold: float | None = None,
+    groups: Any = None,
 ) -> Leaderboard:
     """Tune several heads on the same embeddings and rank them.
 
@@ -201,6 +214,19 @@ def tune_heads(
     block_rows : int, default=8192
         Rows per block above ``exact_rows``: memory holds about one block (32 MB at width
         1,024) besides the 48 bytes a row of the labelled keys' index.
+    dedupe : bool, default=True
+        Honest scores (:mod:`featx.heads.dedupe`): near-duplicate training images
+        (:func:`featx.audit.find_duplicates`) are kept inside one fold and, with
+        ``test_size``, on one side of the split; the test images with a near-duplicate in
+        training are counted and every head is also scored without them
+        (``HeadResult.n_test_leaked``, ``test_score_leak_free``, the ``leak-free`` column).
+        Above ``exact_rows``: leaks of a seeded sample of the test rows only. Data without
+        duplicates gets the folds and split of ``dedupe=False``. Not with ``target``.
+    dedupe_threshold : float or None, default=None
+        The near-duplicate threshold (:data:`featx.audit.DEFAULT_THRESHOLD`).
+    groups : array-like of shape (n_samples,), optional
+        Duplicate groups of the rows of ``X`` already known (a group id per row, as
+        :func:`featx.audit.duplicate_groups` gives): used instead of searching.
 
     Returns
     -------
@@ -241,13 +267,19 @@ def tune_heads(
                                         else "") + ")")
         return tune_at_scale(resolved, big, scoring=scoring, budget=budget,
                              random_state=random_state, n_jobs=n_jobs, log=say,
-                             progress=progress)
+                             progress=progress, dedupe=dedupe,
+                             dedupe_threshold=dedupe_threshold)
     resolved = _heads_to_tune(heads, grids)
     X_all = _as_matrix(X, images, group, "X")
     X_target = _target_matrix(target, target_images, group, test_size, X_all.shape[1], adapt)
-    data = _train_and_test(X_all, y, test, test_images, test_size, group, random_state, X_target)
+    found = _duplicates(X_all, dedupe and X_target is None, dedupe_threshold, groups)
+    data = _train_and_test(X_all, y, test, test_images, test_size, group, random_state, X_target,
+                           None if found is None else found.groups)
     classes = _classes(data.y_train, cv)
-    plan = make_plan(data, len(classes) == 2, cv, scoring, search, n_jobs, random_state)
+    folds = None
+    if data.groups is not None and len(np.unique(data.groups)) < len(data.groups):
+        folds = grouped_folds(data.y_train, data.groups, cv, random_state)
+    plan = make_plan(data, len(classes) == 2, cv, scoring, search, n_jobs, random_state, folds)
     if X_target is not None:
         say(f"adapting every head to {len(X_target)} unlabelled target rows ({adapt}); ranked "
             "by reverse validation on the target: no target label is used")
@@ -267,11 +299,53 @@ def tune_heads(
     for r in results:
         r.protocol, r.n_fit = f"{int(cv)}-fold cv", len(data.y_train)
         r.why = f"{len(data.y_train):,} training rows, at most {limit:,}: the exact grid"
+    notes = [] if found is None else _leak_free(results, data, found, plan.scoring)
     return Leaderboard(
         results=results, scoring=plan.scoring, classes=classes, n_train=len(data.y_train),
         n_test=0 if data.y_test is None else len(data.y_test), cv=int(cv),
-        y_true=np.asarray(y_true), y_pred=np.asarray(y_pred),
+        y_true=np.asarray(y_true), y_pred=np.asarray(y_pred), notes=notes,
     )
+
+
+def _duplicates(X: np.ndarray, dedupe: bool, threshold: float | None,
+                groups: Any) -> Dedupe | None:
+    """The duplicate groups of the rows tuned on: given, searched, or none (``dedupe=False``)."""
+    if not dedupe or (groups is None and X.shape[1] < MIN_WIDTH):
+        return None  # narrow rows: the threshold is calibrated on network embeddings
+    if groups is None:
+        return duplicate_rows(X, threshold)
+    from featx.audit.duplicates import DEFAULT_THRESHOLD
+
+    ids = np.asarray(groups)
+    if ids.shape != (len(X),):
+        raise FeatxError(f"groups must hold one group id per row of X ({len(X)}); got shape "
+                         f"{ids.shape}.")
+    return Dedupe(ids, -1, DEFAULT_THRESHOLD if threshold is None else float(threshold))
+
+
+def _leak_free(results: list[Any], data: TuningData, found: Dedupe, scoring: str) -> list[str]:
+    """Count the test rows with a near-duplicate in training, score every head without them;
+    the leaderboard's notes about both."""
+    notes = []
+    if not found.trivial and data.groups is not None:
+        pairs = f"{found.n_pairs:,} near-duplicate pairs join " if found.n_pairs >= 0 else ""
+        notes.append(
+            f"dedupe: {pairs}{found.n_grouped:,} images into groups, each kept inside one fold"
+            + (" and on one side of the test split" if len(data.groups) < len(found.groups)
+               else "") + f" (pair score >= {found.threshold:g}, cosine >= {MIN_COSINE:g}; "
+            "dedupe=False to opt out)")
+    if data.X_test is None or data.y_test is None or data.X_target is not None:
+        return notes
+    leaked = leaked_test_rows(data.X_train, data.X_test, found.threshold)
+    clean = ~leaked
+    for r in results:
+        r.n_test_leaked = int(leaked.sum())
+        r.test_score_leak_free = (
+            score_rows(r.estimator, data.X_test[clean], data.y_test[clean], scoring)
+            if clean.any() else None)
+    notes.append(leak_note(int(leaked.sum()), len(leaked), len(leaked), found.threshold,
+                           sampled=False))
+    return notes
 
 
 def _check_options(
@@ -308,8 +382,10 @@ def _train_and_test(
     group: str | None,
     random_state: int,
     X_target: np.ndarray | None,
+    groups: np.ndarray | None = None,
 ) -> TuningData:
-    """The training rows and the test set: ``test``, a stratified ``test_size`` split, or none."""
+    """The training rows and the test set: ``test``, a stratified ``test_size`` split (each
+    duplicate group on one side), or none; with the training rows' duplicate groups."""
     y_all = np.asarray(y)
     if y_all.shape != (len(X_all),):
         raise FeatxError(
@@ -323,14 +399,14 @@ def _train_and_test(
                 f"the test set has {X_test.shape} embeddings and {y_test.shape} labels; expected "
                 f"one label per row and width {X_all.shape[1]} like X."
             )
-        return TuningData(X_all, y_all, X_test, y_test, X_target)
+        return TuningData(X_all, y_all, X_test, y_test, X_target, groups)
     if test_size:
         if not 0 < test_size < 1:
             raise FeatxError(f"test_size={test_size!r} is not valid; expected 0 < test_size < 1.")
-        fit_rows, test_rows = test_split(y_all, test_size, random_state)
+        fit_rows, test_rows = test_split(y_all, test_size, random_state, groups)
         return TuningData(X_all[fit_rows], y_all[fit_rows], X_all[test_rows], y_all[test_rows],
-                          X_target)
-    return TuningData(X_all, y_all, None, None, X_target)
+                          X_target, None if groups is None else groups[fit_rows])
+    return TuningData(X_all, y_all, None, None, X_target, groups)
 
 
 def _classes(y_train: np.ndarray, cv: int) -> np.ndarray:
