@@ -514,3 +514,136 @@ def test_cli_heads_on_ray_starts_and_stops_its_own_cluster(workspace, tmp_path):
         assert _wait_gone(ray_tmp, 30) == []
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# ---- from object storage: workers read their parts themselves ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_images(workspace):
+    """A local S3 server (moto's server mode) holding two tar shards (the second with a corrupt
+    member) and a Parquet file of images, made from the workspace's PNGs; the environment that
+    points the storage library at it. The workers get it through ``runtime_env``, and only
+    s3:// URLs: no folder of this machine is named to them."""
+    import io
+    import tarfile
+
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "featx",
+           "AWS_SECRET_ACCESS_KEY": "featx", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("featx")
+    images = {p: Path(p).read_bytes() for p in _paths(workspace)}
+    order: list[bytes] = []
+    for shard, cls in (("a", "a"), ("b", "b")):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            members = [(Path(p).name, data) for p, data in images.items() if f"/{cls}/" in p]
+            if shard == "b":
+                members.insert(3, ("corrupt.png", b"\x89PNG\r\n\x1a\n not an image"))
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+                order.append(data)
+        fs.pipe(f"featx/shards/{shard}.tar", buf.getvalue())
+    table = list(images.values())[::4]
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"image": pa.array(table, pa.binary())}), sink)
+    fs.pipe("featx/tables/part-0.parquet", sink.getvalue())
+    order += table
+    try:
+        yield env, order
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+def test_workers_read_shards_and_parquet_from_object_storage(cluster, workspace, s3_images,
+                                                            tmp_path):
+    from featx.embed.images import Item
+    from featx.embed.shards import TarShards
+    from featx.embed.stream import ChainedStream
+    from featx.embed.tables import ParquetImages
+
+    env, order = s3_images
+    source = ChainedStream([TarShards("s3://featx/shards/"),
+                            ParquetImages("s3://featx/tables/")])
+    cache = tmp_path / "emb.h5"
+    # One worker dies once in the first shard, whose length nobody knows yet.
+    fault = _kills(tmp_path, "img005", 1)
+    report = embed_on_ray(source, _embedder(workspace, cache), shard_size=4,
+                          runtime_env={"env_vars": {**env, FAULT_ENV: fault}})
+    # 3 parts, each read by the worker it went to; the one a worker died in was counted (by a
+    # task), halved and done again. 25 tar members (one corrupt), 6 table rows, all of them
+    # copies of tar members: each content embedded once.
+    assert _killed(tmp_path, "img005") == 1 and report.worker_deaths == 1
+    assert (report.n_items, report.n_shards, report.n_nodes) == (31, 4, 2)
+    assert [(f.index, f.source) for f in report.failures] == [
+        (15, "s3://featx/shards/b.tar:corrupt.png")]
+    assert report.n_embedded == 24 and report.n_committed == 24
+    rows = _rows(cache)
+    assert len(rows) == 24  # nothing lost, nothing twice
+    single = ImageEmbedder(str(workspace / "tiny.keras"), on_error="nan").transform(order)
+    for data, expected in zip(order, single, strict=True):
+        key = Item("bytes", data, "x").key()
+        if key in rows:
+            np.testing.assert_allclose(rows[key], expected, rtol=1e-5)
+        else:
+            assert data.endswith(b"not an image")
+
+
+def test_a_plan_sends_parts_as_references_and_lists_the_rest_lazily(tmp_path):
+    import io
+    import pickle as pkl
+    import tarfile
+
+    from featx.distributed.units import Plan
+    from featx.embed.listing import FolderImages
+    from featx.embed.shards import TarShards
+    from featx.embed.stream import ChainedStream
+
+    images = []
+    for i in range(7):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), i * 30, np.uint8)).save(buf, format="PNG")
+        images.append(buf.getvalue())
+    (tmp_path / "shards").mkdir()
+    for s, lo in enumerate(range(0, 7, 3)):
+        with tarfile.open(tmp_path / "shards" / f"shard-{s}.tar", "w") as tf:
+            for i in range(lo, min(lo + 3, 7)):
+                info = tarfile.TarInfo(f"{i:06d}.png")
+                info.size = len(images[i])
+                tf.addfile(info, io.BytesIO(images[i]))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i, data in enumerate(images[:5]):
+        (folder / f"{i}.png").write_bytes(data)
+    plan = Plan(ChainedStream([TarShards(tmp_path / "shards"), FolderImages(folder)]), 2)
+    units = plan.units()
+    first = next(units)
+    # A tar shard goes as itself, a small reference: no image bytes in what is pickled.
+    assert first.items is None and first.hi is None
+    assert len(pkl.dumps(first.part)) < 1000 and plan.lengths == [None]
+    rest = list(units)
+    assert [u.items is None for u in rest] == [True, True, False, False, False]
+    assert [u.positions for u in rest[2:]] == [[0, 1], [2, 3], [4]]
+    assert plan.lengths == [None, None, None, 5]  # the folder's, once listed
+    for unit, n in zip([first, *rest[:2]], [3, 3, 1], strict=True):
+        plan.learn(unit, n)  # a worker read each shard to its end
+    assert plan.offsets() == [0, 3, 6, 7] and plan.n_items() == 12
+    a, b = rest[0].halves(3)
+    assert (a.lo, a.hi, b.lo, b.hi) == (0, 2, 2, 3) and a.part is rest[0].part

@@ -105,11 +105,9 @@ def embed_on_ray(args: argparse.Namespace, paths: Any, embedder: Any) -> Any:
     """``--ray``: embed on the cluster ``--ray-address`` (or ``RAY_ADDRESS``) names, or on a
     local one started for this command and shut down after it; the report of the run."""
     from featx.distributed.driver import embed_on_ray as run_on_ray
-    from featx.embed.stream import ItemStream
 
-    if isinstance(paths, ItemStream):  # the driver deals out a list of items
-        paths = list(paths)
-
+    # A stream stays one: the driver deals out its parts (a tar shard, a Parquet file: their
+    # URLs) for the workers to read, and lists a folder or CSV as references (paths, URLs).
     report = run_on_ray(paths, embedder, address=args.ray_address, workers=args.workers,
                         gpus_per_worker=args.gpus_per_worker)
     if args.verbosity > 0:

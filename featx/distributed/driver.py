@@ -3,11 +3,13 @@
 :func:`embed_on_ray` splits the items into shards and hands them to Ray actors, one per GPU (or
 per node on a CPU cluster). Each actor (:class:`featx.distributed.worker.RayWorker`) builds the
 network once and runs featx's engine (:func:`featx.embed.engine.run_network`) on its shards, with
-decode threads sized to the CPUs Ray gave it. Workers read the image bytes and compute the content
-keys; the driver never reads an image. The cache's known keys (and remembered failures) go into
-Ray's object store once; workers skip them and send back keys, vectors and failures, which the
-driver commits to the cache as they stream in, through the cache writer
-(:class:`featx.cache.writer.CacheWriter`; a segment per commit: no shared file system needed).
+decode threads sized to the CPUs Ray gave it. Workers read the image bytes (a tar shard or
+Parquet file of a stream: the whole part, from object storage or a path) and compute the content
+keys; the driver sends references and never reads an image. The cache's known keys (and
+remembered failures) go into Ray's object store once; workers skip them and send back keys,
+vectors and failures, which the driver commits to the cache as they stream in, through the cache
+writer (:class:`featx.cache.writer.CacheWriter`; a segment per commit: no shared file system
+needed).
 A worker that dies is replaced by Ray and its unfinished shard is done again; a shard that kills
 workers is halved until the one item that does it is found and reported.
 
@@ -20,11 +22,12 @@ Ray is imported only when used: ``pip install 'featx[ray]'``. See ``docs/distrib
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +41,10 @@ from featx.distributed.cluster import (
     import_ray,
     ray_session,
 )
-from featx.distributed.worker import KnownKeys, RayWorker, ShardResult
+from featx.distributed.units import Plan, Unit
+from featx.distributed.worker import KnownKeys, RayWorker, ShardResult, count_items, item_name
 from featx.embed.engine import EmbeddingReport, cache_group, progress_bar
-from featx.embed.images import Item, as_items, batched
+from featx.embed.images import iter_items
 from featx.exceptions import FeatxError, ImageLoadError
 from featx.nets.backbones import BackboneConfig
 
@@ -115,12 +119,6 @@ class _TimedCache(EmbeddingCache):
         return n
 
 
-@dataclass
-class _Shard:
-    positions: list[int]
-    attempts: int = 0
-
-
 def _is_worker_loss(exc: BaseException) -> bool:
     """A worker died (killed, out of memory, node lost) or ran out of memory in Python."""
     from ray import exceptions as rex
@@ -190,8 +188,12 @@ def embed_on_ray(
     Parameters
     ----------
     X : images
-        What :meth:`featx.ImageEmbedder.transform` takes; file paths are read by the workers,
-        so they must be readable there (the same path on every node: a shared or copied folder).
+        What :meth:`featx.ImageEmbedder.transform` takes. File paths and URLs are read by the
+        workers, so they must be readable there (the same path on every node, or a URL). A
+        stream's parts that hold image bytes (a :class:`~featx.TarShards` shard, a
+        :class:`~featx.ParquetImages` file) are sent as references and read by the worker
+        that embeds them (:mod:`featx.distributed.units`): from object storage, no shared file
+        system is needed. A folder or CSV listing is listed here and sent as paths or URLs.
     embedder : ImageEmbedder
         Its backbone settings, ``batch_size``, ``cache``, ``retry_failed``, ``n_workers``
         (decode threads per worker; default one per CPU of the worker) and ``verbose`` apply;
@@ -253,20 +255,23 @@ def embed_on_ray(
             "precision='mixed_bfloat16' on the cluster (about 0.7x INT8's speed on CPUs with "
             "AMX, no calibration)."
         )
-    items, kind = as_items(X)
+    source, kind = iter_items(X)
     sample_shape = (int(np.asarray(X).shape[1]),) if kind == "vectors" else None
-    report = RayEmbeddingReport(n_items=len(items))
-    if not items:
+    report = RayEmbeddingReport()
+    batch_size = int(getattr(embedder, "batch_size", 32))
+    shard = int(shard_size or SHARD_BATCHES * batch_size)
+    if shard < 1:
+        raise FeatxError(f"shard_size={shard_size!r} is not valid; expected a positive integer.")
+    plan = Plan(source, shard)  # type: ignore[arg-type]
+    units = plan.units()
+    first = next(units, None)
+    if first is None:
         return report
     group = cache_group(config, sample_shape)
     store = _TimedCache(cache_path)
     retry = bool(getattr(embedder, "retry_failed", False))
     known_keys, known_failed = store.known_key_array(group, fields=config.fingerprint_fields)
     known = KnownKeys(known_keys, {} if retry else known_failed)
-    batch_size = int(getattr(embedder, "batch_size", 32))
-    shard = int(shard_size or SHARD_BATCHES * batch_size)
-    if shard < 1:
-        raise FeatxError(f"shard_size={shard_size!r} is not valid; expected a positive integer.")
     show = bool(getattr(embedder, "verbose", False) if verbose is None else verbose)
     with ray_session(address) as ray:
         n, cpus, gpus = _plan_workers(ray, workers, cpus_per_worker, gpus_per_worker)
@@ -287,9 +292,10 @@ def embed_on_ray(
             report.n_nodes = len(set(nodes))
             report.startup_seconds = time.perf_counter() - started
             t0 = time.perf_counter()
-            _Driver(ray, handles, [known_ref], items, report, shard_size=shard, store=store,
-                    group=group, config=config, max_deaths=max_worker_deaths or max(16, 4 * n),
-                    timeout=ready_timeout, show=show).run()
+            _Driver(ray, handles, [known_ref], plan, itertools.chain([first], units), report,
+                    shard_size=shard, store=store, group=group, config=config,
+                    max_deaths=max_worker_deaths or max(16, 4 * n), timeout=ready_timeout,
+                    show=show, runtime_env=runtime_env).run()
             report.embed_seconds = time.perf_counter() - t0
         finally:
             for h in handles:
@@ -351,7 +357,8 @@ class _Driver:
         ray: Any,
         handles: list[Any],
         known: list[Any],
-        items: Sequence[Item],
+        plan: Plan,
+        units: Iterator[Unit],
         report: RayEmbeddingReport,
         *,
         shard_size: int,
@@ -361,29 +368,31 @@ class _Driver:
         max_deaths: int,
         timeout: float,
         show: bool,
+        runtime_env: dict[str, Any] | None = None,
     ):
         self.ray = ray
         self.handles = handles
         self.known = known
-        self.items = items
+        self.plan = plan
+        self.units = units  # made as workers need them: a stream is listed as it is embedded
+        self.shard_size = shard_size
         self.report = report
         self.store = store
         self.max_deaths = max_deaths
         self.timeout = timeout
-        self.todo: deque[_Shard] = deque(
-            _Shard(list(p)) for p in batched(range(len(items)), shard_size))
-        report.n_shards = len(self.todo)
-        self.inflight: dict[Any, tuple[int, _Shard]] = {}
+        self.runtime_env = runtime_env
+        self.todo: deque[Unit] = deque()
+        self.inflight: dict[Any, tuple[int, Unit]] = {}
         self.queues: list[list[Any]] = [[] for _ in handles]  # per actor, in submission order
-        self.failures: list[ImageLoadError] = []
+        self.failures: list[tuple[int, ImageLoadError]] = []  # (segment, error)
         self.writer = CacheWriter(store, group, config)
-        self.progress = progress_bar(len(items), show, desc="embedding on Ray")
+        self.progress = progress_bar(plan.total, show, desc="embedding on Ray")
         self.last_loss = ""
         self.probes: dict[Any, int] = {}  # a restarted actor's first call -> the actor
         self.restarting: set[int] = set()  # actors Ray is replacing: nothing is sent to them
         # Shards a dying worker held: each runs alone on a worker (nothing queued behind it), so
         # that a worker dying on it tells which shard killed it.
-        self.suspects: deque[_Shard] = deque()
+        self.suspects: deque[Unit] = deque()
 
     def run(self) -> None:
         """Every shard embedded and committed (or its one bad item reported); the report's
@@ -393,8 +402,13 @@ class _Driver:
         finally:
             self.progress(None)
             self.writer.close()  # commits what arrived, even when the run failed
-        failures = sorted(self.failures, key=lambda e: e.index or 0)
         report = self.report
+        report.n_items = self.plan.n_items()
+        report.n_shards = self.plan.n_units + report.n_shards
+        offsets = self.plan.offsets()
+        for segment, e in self.failures:
+            e.index = offsets[segment] + int(e.index or 0)
+        failures = sorted((e for _, e in self.failures), key=lambda e: e.index or 0)
         report.n_embedded = self.store.rows  # rows this run committed: each key once
         report.n_failed = len(failures)
         report.failures = [Failure(source=e.source, reason=e.describe(), index=int(e.index or 0))
@@ -404,7 +418,7 @@ class _Driver:
     def _loop(self) -> None:
         ray = self.ray
         last_progress = time.monotonic()
-        while self.todo or self.suspects or self.inflight:
+        while self._more() or self.suspects or self.inflight:
             # Every worker gets a shard before any gets a second (few shards, many workers).
             for depth in range(1, DEPTH + 1):
                 for a in range(len(self.handles)):
@@ -435,8 +449,19 @@ class _Driver:
                 self._take(result, s)
                 last_progress = time.monotonic()
 
-    def _send(self, a: int, s: _Shard) -> None:
-        ref = self.handles[a].embed.remote(s.positions, [self.items[p] for p in s.positions])
+    def _more(self) -> bool:
+        """Whether a unit is waiting (the next one made when none is)."""
+        if not self.todo:
+            unit = next(self.units, None)
+            if unit is not None:
+                self.todo.append(unit)
+        return bool(self.todo)
+
+    def _send(self, a: int, s: Unit) -> None:
+        if s.items is not None:
+            ref = self.handles[a].embed.remote(s.positions, s.items)
+        else:
+            ref = self.handles[a].embed_part.remote(s.part, s.lo, s.hi, self.shard_size)
         self.inflight[ref] = (a, s)
         self.queues[a].append(ref)
 
@@ -450,15 +475,16 @@ class _Driver:
             return  # a busy worker finishes first, then takes a suspect alone
         if any(self.inflight[ref][1].attempts for ref in queue):
             return  # the last suspect (a shard tried before) runs alone too
-        while len(queue) < depth and self.todo:
+        while len(queue) < depth and self._more():
             self._send(a, self.todo.popleft())
 
-    def _take(self, result: ShardResult, s: _Shard) -> None:
+    def _take(self, result: ShardResult, s: Unit) -> None:
         self.report.n_hits += result.n_hits
         self.report.n_misses += result.n_misses
-        self.failures.extend(result.failed)
+        self.failures.extend((s.segment, e) for e in result.failed)
+        self.plan.learn(s, result.n_items)
         self.writer.put(result.keys, result.vectors, result.sources, result.remember)
-        self.progress(len(s.positions))
+        self.progress(result.n_items)
 
     def _lost(self, a: int, exc: BaseException) -> None:
         """Actor ``a`` died. The oldest shard it held was running: it is halved (or, one item
@@ -469,7 +495,7 @@ class _Driver:
         self.last_loss = _first_line(exc)
         refs, self.queues[a] = self.queues[a], []
         ray.wait(refs, num_returns=len(refs), timeout=60)
-        held: list[_Shard] = []
+        held: list[Unit] = []
         for ref in refs:
             _, s = self.inflight.pop(ref)
             try:
@@ -478,20 +504,22 @@ class _Driver:
                 if not _is_worker_loss(err) and not isinstance(err, ray.exceptions.GetTimeoutError):
                     raise
                 held.append(s)
-        back: list[_Shard] = []
+        back: list[Unit] = []
         for i, s in enumerate(held):
             s.attempts += 1
-            if i == 0 and len(s.positions) > 1:
-                half = (len(s.positions) + 1) // 2
-                back += [_Shard(s.positions[:half], s.attempts),
-                         _Shard(s.positions[half:], s.attempts)]
+            size = self._size(s) if i == 0 else None
+            if i == 0 and size is not None and size > 1:
+                back += s.halves(size)
                 report.n_shards += 1
-            elif i == 0 and len(refs) == 1 and s.attempts >= 2:
-                p = s.positions[0]
-                self.failures.append(ImageLoadError(
-                    self.items[p].name, f"the Ray worker embedding it died ({self.last_loss}); "
-                    "out of memory? It was tried alone and killed the worker again", p))
+            elif i == 0 and len(refs) == 1 and s.attempts >= 2 and size == 1:
+                self.failures.append((s.segment, ImageLoadError(
+                    self._name(s), f"the Ray worker embedding it died ({self.last_loss}); "
+                    "out of memory? It was tried alone and killed the worker again",
+                    s.first_position())))
+                self.plan.learn(s, 1)
                 self.progress(1)
+            elif size == 0:
+                self.plan.learn(s, 0)
             else:
                 back.append(s)
         self.suspects.extendleft(reversed(back))
@@ -503,6 +531,24 @@ class _Driver:
             )
         self.restarting.add(a)
         self.probes[self.handles[a].hello.remote(self.known)] = a
+
+    def _size(self, s: Unit) -> int:
+        """A unit's items; a part's counted by a task of no CPU (the workers hold them all)
+        when no worker has read it to its end yet."""
+        size = s.size()
+        if size is None:
+            count = self.ray.remote(count_items).options(num_cpus=0, runtime_env=self.runtime_env)
+            s.hi = s.lo + max(0, self.ray.get(count.remote(s.part), timeout=self.timeout) - s.lo)
+            self.plan.learn(Unit(s.segment, part=s.part), s.hi)
+            size = s.hi - s.lo
+        return size
+
+    def _name(self, s: Unit) -> str:
+        """The name of a unit's one item (a part's read by a task of no CPU)."""
+        if s.items is not None:
+            return s.items[0].name
+        name = self.ray.remote(item_name).options(num_cpus=0, runtime_env=self.runtime_env)
+        return str(self.ray.get(name.remote(s.part, s.lo), timeout=self.timeout))
 
     def _probed(self, ref: Any) -> None:
         """A restarting actor answered: back to work, or not yet (ask again)."""

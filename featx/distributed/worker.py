@@ -10,10 +10,12 @@ worker processes; the driver's side is :mod:`featx.distributed.driver`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +26,12 @@ from featx.cache.failure import Failure
 from featx.embed.chunk import safe_key
 from featx.embed.engine import cache_group, network_for, run_network
 from featx.embed.images import Item
+from featx.embed.shards import TarShards, read_shard
+from featx.embed.stream import ItemStream
+from featx.embed.tables import ParquetImages, is_arrow_table
 from featx.exceptions import ImageLoadError
 
-__all__ = ["RayWorker", "KnownKeys", "ShardResult", "FAULT_ENV"]
+__all__ = ["RayWorker", "KnownKeys", "ShardResult", "FAULT_ENV", "count_items", "item_name"]
 
 #: Test-only: ``FEATX_RAY_FAULT="kill:NAME"`` makes a worker SIGKILL itself whenever it reaches an
 #: item whose name contains NAME (as Ray's out-of-memory killer would); ``"kill-once:NAME:FILE"``
@@ -65,6 +70,47 @@ class ShardResult:
     remember: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     batches: int = 0
+    n_items: int = 0
+
+    def add(self, other: ShardResult) -> None:
+        """Take ``other``'s counts and rows after this one's."""
+        self.n_hits += other.n_hits
+        self.n_misses += other.n_misses
+        self.keys += other.keys
+        if len(other.keys):
+            self.vectors = (other.vectors if not len(self.vectors)
+                            else np.concatenate([self.vectors, other.vectors]))
+        self.sources += other.sources
+        self.failed += other.failed
+        self.remember += other.remember
+        self.seconds += other.seconds
+        self.batches += other.batches
+        self.n_items += other.n_items
+
+
+def count_items(part: ItemStream) -> int:
+    """How many items a part holds: a Ray task of no CPU, for the driver halving a part of unknown
+    length that a worker died on. Read through, keeping no image bytes."""
+    return sum(1 for _ in _names(part))
+
+
+def item_name(part: ItemStream, at: int) -> str:
+    """The name of item ``at`` of a part (read up to it, keeping no image bytes)."""
+    item = next(itertools.islice(_names(part), at, None), None)
+    return item.name if item is not None else f"{part.describe()}: item {at}"
+
+
+def _names(part: ItemStream) -> Iterator[Item]:
+    """A part's items without their image bytes where the source can skip them."""
+    if isinstance(part, TarShards):
+        for url in part.urls():
+            yield from read_shard(url, label=part.label, extensions=part.extensions,
+                                  images=False)
+    elif isinstance(part, ParquetImages) and not is_arrow_table(part.source):
+        for url in part.urls():
+            yield from part.read_file(url, images=False)
+    else:
+        yield from part
 
 
 def _fault(name: str) -> None:
@@ -139,6 +185,19 @@ class RayWorker:
         _fault(item.name)
         return safe_key(item)
 
+    def embed_part(self, part: ItemStream, lo: int, hi: int | None, chunk: int) -> ShardResult:
+        """Read items ``[lo, hi)`` of a part (one tar shard, one Parquet file: from object
+        storage or a path, by this worker) and embed them ``chunk`` at a time; positions are the
+        part's. ``n_items`` says how many were read (the part's length, with ``hi=None``)."""
+        out = ShardResult()
+        items = itertools.islice(iter(part), lo, hi)
+        at = lo
+        while batch := list(itertools.islice(items, chunk)):
+            out.add(self.embed(list(range(at, at + len(batch))), batch))
+            at += len(batch)
+        out.n_items = at - lo
+        return out
+
     def embed(self, positions: list[int], items: list[Item]) -> ShardResult:
         """Embed the items of one shard (``positions``: theirs in the input) that the cache
         lacks; failures carry those positions."""
@@ -194,4 +253,5 @@ class RayWorker:
         out.vectors = (np.stack([rows[j] for j in done_rows]) if done_rows
                        else np.zeros((0, width), np.float32))
         out.seconds = time.perf_counter() - started
+        out.n_items = len(items)
         return out
