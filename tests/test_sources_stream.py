@@ -23,7 +23,8 @@ def test_a_generator_is_embedded_a_chunk_at_a_time_in_order(tmp_path, monkeypatc
 
     def items():
         for i, data in enumerate(images):
-            if i == 8:  # the third chunk: the first two were committed before it was read
+            if i == 8:  # the third chunk, read ahead while the second is embedded: the first
+                # (or both) committed before it was read
                 cache = EmbeddingCache(tmp_path / "emb.h5")
                 held_at_eight.append(int(cache.contains(
                     group, [Item("bytes", d, "").key() for d in images]).sum()))
@@ -31,7 +32,7 @@ def test_a_generator_is_embedded_a_chunk_at_a_time_in_order(tmp_path, monkeypatc
 
     rows = embedder.transform(items())
     np.testing.assert_allclose(rows, expected, rtol=1e-6)
-    assert held_at_eight == [8] and embedder.report_.n_items == 10
+    assert held_at_eight in ([4], [8]) and embedder.report_.n_items == 10
     assert "img" in capsys.readouterr().err  # the bar counts items though their number is unknown
     embedder.set_params(on_error="skip")
     report = embedder.embed_to_cache(iter([Item("bytes", images[0], "again"),

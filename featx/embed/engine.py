@@ -178,7 +178,7 @@ def embed_items(
     failed: list[ImageLoadError] = []
     start = 0
     try:
-        for chunk in chunks(items, CHUNK):
+        for chunk in read_ahead(chunks(items, CHUNK), not isinstance(items, Sequence)):
             part = run.chunk(chunk)
             report.n_hits += part.n_hits
             report.n_misses += part.n_misses
@@ -216,6 +216,19 @@ def embed_items(
     report.n_failed = len(failed)
     report.errors = failed
     return EngineResult(outputs, failed, report)
+
+
+def read_ahead(chunks: Iterator[list[Item]], ahead: bool) -> Iterator[list[Item]]:
+    """The chunks, the next one read on a thread of its own while this one is embedded (with
+    ``ahead``: a stream's reading, such as a shard's download, overlaps the network's work)."""
+    if not ahead:
+        yield from chunks
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="featx-read") as reader:
+        coming = reader.submit(next, chunks, None)
+        while (chunk := coming.result()) is not None:
+            coming = reader.submit(next, chunks, None)
+            yield chunk
 
 
 def cache_group(config: BackboneConfig, sample_shape: tuple[int, ...] | None) -> str:
