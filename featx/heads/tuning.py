@@ -36,7 +36,7 @@ from featx.heads.at_scale import (
     tune_at_scale,
 )
 from featx.heads.dedupe import (
-    MIN_COSINE,
+    GROUP_MIN_COSINE,
     MIN_WIDTH,
     Dedupe,
     duplicate_rows,
@@ -332,7 +332,7 @@ def _leak_free(results: list[Any], data: TuningData, found: Dedupe, scoring: str
         notes.append(
             f"dedupe: {pairs}{found.n_grouped:,} images into groups, each kept inside one fold"
             + (" and on one side of the test split" if len(data.groups) < len(found.groups)
-               else "") + f" (pair score >= {found.threshold:g}, cosine >= {MIN_COSINE:g}; "
+               else "") + f" (pair score >= {found.threshold:g}, cosine >= {GROUP_MIN_COSINE:g}; "
             "dedupe=False to opt out)")
     if data.X_test is None or data.y_test is None or data.X_target is not None:
         return notes
