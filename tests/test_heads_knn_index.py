@@ -74,7 +74,7 @@ def test_exact_mode_is_the_knn_preset(weights, k):
 
 def test_ivf_mode_recall_and_accuracy_against_exact(ivf_pair):
     exact, ivf, Xq, yq = ivf_pair
-    assert (ivf.index_kind_, ivf.nlist_, ivf.nprobe_) == ("ivf-sq8", auto_nlist(20_000),
+    assert (ivf.index_kind_, ivf.nlist_, ivf.nprobe_) == ("ivf-pq4-sq8", auto_nlist(20_000),
                                                           auto_nprobe(auto_nlist(20_000)))
     _, truth = exact.kneighbors(Xq)
     _, found = ivf.kneighbors(Xq)
@@ -187,7 +187,7 @@ def test_wide_rows_are_projected_before_an_ivf_index():
          + 0.05 * rng.normal(size=(n, 120))).astype(np.float32)
     X_test, y_test, X, y = X[:500], y[:500], X[500:], y[500:]
     head = IndexKNNClassifier(k, exact_below=1000, n_pca=32).fit(X, y)
-    assert head.index_kind_ == "pca32-ivf-sq8"
+    assert head.index_kind_ == "pca32-ivf-pq4-sq8"
     exact = make_pipeline(StandardScaler(), KNeighborsClassifier(k)).fit(X, y)
     assert abs(head.score(X_test, y_test) - exact.score(X_test, y_test)) <= 0.01
     _, approx = head.kneighbors(X_test)
