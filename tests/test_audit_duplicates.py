@@ -107,3 +107,14 @@ def test_outlier_scores_rank_the_far_row_first(data, rng):
     np.testing.assert_allclose(outlier_scores(EmbeddingIndex.from_array(X), k=5), scores,
                                atol=1e-5)
     assert outlier_scores(X[:1]).tolist() == [1.0]
+
+
+def test_the_similarity_floor_keeps_two_merely_alike_loners_apart(data, rng):
+    """Two rows alike (cosine about 0.7) and far from every other row pass the relative score
+    alone; the floor (MIN_SIMILARITY) keeps them out."""
+    shared = 3 * rng.normal(size=64)
+    loners = shared + 2 * rng.normal(size=(2, 64))
+    X = np.vstack([data["X"], loners]).astype(np.float32)
+    n = len(X)
+    assert (n - 2, n - 1) not in _near(find_duplicates(X))
+    assert (n - 2, n - 1) in _near(find_duplicates(X, min_similarity=-1.0))
