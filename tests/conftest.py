@@ -13,8 +13,10 @@ import io
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import urllib.request
 from pathlib import Path
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="featx-tests-"))
@@ -174,6 +176,47 @@ def cluster():
     finally:
         ray.shutdown()
         c.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on a free port, with an empty bucket ``featx``; boto's usual variables
+    (set for the module, restored after) point s3fs at it. Yields the s3fs file system."""
+    from moto.server import ThreadedMotoServer
+    from s3fs import S3FileSystem
+
+    from featx.embed.remote import url_fs
+
+    # fsspec keeps one S3FileSystem per set of arguments, and its client keeps the endpoint it
+    # was made with: another module's server (another port) must not be reached through it.
+    S3FileSystem.clear_instance_cache()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    # moto's buckets live in this process, whichever server serves them: start empty.
+    urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{port}/moto-api/reset", method="POST"), timeout=30).close()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")}
+    os.environ.update(AWS_ACCESS_KEY_ID="featx-test-key", AWS_SECRET_ACCESS_KEY="featx-secret",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    fs, _ = url_fs("s3://featx")
+    fs.mkdir("featx")
+    yield fs
+    server.stop()
+    S3FileSystem.clear_instance_cache()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture

@@ -520,28 +520,19 @@ def test_cli_heads_on_ray_starts_and_stops_its_own_cluster(workspace, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def s3_images(workspace):
-    """A local S3 server (moto's server mode) holding two tar shards (the second with a corrupt
-    member) and a Parquet file of images, made from the workspace's PNGs; the environment that
-    points the storage library at it. The workers get it through ``runtime_env``, and only
-    s3:// URLs: no folder of this machine is named to them."""
+def s3_images(s3, workspace):
+    """Two tar shards (the second with a corrupt member) and a Parquet file of images, made from
+    the workspace's PNGs, on conftest's S3 server; the environment that points the storage
+    library at it, for the workers' ``runtime_env``. They get only s3:// URLs: no folder of this
+    machine is named to them."""
     import io
     import tarfile
 
-    import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "featx",
-           "AWS_SECRET_ACCESS_KEY": "featx", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("featx")
+    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                      "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     images = {p: Path(p).read_bytes() for p in _paths(workspace)}
     order: list[bytes] = []
     for shard, cls in (("a", "a"), ("b", "b")):
@@ -555,21 +546,12 @@ def s3_images(workspace):
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
                 order.append(data)
-        fs.pipe(f"featx/shards/{shard}.tar", buf.getvalue())
+        s3.pipe(f"featx/shards/{shard}.tar", buf.getvalue())
     table = list(images.values())[::4]
     sink = io.BytesIO()
     pq.write_table(pa.table({"image": pa.array(table, pa.binary())}), sink)
-    fs.pipe("featx/tables/part-0.parquet", sink.getvalue())
-    order += table
-    try:
-        yield env, order
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
+    s3.pipe("featx/tables/part-0.parquet", sink.getvalue())
+    return env, order + table
 
 
 def test_workers_read_shards_and_parquet_from_object_storage(cluster, workspace, s3_images,

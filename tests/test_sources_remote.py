@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import logging
-import os
-import socket
 import threading
 from pathlib import Path
 
@@ -17,40 +14,9 @@ import pytest
 
 from featx import ParquetImages, TarShards, load_image_csv, load_image_folder
 from featx.embed.images import as_items
-from featx.embed.remote import url_fs
 from featx.exceptions import FeatxError
 from tests.conftest import featx_main
 from tests.sources_data import pngs, tiny_embedder, write_folder, write_parquet, write_shards
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server on a free port; boto's usual variables point s3fs at it."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")}
-    os.environ.update(AWS_ACCESS_KEY_ID="featx-test-key", AWS_SECRET_ACCESS_KEY="featx-secret",
-                      AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
-    fs, _ = url_fs("s3://featx")
-    fs.mkdir("featx")
-    yield fs
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
