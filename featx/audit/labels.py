@@ -20,8 +20,8 @@ Two signals say that a row's label may be wrong:
 - **Neighbours.** The share of a row's ``k`` nearest neighbours (cosine on the embeddings)
   whose label differs from its own (:func:`neighbour_disagreement`).
 
-:func:`find_label_issues` reports the rows confident learning flags and the rows whose
-neighbours mostly (more than half) carry one other label that the head also prefers, ranked
+:func:`find_label_issues` reports the rows confident learning flags and the rows most of whose
+neighbours (more than half) carry other labels while the head prefers another class, ranked
 by a score in [0, 1]: the mean of ``1 - p_label`` (the head's doubt) and the neighbours'
 disagreement; the suggested label is the other class with the largest mean of its probability
 and its share among the neighbours.
@@ -448,7 +448,7 @@ def _rank(probabilities: np.ndarray, y_idx: np.ndarray, classes: np.ndarray,
     combined[rows, y_idx] = -1.0
     suggested = combined.argmax(axis=1)
     prefers_other = probabilities[rows, suggested] > probabilities[rows, y_idx]
-    by_neighbours = (shares[rows, suggested] > 0.5) & prefers_other
+    by_neighbours = (disagreement > 0.5) & prefers_other
     flagged = np.flatnonzero(by_learning | by_neighbours)
     score = (1.0 - probabilities[rows, y_idx].astype(np.float64) + disagreement) / 2
     order = flagged[np.argsort(-score[flagged], kind="stable")]
