@@ -13,6 +13,8 @@ from featx.adapt import (
     SubspaceAlignment,
     TargetData,
 )
+# featx.audit is the audit package and, called, the audit: featx.audit(paths, y, cache=...).
+# Importing it loads no network framework and no faiss (the index imports faiss when built).
 from featx.audit import EmbeddingIndex
 from featx.cache import EmbeddingCache
 from featx.embed import (
@@ -59,6 +61,7 @@ __all__ = [
     "EmbeddingReport",
     "EmbeddingCache",
     "EmbeddingIndex",
+    "audit",
     "load_image_folder",
     "load_image_csv",
     "load_shards",
