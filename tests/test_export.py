@@ -176,3 +176,15 @@ def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(FeatxError, match=r"pip install 'featx\[parquet\]'"):
         export_group(cache, None, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_help_and_usage_errors(capsys, tmp_path):
+    assert main(["export", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: featx export") and "--shard-rows" in out and "-q" in out
+    assert main(["export", "--cache", "x.h5", "--out", str(tmp_path / "o"),
+                 "--shard-rows", "0"]) == 2
+    assert main(["export", "--cache", str(tmp_path / "none.h5"), "--out",
+                 str(tmp_path / "o")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
