@@ -109,7 +109,7 @@ def open_source(src: str, path_column: str = "path", *, image_column: str = "ima
         rows.check()
         return rows
     if kind == "folder":
-        folder = FolderImages(src)
+        folder = FolderImages(src, ordered=False)  # nothing held, however many files
         if next(iter(folder), None) is None:
             raise FeatxError(f"folder {src!r} has no image files. {_EXPECTED}")
         return folder

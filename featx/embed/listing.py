@@ -48,17 +48,21 @@ def path_item(path: str, label: object = None) -> Item:
 
 
 class FolderImages(ItemStream):
-    """The images under a folder (or an object-store prefix), in sorted order, walked lazily.
+    """The images under a folder (or an object-store prefix), walked lazily.
 
     With ``labelled`` (the default when the folder has sub-folders) each sub-folder is a
-    class: its images carry the folder's name as ``label``.
+    class: its images carry the folder's name as ``label``. With ``ordered`` (the default) each
+    folder's names are sorted, which holds one folder's names at a time; ``ordered=False``
+    takes them in the file system's order and holds none (``featx embed`` of a flat folder of a
+    million files).
     """
 
     def __init__(self, root: str | os.PathLike[str], *, labelled: bool | None = None,
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS):
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS, ordered: bool = True):
         self.root = os.fspath(root)
         self.labelled = labelled
         self.extensions = tuple(e.lower() for e in extensions)
+        self.ordered = ordered
 
     def classes(self) -> list[str]:
         """The class folders' names (empty for a flat folder)."""
@@ -69,12 +73,12 @@ class FolderImages(ItemStream):
     def __iter__(self) -> Iterator[Item]:
         classes = self.classes()
         if not classes:
-            for f in list_files(self.root, self.extensions):
+            for f in list_files(self.root, self.extensions, ordered=self.ordered):
                 if _direct_child(self.root, f):
                     yield path_item(f)
             return
         for cls in classes:
-            for f in list_files(join(self.root, cls), self.extensions):
+            for f in list_files(join(self.root, cls), self.extensions, ordered=self.ordered):
                 yield path_item(f, cls)
 
     def describe(self) -> str:

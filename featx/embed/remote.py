@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from featx.exceptions import FeatxError
@@ -147,13 +147,15 @@ def glob_urls(pattern: str) -> list[str]:
     return sorted(_with_protocol(fs, f, pattern) for f in fs.glob(p))
 
 
-def list_files(url: str, extensions: tuple[str, ...]) -> Iterator[str]:
+def list_files(url: str, extensions: tuple[str, ...], *, ordered: bool = True) -> Iterator[str]:
     """Files under the folder or prefix ``url`` whose name ends in one of ``extensions``,
-    recursively, in sorted order. Local folders are walked lazily, one folder at a time;
-    an object store's listing is the storage library's (s3fs lists a prefix by pages)."""
+    recursively. Local folders are walked lazily: with ``ordered`` one folder's names are
+    sorted at a time; without, they come in the file system's order and nothing is held (a
+    flat folder of a million files). An object store's listing is the storage library's (s3fs
+    lists a prefix by pages, and keeps the listing)."""
     path = local_path(url)
     if path is not None:
-        yield from _walk_local(path, extensions)
+        yield from _walk_local(path, extensions, ordered)
         return
     fs, p = url_fs(url)
     for f in sorted(fs.find(p)):
@@ -161,15 +163,18 @@ def list_files(url: str, extensions: tuple[str, ...]) -> Iterator[str]:
             yield _with_protocol(fs, f, url)
 
 
-def _walk_local(root: str, extensions: tuple[str, ...]) -> Iterator[str]:
+def _walk_local(root: str, extensions: tuple[str, ...], ordered: bool) -> Iterator[str]:
     with os.scandir(root) as it:
-        entries = sorted((e.name, e.is_dir()) for e in it if not e.name.startswith("."))
-    for name, folder in entries:  # one folder's names at a time, not the tree's
-        full = os.path.join(root, name)
-        if folder:
-            yield from _walk_local(full, extensions)
-        elif name.lower().endswith(extensions):
-            yield full
+        entries: Iterable[tuple[str, bool]] = (
+            (e.name, e.is_dir()) for e in it if not e.name.startswith("."))
+        if ordered:
+            entries = sorted(entries)  # one folder's names, not the tree's
+        for name, folder in entries:
+            full = os.path.join(root, name)
+            if folder:
+                yield from _walk_local(full, extensions, ordered)
+            elif name.lower().endswith(extensions):
+                yield full
 
 
 def subfolders(url: str) -> list[str]:
