@@ -96,3 +96,13 @@ def test_bad_input_is_one_clear_line(data, tmp_path):
     with pytest.raises(FeatxError, match="one name per row"):
         featx.audit(data.paths[:3], X=data.X)
     assert np.isfinite(data.X).all()
+
+
+def test_import_featx_loads_neither_faiss_nor_a_network_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, featx; assert callable(featx.audit); "
+            "print(sorted(m for m in ('faiss', 'tensorflow', 'keras', 'jax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
