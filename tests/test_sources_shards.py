@@ -127,4 +127,9 @@ def test_featx_embed_and_heads_on_shards(tmp_path):
     assert tuned.returncode == 0, tuned.stderr
     assert "12 images in 2 classes" in tuned.stdout and "12 embeddings from the cache" in \
         tuned.stdout
-    assert (tmp_path / "out" / "model.featx").exists()
+    predicted = featx_main("predict", tmp_path / "out" / "model.featx",
+                           tmp_path / "shards" / "shard-00002.tar")
+    assert predicted.returncode == 0, predicted.stderr
+    rows = predicted.stdout.splitlines()
+    assert len(rows) == 3 and rows[1].startswith(f"{tmp_path / 'shards' / 'shard-00002.tar'}:"
+                                                 "000010.png,")
