@@ -629,3 +629,12 @@ def test_a_plan_sends_parts_as_references_and_lists_the_rest_lazily(tmp_path):
     assert plan.offsets() == [0, 3, 6, 7] and plan.n_items() == 12
     a, b = rest[0].halves(3)
     assert (a.lo, a.hi, b.lo, b.hi) == (0, 2, 2, 3) and a.part is rest[0].part
+    # What the driver's tasks of no CPU read of a part a worker died in: its length, an item's
+    # name (a truncated shard's failure is an item too, as a worker would see it).
+    from featx.distributed.worker import count_items, item_name
+
+    assert [count_items(u.part) for u in (first, *rest[:2])] == [3, 3, 1]
+    assert item_name(rest[0].part, 2).endswith("shard-1.tar:000005.png")
+    data = (tmp_path / "shards" / "shard-1.tar").read_bytes()
+    (tmp_path / "shards" / "shard-1.tar").write_bytes(data[:1500])
+    assert count_items(rest[0].part) == len(list(rest[0].part)) == 2
