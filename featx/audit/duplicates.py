@@ -146,7 +146,8 @@ def find_duplicates(X: Any, *, keys: Sequence[str] | None = None, threshold: flo
     if n > 1:
         sims, nbrs = index.search_self(kk) if rows_of is None else index.search_rows(
             rows_of, kk, exclude_self=True)
-        score = _scores(method, sims, nbrs, sims[:, -1], sims[:, -1])
+        kth = _kth(sims)
+        score = _scores(method, sims, nbrs, kth, kth)
         a = np.repeat(np.arange(n), kk)
         b, s, sc = nbrs.ravel(), sims.ravel(), score.ravel()
         keep = (b >= 0) & (sc >= th) & (s >= _floor(min_similarity, method))
@@ -213,8 +214,7 @@ def find_leaks(X_train: Any, X_test: Any, *, threshold: float | None = None,
             own, _ = index.search_self(kk)
         else:
             own, _ = index.search_rows(train_rows, kk, exclude_self=True)
-        kth_train = own[:, -1]
-        score = _scores(method, sims, nbrs, sims[:, -1], kth_train)
+        score = _scores(method, sims, nbrs, _kth(sims), _kth(own))
     else:
         score = sims
     a = np.repeat(np.arange(len(Q)), kk)
@@ -289,6 +289,15 @@ def _threshold(threshold: float | None, method: str) -> float:
         return float(threshold)
     return DEFAULT_THRESHOLD if method == "relative" else DEFAULT_COSINE_THRESHOLD
 
+
+
+def _kth(sims: np.ndarray) -> np.ndarray:
+    """Each row's farthest neighbour found (the k-th, or the last an IVF search found; -1 when
+    none was)."""
+    found = np.isfinite(sims)
+    last = np.maximum(found.sum(axis=1) - 1, 0)
+    kth = sims[np.arange(len(sims)), last]
+    return np.where(found.any(axis=1), kth, -1.0).astype(np.float32)
 
 
 def _floor(min_similarity: float | None, method: str) -> float:

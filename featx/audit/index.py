@@ -304,8 +304,10 @@ class EmbeddingIndex:
         in an IVF index)."""
         hi = len(self) if hi is None else min(int(hi), len(self))
         if self.nprobe:
-            ivf = _faiss().extract_index_ivf(self._index)
-            ivf.make_direct_map()
+            faiss = _faiss()
+            ivf = faiss.extract_index_ivf(self._index)
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.make_direct_map()
         return self._index.reconstruct_n(int(lo), int(hi - lo))
 
     # ---- searching --------------------------------------------------------------------------
