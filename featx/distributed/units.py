@@ -115,7 +115,7 @@ class Plan:
             return
         for part in self.source.parts():
             if read_on_worker(part):
-                self.lengths.append(part.count)
+                self.lengths.append(None)  # learnt from the worker (no footer read here)
                 self.n_units += 1
                 yield Unit(len(self.lengths) - 1, part=part)
             else:
