@@ -22,6 +22,9 @@ demo's size) by each backbone, through a cache in DIR (kept: a rerun embeds noth
               find_duplicates on the index and duplicate_groups: time and peak RSS; loading the
               kept index again; recall@10 of the index against exact search on 500 queries
 
+  labels,     flipped labels found by featx.audit's label issues, and tune_heads's raw against
+  leaderboard leak-free test scores on the set (benchmarks/audit_labels.py)
+
 Other parts join through PARTS and TABLES below (name -> function of the context; a function
 that renders its results as Markdown). Prints the tables and writes benchmarks/results/audit.md
 (and .json).
@@ -44,6 +47,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.audit_data import TRANSFORMS, build_set
+from benchmarks.audit_labels import (
+    part_labels,
+    part_leaderboard,
+    table_labels,
+    table_leaderboard,
+)
 from benchmarks.heads_scale import cpu, resample
 
 RESULTS = Path(__file__).parent / "results"
@@ -334,9 +343,12 @@ def table_scale(results: dict[str, Any]) -> str:
 PARTS: dict[str, Callable[[Context], Any]] = {
     "duplicates": part_duplicates,
     "scale": part_scale,
+    "labels": part_labels,
+    "leaderboard": part_leaderboard,
 }
 #: Functions rendering the results (the whole JSON) as Markdown, in the page's order.
-TABLES: list[Callable[[dict[str, Any]], str]] = [table_duplicates, table_scale]
+TABLES: list[Callable[[dict[str, Any]], str]] = [table_duplicates, table_scale, table_labels,
+                                                 table_leaderboard]
 
 
 def main(argv: list[str] | None = None) -> int:
