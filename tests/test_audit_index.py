@@ -56,13 +56,17 @@ def test_exclude_self_drops_each_rows_own_entry_even_among_identical_rows(rows):
 
 def test_ivf_recall_against_exact(rng):
     centres = rng.normal(size=(20, 32))
-    X = (centres[rng.integers(20, size=4000)] + 0.6 * rng.normal(size=(4000, 32)))
-    index = EmbeddingIndex.from_array(X.astype(np.float32), exact_below=1000, nlist=32)
-    assert index.kind == "ivf-sq8" and index.nprobe > 0
+    X = (centres[rng.integers(20, size=2000)] + 0.6 * rng.normal(size=(2000, 32)))
+    index = EmbeddingIndex.from_array(X.astype(np.float32), exact_below=1000, nlist=16)
+    assert index.kind == "ivf-pq4-sq8" and index.nprobe > 0
     _, got = index.search_rows(X[:200], k=10)
     _, want = _exact(X, X[:200], 10)
     recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
     assert recall >= 0.9
+    # Its own rows, as it holds them (8-bit codes), find themselves first.
+    sims, rows = index.search_self(k=3)
+    np.testing.assert_allclose(index.vectors(0, 5), normalised(X[:5]), atol=0.02)
+    assert (rows != np.arange(len(X))[:, None]).all() and sims.shape == (2000, 3)
 
 
 def test_small_index_pads_with_minus_inf(rows):
