@@ -75,6 +75,10 @@ def test_leaks_are_counted_and_scored_without(data, tmp_path):
     assert row["n_test_leaked"] == str(n_leak) and float(row["test_score_leak_free"]) <= 1
     frame = board.to_frame()
     assert {"n_test_leaked", "test_score_leak_free"} <= set(frame.columns)
+    from featx.report.page import _leaderboard_table
+
+    html = _leaderboard_table(board)
+    assert "<th>leak-free</th>" in html and f"{board.best.test_score_leak_free:.3f}" in html
 
 
 def test_duplicate_groups_stay_in_one_fold_and_on_one_side(data):

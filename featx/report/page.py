@@ -159,13 +159,16 @@ def _fmt(value: Any) -> str:
 
 def _leaderboard_table(board: Any) -> str:
     binary = any(r.roc_auc is not None for r in board)
-    head = ["#", "head", f"cv {board.scoring}", "± std", "test", "bal. acc.", "macro-F1"]
+    leaks = any(getattr(r, "n_test_leaked", None) is not None for r in board)
+    head = ["#", "head", f"cv {board.scoring}", "± std", "test", *(["leak-free"] * leaks),
+            "bal. acc.", "macro-F1"]
     head += ["ROC AUC"] if binary else []
     head += ["fit s", "best parameters"]
     rows = []
     for i, r in enumerate(board, 1):
         cells = [str(i), r.head, _fmt(r.cv_mean), _fmt(r.cv_std), _fmt(r.test_score),
-                 _fmt(r.balanced_accuracy), _fmt(r.macro_f1)]
+                 *([_fmt(r.test_score_leak_free)] * leaks), _fmt(r.balanced_accuracy),
+                 _fmt(r.macro_f1)]
         cells += [_fmt(r.roc_auc)] if binary else []
         params = ", ".join(f"{k.removeprefix('clf__')}={v!r}" for k, v in
                            sorted(r.best_params.items()))
@@ -311,7 +314,8 @@ def write_report(
             '<section id="leaderboard"><h2>Leaderboard</h2>'
             f"<p>Ranked by {board.cv}-fold cross-validated {html.escape(board.scoring)}; the "
             "test set never picks a head.</p>"
-            f"{_leaderboard_table(board)}{images}</section>"
+            + "".join(f'<p class="note">{html.escape(n)}</p>' for n in getattr(board, "notes", ()))
+            + f"{_leaderboard_table(board)}{images}</section>"
         )
         sections.append(
             '<section id="per-class"><h2>Per-class precision and recall</h2>'
