@@ -4,8 +4,10 @@ shards and members reported where they stopped, the same content keys as files."
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
+import tarfile
 
 import numpy as np
 import pytest
@@ -45,6 +47,32 @@ def test_json_field_labels_and_compressed_shards(tmp_path):
         load_shards(tmp_path / "s.tar.gz")
     with pytest.raises(FeatxError, match="no tar shards at"):
         load_shards(str(tmp_path / "none-*.tar"))
+
+
+@pytest.mark.parametrize("form", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT,
+                                  tarfile.PAX_FORMAT])
+def test_long_names_in_every_tar_format_and_a_damaged_header(tmp_path, form):
+    images = pngs(2)
+    names = ["d" * 90 + "/" + "e" * 60 + "/0001.png", "x/" + "f" * 120 + ".png"]
+    if form == tarfile.USTAR_FORMAT:
+        names[1] = "x/f.png"  # ustar holds long paths in its prefix field, not long names
+    path = tmp_path / "long.tar"
+    with tarfile.open(path, "w", format=form) as tf:
+        tf.addfile(tarfile.TarInfo("folder"))  # not a file: skipped
+        for name, data in zip(names, images, strict=True):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    items = list(TarShards(path))
+    assert [(i.name, i.value) for i in items] == [(f"{path}:{n}", d)
+                                                  for n, d in zip(names, images, strict=True)]
+    raw = bytearray(path.read_bytes())
+    at = raw.find(images[1]) - 512  # the second image's header
+    raw[at + 130] ^= 0x01  # its size field: the checksum no longer matches
+    path.write_bytes(bytes(raw))
+    items = list(TarShards(path))
+    assert items[0].value == images[0] and items[1].kind == "failed"
+    assert "bad checksum" in items[1].value
 
 
 def test_parts_are_small_references(tmp_path):

@@ -54,3 +54,18 @@ def test_folders_are_walked_lazily_and_streams_chain(tmp_path):
     chained = ChainedStream([flat, ItemList([Item("bytes", images[0], "x")], "one")])
     assert chained.count is None and len(list(chained)) == 3
     assert ChainedStream([ItemList([], "none")]).count == 0
+
+
+def test_a_keyed_item_keeps_the_key_and_name_not_the_bytes():
+    import pytest
+
+    from featx.embed.images import load_pixels
+    from featx.exceptions import ImageLoadError
+
+    item = Item("bytes", pngs(1)[0], "s.tar:1.png", "cat")
+    keyed = item.keyed()
+    assert (keyed.kind, keyed.value, keyed.name, keyed.label) == ("key", item.key(),
+                                                                  "s.tar:1.png", "cat")
+    assert keyed.key() == item.key() and keyed.keyed() is keyed
+    with pytest.raises(ImageLoadError, match="only its content key was kept"):
+        load_pixels(keyed, (8, 8))

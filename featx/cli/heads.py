@@ -241,16 +241,20 @@ def _heads_at_scale(args: argparse.Namespace, embedder: Any, paths: list[str], y
     return 0
 
 
-def _cached_readable(embedder: Any, paths: list[str], y: Any) -> tuple[list[str], Any, Any]:
+def _cached_readable(embedder: Any, paths: Any, y: Any) -> tuple[list[Any], Any, Any]:
     """Embed into the cache keeping no rows; the paths and labels that could be read."""
     import numpy as np
+
+    from featx.embed.item import Item
 
     report = embedder.embed_to_cache(paths)
     _print_failures(report)
     bad = sorted({f.index for f in report.failures})
     keep = np.ones(len(y), bool)
     keep[bad] = False
-    return [p for p, k in zip(paths, keep, strict=True) if k], np.asarray(y)[keep], report
+    kept = [p.keyed() if isinstance(p, Item) else p  # a shard member's key, not its bytes
+            for p, k in zip(paths, keep, strict=True) if k]
+    return kept, np.asarray(y)[keep], report
 
 
 def _test_images(args: argparse.Namespace, embedder: Any, say: Any) -> tuple[Any, Any, Any]:

@@ -214,6 +214,8 @@ def load_pixels(
         return _array_pixels(item, size, channels, resize)
     if item.kind == "failed":
         raise ImageLoadError(item.name, str(item.value))
+    if item.kind == "key":
+        raise ImageLoadError(item.name, "only its content key was kept; read it from its source")
     try:
         if item.kind == "pil":
             return _pil_pixels(_upright(item.value), size, channels, resize)

@@ -24,10 +24,12 @@ class Item:
 
     Attributes
     ----------
-    kind : {"path", "bytes", "url", "pil", "array", "failed"}
+    kind : {"path", "bytes", "url", "pil", "array", "failed", "key"}
         ``"url"``: an fsspec URL, read once (for the key and the decode) when first needed.
         ``"failed"``: a sample its source could not deliver (a truncated shard, a missing
         object); ``value`` is the reason, and reading it raises :class:`ImageLoadError`.
+        ``"key"``: an image read before, of which only the content key (``value``) is kept,
+        to find its row in a cache (:meth:`keyed`); it cannot be decoded.
     value : Any
         The path, bytes, URL, PIL image, array or reason.
     name : str
@@ -38,7 +40,7 @@ class Item:
         folder), or None.
     """
 
-    kind: str  # "path" | "bytes" | "url" | "pil" | "array" | "failed"
+    kind: str  # "path" | "bytes" | "url" | "pil" | "array" | "failed" | "key"
     value: Any
     name: str
     label: Any = None
@@ -66,12 +68,21 @@ class Item:
                 raise ImageLoadError(self.name, io_reason(exc)) from None
         return self._data
 
+    def keyed(self) -> Item:
+        """This item as its content key and name alone (a tar member's or a table row's bytes
+        are not kept: a million of them would not fit in memory)."""
+        if self.kind in ("path", "key", "failed"):
+            return self
+        return Item("key", self.key(), self.name, self.label)
+
     def release(self) -> None:
         """Forget fetched bytes (after decoding)."""
         self._data = None
 
     def key(self) -> str:
         """The content hash the cache stores this item under (sha256, hex)."""
+        if self.kind == "key":
+            return str(self.value)
         h = hashlib.sha256()
         if self.kind == "path":
             try:

@@ -1,5 +1,5 @@
 """Tar shards (the WebDataset convention: img2dataset's and clip-retrieval's format), read as
-streams, never unpacked.
+streams (:mod:`featx.embed.tarstream`), never unpacked.
 
 A shard is a plain tar file whose consecutive members sharing a basename are one sample
 (``000017.jpg``, ``000017.cls``, ``000017.json``). Each image member (found by its extension)
@@ -11,12 +11,12 @@ truncated shard and a damaged member each become one failed item named where it 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
-import tarfile
 from collections.abc import Iterator, Sequence
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from featx.embed.item import Item
 from featx.embed.listing import IMAGE_EXTENSIONS, encode_labels
 from featx.embed.remote import glob_urls, io_reason, is_dir, list_files, open_url, redact
 from featx.embed.stream import ItemStream
+from featx.embed.tarstream import TarError, members
 from featx.exceptions import FeatxError
 
 __all__ = ["SHARD_EXTENSIONS", "TarShards", "load_shards", "shard_urls"]
@@ -32,7 +33,6 @@ SHARD_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 
 #: WebDataset's sample key: everything up to the first dot of the member's file name.
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
-_BLOCK = 512
 
 
 def _has_glob(text: str) -> bool:
@@ -103,19 +103,6 @@ def _say(source: Any) -> str:
     return redact(os.fspath(source))
 
 
-class _Counting:
-    """A file object that counts the bytes read through it (to tell a truncated shard)."""
-
-    def __init__(self, raw: IO[bytes]):
-        self.raw = raw
-        self.total = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.total += len(data)
-        return data
-
-
 def read_shard(url: str, *, label: str | None = None,
                extensions: Sequence[str] = IMAGE_EXTENSIONS,
                images: bool = True) -> Iterator[Item]:
@@ -131,37 +118,35 @@ def read_shard(url: str, *, label: str | None = None,
     except Exception as exc:  # noqa: BLE001 - a 404, a refused connection, a bad bucket
         yield Item("failed", io_reason(exc), name)
         return
-    counter = _Counting(raw)
-    compressed = url.lower().endswith((".gz", ".tgz"))
+
+    def split(member: str) -> tuple[str, str]:
+        match = _KEY.match(member)
+        return (match.group(1), match.group(2)) if match else (member, "")
+
+    def is_image(member: str) -> bool:
+        return ("." + split(member)[1].lower()).endswith(exts)
+
+    def wanted(member: str) -> bool:
+        return is_image(member) or split(member)[1] == label_ext
+
     group: list[tuple[str, str, bytes, bool]] = []
     group_key: str | None = None
-    current: str | None = None
     last: str | None = None
     try:
-        with raw, tarfile.open(fileobj=counter, mode="r|gz" if compressed else "r|") as tf:  # type: ignore[call-overload]
-            while (member := tf.next()) is not None:
-                del tf.members[:]  # tarfile keeps every header it read; a shard may be large
-                if not member.isfile():
-                    continue
-                current = member.name
-                match = _KEY.match(member.name)
-                key, ext = (match.group(1), match.group(2)) if match else (member.name, "")
+        with raw:
+            stream = gzip.GzipFile(fileobj=raw) if url.lower().endswith((".gz", ".tgz")) else raw
+            skip = (lambda member: False) if images else is_image
+            for member, data in members(stream, wanted, skip):
+                key, ext = split(member)
                 if key != group_key:
                     yield from _sample(name, group, label)
                     group, group_key = [], key
-                is_image = ("." + ext.lower()).endswith(exts)
-                if is_image or ext == label_ext:
-                    reader = tf.extractfile(member)
-                    data = reader.read() if reader is not None and (images or not is_image) \
-                        else b""
-                    group.append((member.name, ext, data, is_image))
-                current, last = None, member.name
-            yield from _sample(name, group, label)
-            group = []
-            if not compressed and counter.total < tf.offset + _BLOCK:
-                raise tarfile.ReadError("the shard ends without tar's end-of-archive blocks")
-    except Exception as exc:  # noqa: BLE001 - tarfile, zlib, gzip and the storage's errors
+                group.append((member, ext, data, is_image(member)))
+                last = member
         yield from _sample(name, group, label)
+    except Exception as exc:  # noqa: BLE001 - a cut or damaged shard; gzip's, the store's errors
+        yield from _sample(name, group, label)
+        current = exc.member if isinstance(exc, TarError) else None
         what = str(exc) or type(exc).__name__
         where = f"{name}:{current}" if current else name
         after = f" after member {last}" if last and not current else ""
