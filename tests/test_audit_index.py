@@ -10,6 +10,7 @@ import pytest
 
 from featx.audit.index import EmbeddingIndex, normalised
 from featx.audit.sources import cached_sources
+from featx.cache.failure import Failure
 from featx.cache.store import EmbeddingCache
 from featx.exceptions import CacheError, CacheGroupError, FeatxError
 
@@ -141,6 +142,11 @@ def test_from_cache_without_a_group(tmp_path, rows):
     with pytest.raises(CacheGroupError, match="holds 2 groups"):
         EmbeddingIndex.from_cache(cache)
     assert EmbeddingIndex.from_cache(cache, group="fp1", save=False).width == 8
+    failed_only = EmbeddingCache(tmp_path / "failed.h5")
+    failed_only.append("fp2", [], np.zeros((0, 4), np.float32), [],
+                       failed=[Failure(source="x.png", reason="bad", key="a" * 64)])
+    with pytest.raises(CacheError, match="holds no rows to index"):
+        EmbeddingIndex.from_cache(failed_only)
 
 
 def test_cached_sources(tmp_path, rows):

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from featx.cache.failure import Failure
+from featx.cache.store import EmbeddingCache
 from tests.conftest import featx_main, save_tiny_convnet
 
 
@@ -76,3 +78,8 @@ def test_bad_input_is_one_line(embedded, tmp_path):
     done = featx_main("neighbors", query, "--cache", embedded / "emb.h5", "--group", "zzz")
     assert done.returncode == 1 and "matches no group" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    empty = EmbeddingCache(tmp_path / "failed.h5")
+    empty.append("fp0", [], np.zeros((0, 4), np.float32), [],
+                 failed=[Failure(source="x.png", reason="bad", key="a" * 64)])
+    done = featx_main("neighbors", query, "--cache", empty.path)
+    assert done.returncode == 1 and "holds no embeddings (1 failed item(s) only)" in done.stderr

@@ -83,12 +83,17 @@ def _group(args: argparse.Namespace) -> Any:
         raise FeatxError(f"cache file {args.cache!r} does not exist. Embed the images to search "
                          f"first: featx embed SRC --backbone NAME --cache {args.cache}")
     try:
-        return choose_group(args.cache, args.group, offer_backbone=False)
+        group = choose_group(args.cache, args.group, offer_backbone=False)
     except CacheGroupError as exc:
         if not exc.groups:
             raise FeatxError(f"{exc} Run featx embed SRC --backbone NAME --cache {args.cache} "
                              "first.") from None
         raise FeatxError(f"{exc} Pass --group PREFIX.") from None
+    if group.rows < 1:
+        raise FeatxError(f"cache group {group.fingerprint} of {args.cache} holds no embeddings "
+                         f"({group.failures} failed item(s) only); embed images into it "
+                         f"first: featx embed SRC --backbone NAME --cache {args.cache}")
+    return group
 
 
 def _embedder(group: Any) -> Any:
