@@ -168,8 +168,10 @@ def embed_items(
     else:
         store = open_cache(cache)
     groups = [cache_group(c, sample_shape) for c in configs]
-    total = known_count(items)
-    progress = progress_bar(total, verbose)
+    progress = progress_bar(known_count(items), verbose)
+    # A sequence's rows go straight into their place; a stream's count is an estimate (a
+    # shard or a part that breaks off yields fewer), so its rows are gathered chunk by chunk.
+    total = len(items) if isinstance(items, Sequence) else None
     run = _Run(configs, groups, kind, sample_shape, store, batch_size, n_workers, retry_failed,
                verbose, keep_rows, progress)
     report = EmbeddingReport()
@@ -204,8 +206,6 @@ def embed_items(
     report.n_items = start
     if not keep_rows:
         outputs = []
-    elif total is not None and start != total:
-        raise FeatxError(f"the input gave {start} items, not the {total} it said it holds.")
     elif outputs is None and parts:
         outputs = [np.concatenate(rows) for rows in zip(*parts, strict=True)]
     elif outputs is None:  # no items at all: one empty chunk gives the widths
