@@ -67,6 +67,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     say(f"{len(paths):,} images in {len(set(y.tolist()))} classes from {args.src}"
         + (f", {len(test_paths):,} test images from {args.test}" if test_paths else "")
         + f"; embeddings from {args.cache}")
+    say(f"searching duplicates, leaks and outliers; label issues from {args.cv}-fold out-of-fold "
+        "probabilities (a few minutes for tens of thousands of images)")
     result = audit(paths, y, cache=args.cache, group=args.group, test=test_paths,
                    y_test=y_test, threshold=args.threshold, k=args.k, cv=args.cv,
                    random_state=args.random_state)
