@@ -347,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     results |= {"cpu": cpu(), "when": time.strftime("%Y-%m-%d")}
     data = base(folder)
     if "cli" in parts:
-        results["cli"] = part_cli(folder, data, [int(s) for s in args.sizes.split(",")])
+        # Sizes not run this time keep their earlier results.
+        results["cli"] = {**results.get("cli", {}),
+                          **part_cli(folder, data, [int(s) for s in args.sizes.split(",")])}
     if "accuracy" in parts:
         results["accuracy"] = part_accuracy(data, args.accuracy_rows)
         results["accuracy_rows"] = args.accuracy_rows

@@ -122,3 +122,23 @@ def test_featx_heads_opts_out_with_no_dedupe():
     args = _parser().parse_args(["heads", "photos", "--cache", "emb.h5", "--no-dedupe"])
     assert args.dedupe is False
     assert _parser().parse_args(["heads", "photos", "--cache", "emb.h5"]).dedupe is True
+
+
+def test_a_sampled_leak_check_moves_the_test_score_by_what_the_sample_changed():
+    from featx.heads.at_scale import _leak_free
+
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    pred = np.array([0, 1, 0, 1, 1, 1, 0, 0])  # 6 of 8 right: 0.75
+    checked = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)  # the sample: all right
+    none = np.zeros(8, bool)
+    # No leak in the sample: the test score itself, not the sample's 1.0.
+    assert _leak_free("accuracy", 0.75, (y, pred), (checked, none)) == 0.75
+    # Two right answers in the sample were leaks: the sample's score does not move (1.0 -> 1.0).
+    leaked = np.array([1, 1, 0, 0, 0, 0, 0, 0], bool)
+    assert _leak_free("accuracy", 0.75, (y, pred), (checked, leaked)) == 0.75
+    wrong = np.array([1, 1, 0, 1, 1, 1, 1, 0])  # the sample's row 0 wrong: 0.75 there
+    assert _leak_free("accuracy", 0.5, (y, wrong), (checked, np.array([0, 1, 0, 0, 0, 0, 0, 0],
+                                                                         bool))) == pytest.approx(
+        0.5 + 2 / 3 - 0.75)
+    # Every test row checked: the score of the clean rows.
+    assert _leak_free("accuracy", 0.75, (y, pred), (np.ones(8, bool), leaked)) == 4 / 6

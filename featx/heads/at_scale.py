@@ -225,10 +225,8 @@ def tune_at_scale(
             notes.append(f"{name}: skipped, {exc}")
             continue
         if leaks is not None:
-            clean = leaks[0] & ~leaks[1]
             result.n_test_leaked = int(leaks[1].sum())
-            result.test_score_leak_free = (_score(scoring, predicted[0][clean],
-                                                  predicted[1][clean]) if clean.any() else None)
+            result.test_score_leak_free = _leak_free(scoring, result.test_score, predicted, leaks)
         results.append(result)
         kept[name] = predicted
         log(f"  {name}: {result.protocol} on {result.n_fit} rows, validation {scoring} "
@@ -335,6 +333,23 @@ def _threshold(threshold: float | None) -> float:
     from featx.audit.duplicates import DEFAULT_THRESHOLD
 
     return DEFAULT_THRESHOLD if threshold is None else float(threshold)
+
+
+def _leak_free(scoring: str, test_score: float | None, predicted: tuple[np.ndarray, np.ndarray],
+               leaks: tuple[np.ndarray, np.ndarray]) -> float | None:
+    """The test score without the leaked rows. When only a sample was checked, the score on all
+    the test rows moved by what dropping the sample's leaks changed on the sample: with no leak
+    found it is the test score itself, not the noisier score of the sample."""
+    checked, leaked = leaks
+    clean = checked & ~leaked
+    if not clean.any():
+        return None
+    on_clean = _score(scoring, predicted[0][clean], predicted[1][clean])
+    if checked.all() or test_score is None:
+        return on_clean
+    if not leaked.any():
+        return test_score
+    return test_score + on_clean - _score(scoring, predicted[0][checked], predicted[1][checked])
 
 
 def _epochs(est: Any) -> int:

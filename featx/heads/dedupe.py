@@ -173,6 +173,5 @@ def leak_note(n_leaked: int, n_checked: int, n_test: int, threshold: float,
              else f"of the {n_test:,} test rows")
     return (f"leaks: {n_leaked:,} {where} have a near-duplicate in training (pair score >= "
             f"{threshold:g}, cosine >= {LEAK_MIN_COSINE:g}); 'leak-free' is the test score "
-            "without "
-            "them"
-            + (" (on the sample)" if sampled else ""))
+            + ("moved by what dropping the sample's leaks changed on the sample" if sampled
+               else "without them"))
