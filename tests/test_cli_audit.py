@@ -11,6 +11,14 @@ from tests.audit_data import make_audit_set
 from tests.conftest import featx_main
 
 
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_audit_set(tmp_path_factory.mktemp("cli-audit"))
@@ -22,6 +30,7 @@ def test_audit_writes_the_tables_and_a_report(data, tmp_path):
                       "--out", out, "-k", "5", "--cv", "3")
     assert done.returncode == 0, done.stderr
     assert "duplicates:" in done.stdout and "threshold:" in done.stdout
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()  # a folder like any other
     assert sorted(p.name for p in out.iterdir()) == [
         "duplicates.csv", "label_issues.csv", "leaks.csv", "outliers.csv", "report.html"]
     with open(out / "duplicates.csv", newline="") as f:

@@ -183,6 +183,9 @@ def write_audit_outputs(
         names.append(write_audit_report(tmp / "report.html", result, title=title,
                                         notes=notes).name)
         if not folder.exists():
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the folder's
             os.replace(tmp, folder)
         else:
             for name in names:
