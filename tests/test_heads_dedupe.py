@@ -142,3 +142,20 @@ def test_a_sampled_leak_check_moves_the_test_score_by_what_the_sample_changed():
         0.5 + 2 / 3 - 0.75)
     # Every test row checked: the score of the clean rows.
     assert _leak_free("accuracy", 0.75, (y, pred), (np.ones(8, bool), leaked)) == 4 / 6
+
+
+def test_groups_too_large_to_split_fall_back_to_the_plain_folds_and_split(data):
+    """Embeddings all alike (random weights) can join most images into one group."""
+    X, y, _, _, _ = data
+    X, y = X[::4], np.where(y[::4] == "a", "a", "b")  # 30 rows, two classes
+    groups = np.r_[np.zeros(26, int), 1, 2, 3, 4]
+    assert grouped_folds(y, groups, 2, 0) is None
+    fit, test = split_rows(y, 0.5, 0, groups)
+    plain = split_rows(y, 0.5, 0)
+    assert np.array_equal(fit, plain[0]) and np.array_equal(test, plain[1])
+    board = tune_heads(X, y, heads=HEADS[1:], cv=2, test_size=0.5, scoring="roc_auc",
+                       groups=groups)
+    same = tune_heads(X, y, heads=HEADS[1:], cv=2, test_size=0.5, scoring="roc_auc",
+                      dedupe=False)
+    assert board.best.cv_mean == same.best.cv_mean and board.n_test == same.n_test
+    assert "plain stratified folds" in board.notes[0]

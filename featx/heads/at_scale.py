@@ -95,11 +95,20 @@ def test_split(y: Any, test_size: float | None, random_state: int,
         groups = np.asarray(groups)
         first = np.sort(np.unique(groups, return_index=True)[1])
         if len(first) < len(rows):
-            _, test_firsts = train_test_split(first, test_size=test_size,
-                                              stratify=np.asarray(y)[first],
-                                              random_state=random_state)
+            y_arr = np.asarray(y)
+            try:
+                _, test_firsts = train_test_split(first, test_size=test_size,
+                                                  stratify=y_arr[first],
+                                                  random_state=random_state)
+            except ValueError:  # a class with a single group
+                test_firsts = first[:0]
             tested = np.isin(groups, groups[test_firsts])
-            return rows[~tested], rows[tested]
+            share = tested.mean()
+            # Groups so large that a side loses a class or the share is far off (embeddings
+            # all alike, e.g. random weights): the plain split.
+            if (test_size / 2 <= share <= min(0.95, 2 * test_size)
+                    and len(np.unique(y_arr[~tested])) == len(np.unique(y_arr))):
+                return rows[~tested], rows[tested]
     fit_rows, test_rows = train_test_split(rows, test_size=test_size, stratify=np.asarray(y),
                                            random_state=random_state)
     return fit_rows, test_rows

@@ -97,13 +97,21 @@ def _close(pairs: Any, floor: float) -> Any:
 
 def grouped_folds(y: np.ndarray, groups: np.ndarray, cv: int, random_state: int) -> Any:
     """``cv`` stratified folds that keep each group in one fold, as a ``PredefinedSplit``
-    (a splitter every search takes, successive halving included)."""
+    (a splitter every search takes, successive halving included); ``None`` when the groups
+    cannot be split so that every fold trains and is scored on every class (groups too large:
+    embeddings all alike, e.g. from random weights)."""
     from sklearn.model_selection import PredefinedSplit, StratifiedGroupKFold
 
-    test_fold = np.empty(len(y), np.int64)
+    test_fold = np.full(len(y), -1, np.int64)
     folds = StratifiedGroupKFold(n_splits=int(cv), shuffle=True, random_state=random_state)
-    for i, (_, held) in enumerate(folds.split(np.zeros((len(y), 1)), y, groups)):
-        test_fold[held] = i
+    n_classes = len(np.unique(y))
+    try:
+        for i, (train, held) in enumerate(folds.split(np.zeros((len(y), 1)), y, groups)):
+            if len(np.unique(y[train])) < n_classes or len(np.unique(y[held])) < n_classes:
+                return None
+            test_fold[held] = i
+    except ValueError:  # fewer groups than folds
+        return None
     return PredefinedSplit(test_fold)
 
 

@@ -299,7 +299,8 @@ def tune_heads(
     for r in results:
         r.protocol, r.n_fit = f"{int(cv)}-fold cv", len(data.y_train)
         r.why = f"{len(data.y_train):,} training rows, at most {limit:,}: the exact grid"
-    notes = [] if found is None else _leak_free(results, data, found, plan.scoring)
+    notes = [] if found is None else _leak_free(results, data, found, plan.scoring,
+                                                grouped=folds is not None)
     return Leaderboard(
         results=results, scoring=plan.scoring, classes=classes, n_train=len(data.y_train),
         n_test=0 if data.y_test is None else len(data.y_test), cv=int(cv),
@@ -323,11 +324,17 @@ def _duplicates(X: np.ndarray, dedupe: bool, threshold: float | None,
     return Dedupe(ids, -1, DEFAULT_THRESHOLD if threshold is None else float(threshold))
 
 
-def _leak_free(results: list[Any], data: TuningData, found: Dedupe, scoring: str) -> list[str]:
+def _leak_free(results: list[Any], data: TuningData, found: Dedupe, scoring: str,
+               grouped: bool) -> list[str]:
     """Count the test rows with a near-duplicate in training, score every head without them;
     the leaderboard's notes about both."""
     notes = []
-    if not found.trivial and data.groups is not None:
+    if not grouped and data.groups is not None and len(np.unique(data.groups)) < len(data.groups):
+        notes.append(
+            f"dedupe: the training images' duplicate groups (the largest of "
+            f"{int(np.bincount(np.unique(data.groups, return_inverse=True)[1]).max()):,}) cannot "
+            "be split into folds that each hold every class; plain stratified folds")
+    elif not found.trivial and data.groups is not None:
         pairs = f"{found.n_pairs:,} near-duplicate pairs join " if found.n_pairs >= 0 else ""
         notes.append(
             f"dedupe: {pairs}{found.n_grouped:,} images into groups, each kept inside one fold"
