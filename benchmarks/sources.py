@@ -3,6 +3,7 @@ local S3 server; 100k against 10k items from shards.
 
     .venv/bin/python -m benchmarks.sources [--items 100000] [--small 10000] [--per-part 1000]
         [--repeat 3] [--skip s3,parquet] [--dir DIR] [--report-only]
+        [--export-sizes 100000,1000000 | none]
 
 The images are --items random 24 x 24 PNGs (about 1.8 kB each, so decoding is cheap and the
 input side is what is measured), written once as files in one folder, as WebDataset shards of
@@ -16,6 +17,10 @@ small, because Linux carries a parent's peak into a forked child). A warm-up run
 Targets (issue 31): shards and Parquet >= 0.95x the files' embed rate, the local S3 server
 >= 0.8x; from shards, 100k against 10k items: time per item ratio <= 1.25, peak RSS ratio <= 1.1.
 The table is printed and written to benchmarks/results/sources.md (and .json).
+
+Then `featx export` of a cache group of each of --export-sizes rows (width 1,024), as .npy and as
+Parquet shards: rows/s and peak RSS, the largest against the smallest (:func:`export_section`,
+which runs :func:`benchmarks.export.export`; ``--export-sizes none`` leaves it out).
 """
 
 from __future__ import annotations
@@ -175,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds of the runs (default 3); medians are reported")
     parser.add_argument("--skip", default="", help="runs to leave out: s3, parquet")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
+    parser.add_argument("--export-sizes", default="100000,1000000",
+                        help="rows of the groups featx export writes (width 1,024), or 'none'")
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     folder = Path(args.dir or tempfile.mkdtemp(prefix="featx-sources-"))
@@ -217,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(name, json.dumps(r), flush=True)
                 rounds[-1][name] = r
         results["rounds"] = rounds
+        if args.export_sizes != "none":
+            results["export"] = export_section(args, folder)
     finally:
         if server is not None:
             server.terminate()
@@ -293,7 +302,23 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
                 f"items: time per item {per_item:.2f}x (CPU time per item {cpu:.2f}x; target "
                 f"<= 1.25), peak RSS {med(big, 'peak_rss_mb'):.0f} / "
                 f"{med(little, 'peak_rss_mb'):.0f} MB = {rss:.2f}x (target <= 1.1).")
+    if "export" in r:
+        from benchmarks.export import table
+
+        lines += ["", "## featx export", "", *table(r["export"])]
     return "\n".join(lines) + "\n"
+
+
+# --- export (SOURCES-B) ---
+
+
+def export_section(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """`featx export` of a cache group of each size, .npy and Parquet, each in a fresh process
+    (benchmarks/export.py; also runnable alone: python -m benchmarks.export)."""
+    from benchmarks.export import export
+
+    sizes = [int(n) for n in args.export_sizes.split(",")]
+    return export(sizes, 1024, ["npy", "parquet"], folder / "export")
 
 
 if __name__ == "__main__":
