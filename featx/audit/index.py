@@ -20,14 +20,13 @@ the cache (:mod:`featx.audit.index_files`): reused while the group's files are u
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from featx.audit.faiss_tools import auto_nlist, auto_nprobe, faiss_module, subquantizers
 from featx.exceptions import CacheError, FeatxError
 
 __all__ = ["EmbeddingIndex", "auto_nlist", "auto_nprobe", "normalised", "DEFAULT_EXACT_BELOW"]
@@ -36,32 +35,6 @@ __all__ = ["EmbeddingIndex", "auto_nlist", "auto_nprobe", "normalised", "DEFAULT
 DEFAULT_EXACT_BELOW = 100_000
 #: Rows read from a cache (or searched) per block.
 DEFAULT_BLOCK_ROWS = 8192
-
-
-def _faiss() -> Any:
-    """faiss, its threads limited to the cores this process may use."""
-    try:
-        import faiss
-    except ImportError as exc:  # pragma: no cover - faiss-cpu is a core dependency
-        raise ImportError(
-            f"EmbeddingIndex needs faiss, which could not be imported ({exc}). Install it: "
-            "pip install faiss-cpu"
-        ) from None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    faiss.omp_set_num_threads(max(1, cores or 1))
-    return faiss
-
-
-def auto_nlist(n_rows: int) -> int:
-    """Inverted-file cells for ``n_rows`` rows: the power of two nearest ``2 sqrt(n)``, at most
-    ``n / 39`` (k-means wants 39 training rows a cell); the rule of the kNN head's index."""
-    nlist = 2 ** round(math.log2(max(1.0, 2 * math.sqrt(n_rows))))
-    return min(nlist, 2 ** max(0, (n_rows // 39).bit_length() - 1))
-
-
-def auto_nprobe(nlist: int) -> int:
-    """Cells searched per query: twice the largest power of two at most ``sqrt(nlist)``."""
-    return min(nlist, 2 * 2 ** ((max(1, nlist).bit_length() - 1) // 2))
 
 
 def normalised(X: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
@@ -313,7 +286,7 @@ class EmbeddingIndex:
         in an IVF index)."""
         hi = len(self) if hi is None else min(int(hi), len(self))
         if self.kind == "ivf-sq8":  # an inverted file alone needs its direct map to reconstruct
-            faiss = _faiss()
+            faiss = faiss_module()
             ivf = faiss.extract_index_ivf(self._index)
             if ivf.direct_map.type == faiss.DirectMap.NoMap:
                 ivf.make_direct_map()
@@ -404,7 +377,7 @@ class EmbeddingIndex:
         """Search rows already in the index's space; ``self_start``: Z[i] is row self_start+i,
         left out of its own results."""
         if self.nprobe:
-            _faiss().extract_index_ivf(self._index).nprobe = self.nprobe
+            faiss_module().extract_index_ivf(self._index).nprobe = self.nprobe
         extra = 0 if self_start is None else 1
         want = min(k + extra, len(self))
         sims, rows = self._index.search(np.ascontiguousarray(Z, np.float32), want)
@@ -438,26 +411,18 @@ def _sample_rows(n: int, exact_below: int, nlist: int | None) -> int:
     return max(39 * (nlist or auto_nlist(n)), 20_000)
 
 
-def _subquantizers(dim: int) -> int:
-    """Product-quantisation sub-vectors for ``dim`` values, each a 4-bit code: one per 4 values
-    above 256 wide, one per 2 up to 256 (the kNN head's measured rule); the largest divisor of
-    ``dim`` at most that."""
-    most = max(1, dim // 4 if dim > 256 else dim // 2)
-    return next(m for m in range(most, 0, -1) if dim % m == 0)
-
-
 def _new_index(n: int, width: int, sample: np.ndarray, *, center: bool, exact_below: int,
                nlist: int | None, nprobe: int | None, refine: int, seed: int
                ) -> tuple[Any, np.ndarray | None, int]:
     """An empty index (trained when IVF), the mean to subtract, the cells searched per query."""
-    faiss = _faiss()
+    faiss = faiss_module()
     mean = np.asarray(sample, np.float64).mean(axis=0).astype(np.float32) if center else None
     if n < exact_below:
         return faiss.IndexFlatIP(width), mean, 0
     sample = normalised(sample, mean)
     cells = int(max(1, min(nlist or auto_nlist(n), len(sample) // 39)))
     ivf = faiss.IndexIVFPQFastScan(faiss.IndexFlatIP(width), width, cells,
-                                   _subquantizers(width), 4, faiss.METRIC_INNER_PRODUCT)
+                                   subquantizers(width), 4, faiss.METRIC_INNER_PRODUCT)
     ivf.cp.seed = seed
     ivf.cp.niter = 10
     ivf.cp.spherical = True

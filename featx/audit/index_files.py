@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from featx.audit.index import _faiss
+from featx.audit.faiss_tools import faiss_module
 
 __all__ = ["IndexFiles", "index_dir"]
 
@@ -67,7 +67,7 @@ class IndexFiles:
             meta = json.loads(meta_path.read_text())
             if meta.get("identity") != self.identity:
                 return None
-            index = _faiss().read_index(str(self._path(".faiss")))
+            index = faiss_module().read_index(str(self._path(".faiss")))
             with np.load(self._path(".npz"), allow_pickle=False) as parts:
                 ids = parts["ids"]
                 mean = parts["mean"] if "mean" in parts else None
@@ -85,7 +85,7 @@ class IndexFiles:
             self.dir.mkdir(parents=True, exist_ok=True)
             tmp = f".{self.name}-{os.getpid()}"
             faiss_tmp = self.dir / f"{tmp}.faiss"
-            _faiss().write_index(index.faiss_index, str(faiss_tmp))
+            faiss_module().write_index(index.faiss_index, str(faiss_tmp))
             npz_tmp = self.dir / f"{tmp}.npz"
             parts = {"ids": index._ids} if index.mean is None else {"ids": index._ids,
                                                                     "mean": index.mean}

@@ -24,7 +24,6 @@ rows (4,096 cells) 0.945 at 32, 0.970 at 64, 0.983 at 128.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -38,39 +37,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from featx.audit.faiss_tools import auto_nlist, auto_nprobe, faiss_module, subquantizers
 from featx.exceptions import FeatxError
 from featx.heads.rows import DEFAULT_BLOCK_ROWS, ArrayBlocks, BlockSource
 from featx.heads.scalable import BudgetExceeded, fit_scaler
 
 __all__ = ["IndexKNNClassifier", "auto_nlist", "auto_nprobe"]
-
-
-def _faiss() -> Any:
-    """faiss, its threads limited to the cores this process may use."""
-    try:
-        import faiss
-    except ImportError as exc:
-        raise ImportError(
-            f"IndexKNNClassifier needs faiss, which could not be imported ({exc}). Install it: "
-            "pip install faiss-cpu"
-        ) from None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    faiss.omp_set_num_threads(max(1, cores or 1))
-    return faiss
-
-
-def auto_nlist(n_rows: int) -> int:
-    """The inverted file's cells for ``n_rows`` rows: the power of two nearest ``2 sqrt(n)``, at
-    most ``n / 39`` (k-means wants 39 training rows a cell). 1,000,000 rows: 2,048 cells, so the
-    k-means sample (39 rows a cell) is 80,000 rows, 330 MB at width 1,024."""
-    nlist = 2 ** round(math.log2(max(1.0, 2 * math.sqrt(n_rows))))
-    return min(nlist, 2 ** max(0, (n_rows // 39).bit_length() - 1))
-
-
-def auto_nprobe(nlist: int) -> int:
-    """Cells searched per query: twice the largest power of two at most ``sqrt(nlist)`` (4,096
-    cells: 128; 2,048: 64; 256: 32), so recall@10 stays >= 0.95 as the cells grow finer."""
-    return min(nlist, 2 * 2 ** ((max(1, nlist).bit_length() - 1) // 2))
 
 
 class _Steps:
@@ -222,7 +194,7 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         BudgetExceeded
             If the deadline passes before the index is complete.
         """
-        faiss = _faiss()
+        faiss = faiss_module()
         n, width, classes = int(source.n_rows), int(source.width), np.asarray(source.classes)
         if n < 1 or len(classes) < 1:
             raise FeatxError(f"expected labelled rows to index; the source holds {n} rows and "
@@ -255,7 +227,7 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         sample, _ = source.sample(min(source.n_rows, max(39 * want, 20_000)), seed=seed)
         nlist = int(max(1, min(want, len(sample) // 39)))
         dim = self._indexed_width(width)
-        ivf = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(dim), dim, nlist, _subquantizers(dim),
+        ivf = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(dim), dim, nlist, subquantizers(dim),
                                        4, faiss.METRIC_L2)
         ivf.cp.seed = seed
         ivf.cp.niter = 10  # faiss's default 25 costs 2.5x for no recall measured here
@@ -296,7 +268,7 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         if not 1 <= k <= len(self.labels_):
             raise ValueError(f"expected 1 <= n_neighbors <= {len(self.labels_)} (the rows "
                              f"fitted); got n_neighbors={k}. Pass a smaller n_neighbors.")
-        faiss = _faiss()
+        faiss = faiss_module()
         if self.nprobe_:
             faiss.extract_index_ivf(self.index_).nprobe = self.nprobe_
         dist = np.empty((len(X), k), np.float32)
@@ -335,11 +307,11 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
         """Write the fitted index to ``path`` with ``faiss.write_index``: streamed to the file,
         no copy of the index in memory (how a ``.featx`` file stores it, as a member of its own)."""
         check_is_fitted(self, "index_")
-        _faiss().write_index(self.index_, os.fspath(path))
+        faiss_module().write_index(self.index_, os.fspath(path))
 
     def read_index(self, path: str | os.PathLike[str]) -> None:
         """Load the index :meth:`write_index` wrote (faiss parses the file; it runs no code)."""
-        self.index_ = _faiss().read_index(os.fspath(path))
+        self.index_ = faiss_module().read_index(os.fspath(path))
 
     @contextmanager
     def index_detached(self, member: str) -> Iterator[None]:
@@ -358,12 +330,12 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # object.__getstate__ gives __dict__ itself
         if state.get("index_") is not None:
-            state["index_"] = _faiss().serialize_index(state["index_"])
+            state["index_"] = faiss_module().serialize_index(state["index_"])
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if isinstance(state.get("index_"), np.ndarray):
-            state = {**state, "index_": _faiss().deserialize_index(state["index_"])}
+            state = {**state, "index_": faiss_module().deserialize_index(state["index_"])}
         super().__setstate__(state)
 
 
@@ -385,15 +357,6 @@ def _add_rows(index: Any, source: BlockSource, classes: np.ndarray, scaler: Any,
         raise FeatxError(f"the source says it holds {source.n_rows:,} rows but its blocks gave "
                          "none; nothing to index.")
     return np.concatenate(codes)
-
-
-def _subquantizers(dim: int) -> int:
-    """Product-quantisation sub-vectors for ``dim`` values, each a 4-bit code: one per 4 values
-    above 256 wide (1,024 wide, ``refine=32``: recall@10 0.976), one per 2 values up to 256
-    (64 wide Gaussian clusters: 0.944 at 4 values, 0.977 at 2; wider rows at 2 values train
-    3 times as long for 0.002 more recall); the largest divisor of ``dim`` at most that."""
-    most = max(1, dim // 4 if dim > 256 else dim // 2)
-    return next(m for m in range(most, 0, -1) if dim % m == 0)
 
 
 def _scaled(X: np.ndarray, scaler: Any) -> np.ndarray:
