@@ -11,6 +11,7 @@
     featx demo [--out DIR]                          Fashion-MNIST end to end
     featx finetune SRC --backbone NAME --out F.keras fine-tune the top layers into a new backbone
     featx probe SRC --backbone NAME --cache FILE    which layer transfers best (several depths)
+    featx neighbors QUERY --cache FILE [-k 10]      the cached images nearest to a query image
     featx audit SRC --cache FILE --out DIR          duplicates, leaks, label issues, outliers
 
 Each subcommand is a module that adds its parser and holds what it runs: ``cli_embed``,
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     from featx.cli.finetune import add_finetune_command
     from featx.cli.heads import add_heads_command
     from featx.cli.info import add_info_command
+    from featx.cli.neighbors import add_neighbors_command
     from featx.cli.predict import add_predict_command
     from featx.cli.probe import add_probe_command
     from featx.cli.weights import add_weights_command
@@ -65,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.required = True
     for add in (add_embed_command, add_heads_command, add_probe_command, add_predict_command,
                 add_info_command, add_weights_command, add_demo_command, add_finetune_command,
-                add_export_command, add_audit_command):
+                add_export_command, add_neighbors_command, add_audit_command):
         add(commands, flags)
     return parser
 
