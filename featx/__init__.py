@@ -13,6 +13,7 @@ from featx.adapt import (
     SubspaceAlignment,
     TargetData,
 )
+
 # featx.audit is the audit package and, called, the audit: featx.audit(paths, y, cache=...).
 # Importing it loads no network framework and no faiss (the index imports faiss when built).
 from featx.audit import EmbeddingIndex

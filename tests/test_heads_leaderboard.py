@@ -70,3 +70,18 @@ def test_combine_refuses_boards_that_are_not_comparable(boards):
     once = Leaderboard.combine(boards, column="layer")
     with pytest.raises(FeatxError, match="already has a 'layer' column; pick another"):
         Leaderboard.combine({"x": once}, column="layer")
+
+
+def test_csv_holds_every_rows_columns_when_only_some_rows_counted_leaks(boards, tmp_path):
+    # A layer probe: one layer wide enough for the duplicate search, one not.
+    import copy
+
+    deep = copy.deepcopy(boards["deep"])
+    for r in deep:
+        r.n_test_leaked, r.test_score_leak_free = 0, r.test_score
+    board = Leaderboard.combine({"deep": deep, "shallow": boards["shallow"]}, column="layer")
+    with open(board.to_csv(tmp_path / "probe.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and "test_score_leak_free" in rows[0]
+    assert {r["layer"] for r in rows if r["n_test_leaked"] == "0"} == {"deep"}
+    assert {r["n_test_leaked"] for r in rows if r["layer"] == "shallow"} == {""}

@@ -379,8 +379,9 @@ def test_featx_probe_and_predict_on_a_preset_directory(presets, tmp_path, capsys
     code = main(["probe", str(root), "--backbone", f"keras_hub:{path}", "--cache",
                  str(tmp_path / "emb.h5"), "--heads", "logreg", "--cv", "2", "--n-jobs", "1",
                  "--engine", "keras", "--out", str(out)])
-    printed = capsys.readouterr().out
-    assert code == 0 and "block_0" in printed and "output" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0 and "block_0" in printed and "output" in printed, captured.err[-2000:]
     images = sorted(str(p) for p in root.rglob("*.png"))
     assert main(["predict", str(out / "model.featx"), *images[:2], "--out",
                  str(tmp_path / "pred.csv")]) == 0

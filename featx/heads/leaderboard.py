@@ -270,8 +270,9 @@ class Leaderboard:
         """Write the leaderboard as CSV (one row per head, best first); return the path."""
         out = Path(path)
         rows = [r.as_row() for r in self.results]
-        fields = [*self.columns, *(rows[0] if rows else ["head"])]
-        fields = list(dict.fromkeys(fields))
+        # Every row's columns, in first-seen order: rows can differ (a layer probe's layers
+        # too narrow for the duplicate search have no leak columns).
+        fields = list(dict.fromkeys([*self.columns, *(k for r in rows for k in r), "head"]))
         with open(out, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
