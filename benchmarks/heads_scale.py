@@ -2,8 +2,8 @@
 counterparts, and kNN on a faiss index against exact search.
 
     .venv/bin/python -m benchmarks.heads_scale [--sizes 100000,1000000] [--accuracy-rows 50000]
-        [--knn-rows 1000000] [--knn-queries 100000] [--parts base,cli,accuracy,knn]
-        [--dir DIR]
+        [--knn-rows 1000000] [--knn-queries 100000]
+        [--parts base,cli,accuracy,knn,knn_settings] [--dir DIR]
 
 Rows whose class structure comes from real embeddings: the demo's Fashion-MNIST images (8,000
 training and 2,000 test images, 10 classes) embedded once by the offline ImageNet MobileNet at
@@ -24,6 +24,8 @@ test image's, so no test row is a copy of a training image.
             20,000 rows)
   knn       knn_faiss built on --knn-rows rows; --knn-queries queries timed; recall@10 against
             exact search (faiss's flat index) on 1,000 of them
+  knn_settings  (not in the default parts) knn_faiss built once on --knn-rows rows, then
+            10,000 queries at several cells searched (nprobe) and candidates re-ranked (refine)
 
 Prints a table and writes benchmarks/results/heads-scale.md (and .json).
 """
@@ -224,15 +226,12 @@ def part_accuracy(data: dict[str, Any], rows: int) -> dict[str, Any]:
     return out
 
 
-def part_knn(data: dict[str, Any], rows: int, queries: int) -> dict[str, Any]:
-    import faiss
-
-    from featx.heads.knn_index import IndexKNNClassifier
+def resampled_source(data: dict[str, Any], rows: int) -> Any:
+    """The resampled training rows as a block source, made a block at a time: never all in
+    memory."""
     from featx.heads.rows import ArrayBlocks
 
     class Resampled(ArrayBlocks):
-        """The resampled rows, made a block at a time: never all in memory."""
-
         def __init__(self, n: int) -> None:
             self.n, self.block_rows = n, 65536
             self._classes = np.arange(10)
@@ -253,22 +252,19 @@ def part_knn(data: dict[str, Any], rows: int, queries: int) -> dict[str, Any]:
         def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
             return resample(data["X_tr"], data["y_tr"], min(n, self.n), 1, 0)
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t0 = time.perf_counter()
-    head = IndexKNNClassifier(10).fit_stream(Resampled(rows))
-    build = time.perf_counter() - t0
-    Q, _ = resample(data["X_te"], data["y_te"], queries, 2)
-    t0 = time.perf_counter()
-    _, approx = head.kneighbors(Q)
-    search = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # Exact search on 1,000 queries, in the same scaled space, block by block.
-    probe = Q[:1000]
-    scaled = head.scaler_.transform(probe).astype(np.float32)
-    best_d = np.full((len(probe), 10), np.inf, np.float32)
-    best_i = np.full((len(probe), 10), -1, np.int64)
+    return Resampled(rows)
+
+
+def exact_neighbours(data: dict[str, Any], rows: int, head: Any, queries: np.ndarray
+                     ) -> np.ndarray:
+    """The 10 exact nearest training rows of each query, in the head's scaled space, by blocks."""
+    import faiss
+
+    scaled = head.scaler_.transform(queries).astype(np.float32)
+    best_d = np.full((len(queries), 10), np.inf, np.float32)
+    best_i = np.full((len(queries), 10), -1, np.int64)
     at = 0
-    for X, _ in Resampled(rows).blocks():
+    for X, _ in resampled_source(data, rows).blocks():
         flat = faiss.IndexFlatL2(X.shape[1])
         flat.add(head.scaler_.transform(X).astype(np.float32))
         d, i = flat.search(scaled, 10)
@@ -278,6 +274,53 @@ def part_knn(data: dict[str, Any], rows: int, queries: int) -> dict[str, Any]:
         best_d = np.take_along_axis(d_all, order, axis=1)
         best_i = np.take_along_axis(i_all, order, axis=1)
         at += len(X)
+    return best_i
+
+
+def part_knn_settings(data: dict[str, Any], rows: int) -> dict[str, Any]:
+    """knn_faiss built once on ``rows`` rows, then 10,000 queries timed and recall@10 (1,000 of
+    them against exact search) at several cells searched and candidates re-ranked."""
+    import faiss
+
+    from featx.heads.knn_index import IndexKNNClassifier
+
+    t0 = time.perf_counter()
+    head = IndexKNNClassifier(10).fit_stream(resampled_source(data, rows))
+    build = time.perf_counter() - t0
+    Q, _ = resample(data["X_te"], data["y_te"], 10_000, 2)
+    truth = exact_neighbours(data, rows, head, Q[:1000])
+    index = head.index_
+    out: dict[str, Any] = {"rows": rows, "build_seconds": build, "nlist": head.nlist_,
+                           "runs": []}
+    for nprobe, refine in [(64, 32), (64, 64), (128, 32), (128, 64), (32, 64)]:
+        head.nprobe_ = nprobe
+        faiss.downcast_index(index).k_factor = float(refine)
+        t0 = time.perf_counter()
+        _, found = head.kneighbors(Q)
+        seconds = time.perf_counter() - t0
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in
+                                zip(found[:1000], truth, strict=True)]))
+        out["runs"].append({"nprobe": nprobe, "refine": refine, "seconds_10k": seconds,
+                            "recall_at_10": recall})
+        print(f"  knn_faiss at {rows:,} rows, {nprobe} cells, refine {refine}: 10,000 queries "
+              f"in {seconds:.1f} s, recall@10 {recall:.3f}", flush=True)
+    return out
+
+
+def part_knn(data: dict[str, Any], rows: int, queries: int) -> dict[str, Any]:
+
+    from featx.heads.knn_index import IndexKNNClassifier
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    head = IndexKNNClassifier(10).fit_stream(resampled_source(data, rows))
+    build = time.perf_counter() - t0
+    Q, _ = resample(data["X_te"], data["y_te"], queries, 2)
+    t0 = time.perf_counter()
+    _, approx = head.kneighbors(Q)
+    search = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    best_i = exact_neighbours(data, rows, head, Q[:1000])
     recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in
                             zip(approx[:1000], best_i, strict=True)]))
     save = saving_memory(head)
@@ -354,6 +397,14 @@ def table(results: dict[str, Any]) -> str:
                   f"{knn['recall_at_10']:.3f} against exact search; peak RSS "
                   f"{knn['peak_rss_mb']:.0f} MB (the benchmark's own arrays included)."]
         save = knn.get("save")
+        settings = results.get("knn_settings")
+        if settings:
+            lines += ["", f"knn_faiss settings at {settings['rows']:,} rows ({settings['nlist']} "
+                      f"cells; built in {settings['build_seconds']:.0f} s; 10,000 queries):", "",
+                      "| cells searched | candidates re-ranked per neighbour | seconds | "
+                      "recall@10 |", "|---:|---:|---:|---:|"]
+            lines += [f"| {r['nprobe']} | {r['refine']} | {r['seconds_10k']:.1f} | "
+                      f"{r['recall_at_10']:.3f} |" for r in settings["runs"]]
         if save:
             lines += [f"Saving its {save['index_mb']:.0f} MB index: as a .featx member of its own "
                       f"+{save['member_added_mb']:.0f} MB peak RSS ({save['member_seconds']:.1f} s)"
@@ -390,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         results["accuracy_rows"] = args.accuracy_rows
     if "knn" in parts:
         results["knn"] = part_knn(data, args.knn_rows, args.knn_queries)
+    if "knn_settings" in parts:
+        results["knn_settings"] = part_knn_settings(data, args.knn_rows)
     RESULTS.mkdir(exist_ok=True)
     out_json.write_text(json.dumps(results, indent=1))
     text = table(results)
