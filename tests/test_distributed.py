@@ -155,9 +155,14 @@ def test_workers_that_keep_dying_stop_the_run_and_keep_what_was_committed(
                      runtime_env={"env_vars": {FAULT_ENV: _kills(tmp_path, "poison", 6)}})
     assert _killed(tmp_path, "poison") == 3
     rows = _rows(cache)
-    assert len(rows) == 9  # items 0-8: every shard that finished before the stop
-    expected = ImageEmbedder(str(workspace / "tiny.keras")).transform(paths[:9])
-    np.testing.assert_allclose(_embedder(workspace, cache).transform(paths[:9]), expected,
+    # Items 0-7 (the two shards before the poison's) are always committed; item 8 is when the
+    # cluster ran it alone before the third death. Under load the third death has come first
+    # (8 rows, seen in two full suite runs; 9 when run alone): which is the driver's timing.
+    # What must hold: nothing committed is lost and every row is right.
+    assert len(rows) in (8, 9)
+    done = paths[:len(rows)]
+    expected = ImageEmbedder(str(workspace / "tiny.keras")).transform(done)
+    np.testing.assert_allclose(_embedder(workspace, cache).transform(done), expected,
                                rtol=1e-5)
 
 
