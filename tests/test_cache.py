@@ -331,6 +331,31 @@ def test_truncated_file_raises_cache_error(path: Path, tmp_path: Path, fraction:
         damaged.append("fp", [key("new")], vecs(1, width=8), ["n"])
 
 
+def test_segment_zeroed_after_its_header_is_reported_not_read_as_empty(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its superblock and root attributes survive, its groups' structure does not: h5py's
+    # ``get`` answers "no such group" there, and the segment read as holding no rows at all.
+    monkeypatch.setattr(EmbeddingCache, "merge", False)  # keep the segment
+    cache = EmbeddingCache(path)
+    cache.append("fp", [key(0)], vecs(1), ["a"])  # the main file
+    cache.append("fp", [key(i) for i in range(1, 4)], vecs(3, start=1), ["b", "c", "d"])
+    (segment,) = cache._files.segments()
+    data = segment.read_bytes()
+    segment.write_bytes(data[:2048] + bytes(len(data) - 2048))  # same length, zeros after 2 KB
+
+    fresh = EmbeddingCache(path)  # indexes every file anew, as a new process does
+    with pytest.warns(RuntimeWarning, match=rf"ignoring the damaged segment "
+                                            rf".*{re.escape(segment.name)}.*embedded again"):
+        found, vectors = fresh.lookup("fp", [key(i) for i in range(4)])
+    assert found.tolist() == [True, False, False, False]
+    np.testing.assert_array_equal(vectors, vecs(1))
+    with pytest.warns(RuntimeWarning, match="damaged segment"):
+        assert EmbeddingCache(path).compact() == 1
+    assert not segment.exists() and segment.with_name(segment.name + ".damaged").exists()
+    assert EmbeddingCache(path).groups()[0].rows == 1
+
+
 def test_rows_past_count_are_ignored_and_overwritten(cache: EmbeddingCache) -> None:
     cache.append("fp", [key(0), key(1), key(2)], vecs(3), ["a", "b", "c"])
     assert cache.lookup("fp", [key(0)])[0].all()  # index built up to row 3

@@ -250,9 +250,10 @@ def _damaged_segments_refused() -> Iterator[None]:
         try:
             yield
         except RuntimeWarning as exc:
+            what = str(exc).removeprefix("featx cache: ignoring the ").split("; its rows")[0]
             raise CacheError(
-                f"{str(exc).removeprefix('featx cache: ignoring the ')}; an export would miss "
-                "its rows. Move it aside (featx embed embeds its rows again) and export again."
+                f"{what}; an export would miss its rows. Move it aside (featx embed embeds its "
+                "rows again) and export again."
             ) from None
 
 

@@ -106,7 +106,7 @@ class FileIndex:
         """Read the keys (never the vectors) of every group of ``path``."""
         groups: dict[str, GroupIndex] = {}
         with open_h5(path, "r") as f, reading(path):
-            for fp, grp in f.get("embeddings", {}).items():
+            for fp, grp in stored_groups(f).items():
                 n = int(grp.attrs["count"])
                 failed: dict[str, str] = {}
                 if "failed_keys" in grp:
@@ -141,6 +141,19 @@ class FileIndex:
             return vectors, names
 
 
+def stored_groups(f: h5py.File) -> dict[str, h5py.Group]:
+    """The file's groups by fingerprint, read so that damage raises (inside :func:`reading`).
+
+    h5py's ``get`` and ``items`` answer "no such member" for a link they cannot follow, so a
+    file whose structure is damaged (zeroed past its header, say) would read as holding no
+    groups, and its rows would vanish without a word.
+    """
+    if "embeddings" not in f:  # raises on a damaged root group; False only when truly absent
+        return {}
+    embeddings = f["embeddings"]
+    return {fp: embeddings[fp] for fp in embeddings}
+
+
 @contextlib.contextmanager
 def reading(path: Path) -> Iterator[None]:
     """Turn the errors h5py raises on a damaged file's contents into one clear CacheError."""
@@ -148,7 +161,7 @@ def reading(path: Path) -> Iterator[None]:
         yield
     except CacheError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
         raise UnreadableFile(
             f"cache file {str(path)!r} is damaged ({reason}). Move it aside (its rows will be "
@@ -178,9 +191,15 @@ def open_h5(path: Path, mode: str) -> h5py.File:
             "not a featx cache; move it aside or pass another cache= path.",
             str(exc),
         ) from None
-    version = f.attrs.get("featx_cache_format")
+    try:
+        with reading(path):
+            version = f.attrs.get("featx_cache_format")
+            empty = version is None and len(f.keys()) == 0
+    except UnreadableFile:
+        f.close()
+        raise
     if version is None:
-        if len(f.keys()) == 0:
+        if empty:
             return f  # an empty HDF5 file reads as an empty cache
         f.close()
         raise CacheError(
@@ -381,7 +400,8 @@ class CacheFiles:
             self._damaged.add((path, stamp))
             warnings.warn(
                 f"featx cache: ignoring the damaged segment {str(path)!r} ({exc.reason}); its "
-                "rows will be embedded again.",
+                "rows will be embedded again. The next merge (or EmbeddingCache.compact()) "
+                f"renames it {path.name + '.damaged'!r}; delete that file once looked at.",
                 RuntimeWarning,
                 stacklevel=4,
             )

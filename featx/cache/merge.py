@@ -42,6 +42,7 @@ from featx.cache.files import (
     open_h5,
     reading,
     stamp_of,
+    stored_groups,
     text,
     write_failures,
     writing,
@@ -172,7 +173,7 @@ def _fold(out: h5py.File, sources: list[FileIndex], have: dict[str, list[GroupIn
     """Append each source's rows whose keys no earlier file (``have``) holds, and its failures."""
     for index in sources:
         with open_h5(index.path, "r") as f, reading(index.path):
-            for fp, src in f.get("embeddings", {}).items():
+            for fp, src in stored_groups(f).items():
                 group = index.groups.get(fp)
                 if group is None:
                     continue
