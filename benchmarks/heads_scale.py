@@ -3,7 +3,7 @@ counterparts, and kNN on a faiss index against exact search.
 
     .venv/bin/python -m benchmarks.heads_scale [--sizes 100000,1000000] [--accuracy-rows 50000]
         [--knn-rows 1000000] [--knn-queries 100000]
-        [--parts base,cli,accuracy,knn,knn_settings] [--dir DIR]
+        [--parts base,cli,accuracy,knn] [--dir DIR]
 
 Rows whose class structure comes from real embeddings: the demo's Fashion-MNIST images (8,000
 training and 2,000 test images, 10 classes) embedded once by the offline ImageNet MobileNet at
@@ -22,10 +22,10 @@ test image's, so no test row is a copy of a training image.
             (logreg C=0.01 / logreg_sgd; rbf_svm C=10 / rbf_svm_approx; knn k=10 /
             knn_faiss k=10; hist_gb / hist_gb on a 20,000-row sample, what featx runs above
             20,000 rows)
-  knn       knn_faiss built on --knn-rows rows; --knn-queries queries timed; recall@10 against
-            exact search (faiss's flat index) on 1,000 of them
-  knn_settings  (not in the default parts) knn_faiss built once on --knn-rows rows, then
-            10,000 queries at several cells searched (nprobe) and candidates re-ranked (refine)
+  knn       knn_faiss built on --knn-rows rows (the resident memory it holds afterwards);
+            --knn-queries queries timed, then the first 10,000 at half and twice the cells
+            searched; recall@10 against exact search (faiss's flat index) on 1,000 of them;
+            what saving it adds to the peak RSS
 
 Prints a table and writes benchmarks/results/heads-scale.md (and .json).
 """
@@ -277,59 +277,60 @@ def exact_neighbours(data: dict[str, Any], rows: int, head: Any, queries: np.nda
     return best_i
 
 
-def part_knn_settings(data: dict[str, Any], rows: int) -> dict[str, Any]:
-    """knn_faiss built once on ``rows`` rows, then 10,000 queries timed and recall@10 (1,000 of
-    them against exact search) at several cells searched and candidates re-ranked."""
-    import faiss
-
-    from featx.heads.knn_index import IndexKNNClassifier
-
-    t0 = time.perf_counter()
-    head = IndexKNNClassifier(10).fit_stream(resampled_source(data, rows))
-    build = time.perf_counter() - t0
-    Q, _ = resample(data["X_te"], data["y_te"], 10_000, 2)
-    truth = exact_neighbours(data, rows, head, Q[:1000])
-    index = head.index_
-    out: dict[str, Any] = {"rows": rows, "build_seconds": build, "nlist": head.nlist_,
-                           "runs": []}
-    for nprobe, refine in [(64, 32), (64, 64), (128, 32), (128, 64), (32, 64)]:
-        head.nprobe_ = nprobe
-        faiss.downcast_index(index).k_factor = float(refine)
-        t0 = time.perf_counter()
-        _, found = head.kneighbors(Q)
-        seconds = time.perf_counter() - t0
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in
-                                zip(found[:1000], truth, strict=True)]))
-        out["runs"].append({"nprobe": nprobe, "refine": refine, "seconds_10k": seconds,
-                            "recall_at_10": recall})
-        print(f"  knn_faiss at {rows:,} rows, {nprobe} cells, refine {refine}: 10,000 queries "
-              f"in {seconds:.1f} s, recall@10 {recall:.3f}", flush=True)
-    return out
+def resident_mb() -> float:
+    """This process's resident memory now (VmRSS), MB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def part_knn(data: dict[str, Any], rows: int, queries: int) -> dict[str, Any]:
+    """knn_faiss built on ``rows`` rows; ``queries`` queries at its default cells searched, then
+    the first 10,000 at fewer and more; recall@10 against exact search on 1,000 of them."""
+    import gc
 
     from featx.heads.knn_index import IndexKNNClassifier
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gc.collect()
+    before, resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, \
+        resident_mb()
     t0 = time.perf_counter()
     head = IndexKNNClassifier(10).fit_stream(resampled_source(data, rows))
     build = time.perf_counter() - t0
+    gc.collect()
+    held = resident_mb() - resident_before
     Q, _ = resample(data["X_te"], data["y_te"], queries, 2)
     t0 = time.perf_counter()
     _, approx = head.kneighbors(Q)
     search = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    best_i = exact_neighbours(data, rows, head, Q[:1000])
-    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in
-                            zip(approx[:1000], best_i, strict=True)]))
+    truth = exact_neighbours(data, rows, head, Q[:1000])
+
+    def recall(found: np.ndarray) -> float:
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in
+                              zip(found[:1000], truth, strict=True)]))
+
+    default = head.nprobe_
+    runs = [{"nprobe": default, "seconds_10k": search * 10_000 / queries,
+             "recall_at_10": recall(approx)}]
+    for nprobe in (default // 2, default * 2):
+        head.nprobe_ = nprobe
+        t0 = time.perf_counter()
+        _, found = head.kneighbors(Q[:10_000])
+        runs.append({"nprobe": nprobe, "seconds_10k": time.perf_counter() - t0,
+                     "recall_at_10": recall(found)})
+        print(f"  knn_faiss at {rows:,} rows, {nprobe} cells: 10,000 queries in "
+              f"{runs[-1]['seconds_10k']:.1f} s, recall@10 {runs[-1]['recall_at_10']:.3f}",
+              flush=True)
+    head.nprobe_ = default
     save = saving_memory(head)
     out = {"rows": rows, "queries": queries, "build_seconds": build,
-           "search_seconds": search, "recall_at_10": recall, "index": head.index_kind_,
-           "nlist": head.nlist_, "nprobe": head.nprobe_, "refine": head.refine,
-           "peak_rss_mb": peak, "rss_before_mb": before, "save": save}
-    print(f"  knn_faiss: {rows:,} rows built in {build:.0f} s, {queries:,} queries in "
-          f"{search:.0f} s, recall@10 {recall:.3f}, peak RSS {peak:.0f} MB", flush=True)
+           "search_seconds": search, "recall_at_10": runs[0]["recall_at_10"],
+           "index": head.index_kind_, "nlist": head.nlist_, "nprobe": default,
+           "held_mb": held, "peak_rss_mb": peak, "rss_before_mb": before, "runs": runs,
+           "save": save}
+    print(f"  knn_faiss: {rows:,} rows built in {build:.0f} s (holding {held:.0f} MB), "
+          f"{queries:,} queries in {search:.0f} s, recall@10 {out['recall_at_10']:.3f}, "
+          f"peak RSS {peak:.0f} MB", flush=True)
     return out
 
 
@@ -344,9 +345,9 @@ def saving_memory(head: Any) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         start = peak()
         t0 = time.perf_counter()
-        head.write_index(Path(tmp) / "index.faiss")
+        head.write_index(Path(tmp) / "index.bin")
         member_s, member_peak = time.perf_counter() - t0, peak()
-        size = (Path(tmp) / "index.faiss").stat().st_size / 2**20
+        size = (Path(tmp) / "index.bin").stat().st_size / 2**20
     t0 = time.perf_counter()
     data = sio.dumps(head)
     skops_s, skops_peak = time.perf_counter() - t0, peak()
@@ -390,21 +391,19 @@ def table(results: dict[str, Any]) -> str:
                          f"{100 * (s['accuracy'] - e['accuracy']):+.2f} |")
     knn = results.get("knn")
     if knn:
-        lines += ["", f"knn_faiss ({knn['index']}, nlist {knn['nlist']}, nprobe {knn['nprobe']}, "
-                  f"refine {knn.get('refine', '-')}):"
-                  f" {knn['rows']:,} rows indexed in {knn['build_seconds']:.0f} s; "
+        lines += ["", f"knn_faiss ({knn['index']}, nlist {knn['nlist']}, nprobe {knn['nprobe']}):"
+                  f" {knn['rows']:,} rows indexed in {knn['build_seconds']:.0f} s, holding "
+                  f"{knn.get('held_mb', float('nan')):.0f} MB of resident memory afterwards; "
                   f"{knn['queries']:,} queries in {knn['search_seconds']:.0f} s; recall@10 "
                   f"{knn['recall_at_10']:.3f} against exact search; peak RSS "
-                  f"{knn['peak_rss_mb']:.0f} MB (the benchmark's own arrays included)."]
+                  f"{knn['peak_rss_mb']:.0f} MB (the benchmark's own arrays included: "
+                  f"{knn['rss_before_mb']:.0f} MB before the index)."]
         save = knn.get("save")
-        settings = results.get("knn_settings")
-        if settings:
-            lines += ["", f"knn_faiss settings at {settings['rows']:,} rows ({settings['nlist']} "
-                      f"cells; built in {settings['build_seconds']:.0f} s; 10,000 queries):", "",
-                      "| cells searched | candidates re-ranked per neighbour | seconds | "
-                      "recall@10 |", "|---:|---:|---:|---:|"]
-            lines += [f"| {r['nprobe']} | {r['refine']} | {r['seconds_10k']:.1f} | "
-                      f"{r['recall_at_10']:.3f} |" for r in settings["runs"]]
+        if knn.get("runs"):
+            lines += ["", "| cells searched | seconds per 10,000 queries | recall@10 |",
+                      "|---:|---:|---:|"]
+            lines += [f"| {r['nprobe']} | {r['seconds_10k']:.1f} | {r['recall_at_10']:.3f} |"
+                      for r in knn["runs"]]
         if save:
             lines += [f"Saving its {save['index_mb']:.0f} MB index: as a .featx member of its own "
                       f"+{save['member_added_mb']:.0f} MB peak RSS ({save['member_seconds']:.1f} s)"
@@ -441,8 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         results["accuracy_rows"] = args.accuracy_rows
     if "knn" in parts:
         results["knn"] = part_knn(data, args.knn_rows, args.knn_queries)
-    if "knn_settings" in parts:
-        results["knn_settings"] = part_knn_settings(data, args.knn_rows)
+    results.pop("knn_settings", None)  # the in-memory index's settings: see git history
     RESULTS.mkdir(exist_ok=True)
     out_json.write_text(json.dumps(results, indent=1))
     text = table(results)

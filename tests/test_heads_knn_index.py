@@ -18,7 +18,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn.utils.validation import check_is_fitted
 
 from featx.exceptions import FeatxError
-from featx.heads.knn_index import IndexKNNClassifier, auto_nlist, auto_nprobe
+from featx.heads.disk_ivf import DiskIVF
+from featx.heads.knn_index import IndexKNNClassifier, auto_nlist, disk_nprobe
 from featx.heads.rows import ArrayBlocks
 from featx.heads.scalable import BudgetExceeded
 from featx.model.saved import TRUSTED_TYPES
@@ -74,8 +75,8 @@ def test_exact_mode_is_the_knn_preset(weights, k):
 
 def test_ivf_mode_recall_and_accuracy_against_exact(ivf_pair):
     exact, ivf, Xq, yq = ivf_pair
-    assert (ivf.index_kind_, ivf.nlist_, ivf.nprobe_) == ("ivf-pq4-sq8", auto_nlist(20_000),
-                                                          auto_nprobe(auto_nlist(20_000)))
+    assert (ivf.index_kind_, ivf.nlist_, ivf.nprobe_) == ("ivf-disk", auto_nlist(20_000),
+                                                          disk_nprobe(auto_nlist(20_000)))
     _, truth = exact.kneighbors(Xq)
     _, found = ivf.kneighbors(Xq)
     recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found, truth, strict=True)])
@@ -93,6 +94,7 @@ def test_streaming_in_small_blocks_changes_nothing(exact_below):
         ArrayBlocks(X, y, block_rows=128), progress=seen.append)
     assert seen == [128] * 23 + [3_000 - 23 * 128]  # each block added to the index
     assert streamed.index_.ntotal == whole.index_.ntotal == len(X)
+    assert isinstance(streamed.index_, DiskIVF) == (exact_below < len(X))
     np.testing.assert_array_equal(streamed.labels_, whole.labels_)
     d1, i1 = whole.kneighbors(Xq)
     d2, i2 = streamed.kneighbors(Xq)
@@ -187,7 +189,7 @@ def test_wide_rows_are_projected_before_an_ivf_index():
          + 0.05 * rng.normal(size=(n, 120))).astype(np.float32)
     X_test, y_test, X, y = X[:500], y[:500], X[500:], y[500:]
     head = IndexKNNClassifier(k, exact_below=1000, n_pca=32).fit(X, y)
-    assert head.index_kind_ == "pca32-ivf-pq4-sq8"
+    assert head.index_kind_ == "pca32-ivf-disk"
     exact = make_pipeline(StandardScaler(), KNeighborsClassifier(k)).fit(X, y)
     assert abs(head.score(X_test, y_test) - exact.score(X_test, y_test)) <= 0.01
     _, approx = head.kneighbors(X_test)
@@ -196,3 +198,82 @@ def test_wide_rows_are_projected_before_an_ivf_index():
     assert recall >= 0.9
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(head)).predict(X_test),
                                   head.predict(X_test))
+
+
+def test_searching_every_cell_of_the_disk_index_is_exact_search(tmp_path):
+    """With nprobe = nlist the inverted file compares every row: the neighbours of exact search
+    (float16 rows: distances to 1e-3), whatever cell each row was written to."""
+    X, y = clusters(4_000, seed=12, d=24)
+    Xq, _ = clusters(300, seed=13, d=24)
+    exact = IndexKNNClassifier(7).fit(X, y)
+    disk = IndexKNNClassifier(7, exact_below=1_000, nlist=32, index_dir=tmp_path).fit(X, y)
+    disk.nprobe_ = disk.nlist_
+    (d1, i1), (d2, i2) = exact.kneighbors(Xq), disk.kneighbors(Xq)
+    assert np.mean(i1 == i2) >= 0.99  # float16 may swap two rows at near-equal distances
+    np.testing.assert_allclose(d2, d1, rtol=3e-3)
+    np.testing.assert_array_equal(np.sort(disk.index_.ids), np.arange(len(X)))
+
+
+def test_the_disk_index_is_a_file_in_index_dir_removed_with_the_head(tmp_path):
+    import gc
+
+    X, y = clusters(3_000, seed=14, d=32)
+    head = IndexKNNClassifier(5, exact_below=1_000, index_dir=tmp_path).fit(X, y)
+    [folder] = list(tmp_path.iterdir())
+    [file] = list(folder.iterdir())
+    # The rows are on disk as float16; in memory only the centroids and 8 bytes a row.
+    assert file.stat().st_size >= len(X) * 32 * 2
+    assert head.index_.ids.nbytes == 8 * len(X) and not hasattr(head.index_, "rows")
+    refit = IndexKNNClassifier(5, exact_below=1_000, index_dir=tmp_path).fit(X, y)
+    assert len(list(tmp_path.iterdir())) == 2
+    del head, refit
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_deadline_while_writing_the_disk_index_leaves_no_file(tmp_path):
+    X, y = clusters(2_000, seed=15, d=8)
+    head = IndexKNNClassifier(5, exact_below=500, index_dir=tmp_path)
+    deadline = time.monotonic() + 2.0  # the cells are found well before; the first block
+    # written then waits for the deadline to pass, and the second is refused.
+    with pytest.raises(BudgetExceeded, match=r"writing the rows cell by cell; 500 of 2,000"):
+        head.fit_stream(ArrayBlocks(X, y, block_rows=500), deadline=deadline,
+                        progress=lambda rows: time.sleep(max(0.0, deadline - time.monotonic())))
+    with pytest.raises(NotFittedError):
+        check_is_fitted(head)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_disk_index_written_and_read_back_and_a_cut_file_refused(tmp_path):
+    X, y = clusters(2_000, seed=16, d=16)
+    Xq, _ = clusters(100, seed=17, d=16)
+    head = IndexKNNClassifier(5, exact_below=500).fit(X, y)
+    head.write_index(tmp_path / "knn.index")
+    other = clone(head).fit(X[:10], y[:10])  # fitted, then given the first head's index
+    other.scaler_, other.labels_, other.nprobe_ = head.scaler_, head.labels_, head.nprobe_
+    other.read_index(tmp_path / "knn.index")
+    (tmp_path / "knn.index").unlink()  # the head keeps its own copy
+    np.testing.assert_array_equal(other.kneighbors(Xq)[1], head.kneighbors(Xq)[1])
+    head.write_index(tmp_path / "cut.index")
+    with open(tmp_path / "cut.index", "r+b") as f:
+        f.truncate(10_000)
+    with pytest.raises(FeatxError, match=r"cut short .*fit the head again"):
+        other.read_index(tmp_path / "cut.index")
+
+
+def test_a_faiss_ivf_index_saved_before_the_disk_index_still_searches(tmp_path):
+    """Heads saved by the earlier featx hold an IVF index in faiss's format; read_index takes it
+    and kneighbors searches it with the saved nprobe_."""
+    import faiss
+
+    X, y = clusters(3_000, seed=18, d=16)
+    head = IndexKNNClassifier(5).fit(X, y)  # flat; then given a faiss IVF as an old file had
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(16), 16, 16)
+    scaled = head.scaler_.transform(X).astype(np.float32)
+    ivf.train(scaled)
+    ivf.add(scaled)
+    faiss.write_index(ivf, str(tmp_path / "old.faiss"))
+    exact = head.kneighbors(X[:50])[1]
+    head.read_index(tmp_path / "old.faiss")
+    head.nprobe_ = 16
+    np.testing.assert_array_equal(head.kneighbors(X[:50])[1], exact)

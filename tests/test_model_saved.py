@@ -130,18 +130,19 @@ def test_a_fitted_pipeline_saves_too(folder, backbone_file, tmp_path):
         save_model(LogisticRegression(), tmp_path / "x.featx")
 
 
-def test_a_faiss_index_is_a_member_of_its_own_streamed_and_checked(folder, backbone_file,
+def test_a_knn_index_is_a_member_of_its_own_streamed_and_checked(folder, backbone_file,
                                                                    tmp_path):
     from featx.heads.knn_index import IndexKNNClassifier
 
     paths, y, _ = featx.load_image_folder(folder)
     pipe = make_pipeline(ImageEmbedder(str(backbone_file), input_size=16, cache=tmp_path / "c.h5"),
                          IndexKNNClassifier(3, exact_below=1, nlist=1)).fit(paths, y)
+    assert pipe[-1].index_kind_ == "ivf-disk"
     path = save_model(pipe, tmp_path / "knn.featx")
     with zipfile.ZipFile(path) as zf:
-        assert sorted(zf.namelist()) == ["head.skops", "index-0.faiss", "manifest.json"]
-        assert zf.getinfo("index-0.faiss").compress_type == zipfile.ZIP_STORED
-        assert b"index-0.faiss" in zf.read("head.skops")  # the head names its member ...
+        assert sorted(zf.namelist()) == ["head.skops", "index-0.bin", "manifest.json"]
+        assert zf.getinfo("index-0.bin").compress_type == zipfile.ZIP_STORED
+        assert b"index-0.bin" in zf.read("head.skops")  # the head names its member ...
     knn = pipe[-1]
     assert knn.index_ is not None and not hasattr(knn, "index_member_")  # ... the original kept
     loaded = load_model(path)
@@ -153,8 +154,8 @@ def test_a_faiss_index_is_a_member_of_its_own_streamed_and_checked(folder, backb
         for item in src.infolist():
             data = src.read(item)
             dst.writestr(item, data[:-1] + bytes([data[-1] ^ 1]) if item.filename.endswith(
-                ".faiss") else data)
-    with pytest.raises(FeatxError, match=r"index-0.faiss does not match the sha256"):
+                ".bin") else data)
+    with pytest.raises(FeatxError, match=r"index-0.bin does not match the sha256"):
         load_model(altered)
 
 

@@ -7,10 +7,12 @@ A ``.featx`` file is a zip archive of two members (``docs/saved-model.md``)::
                     classes; the head's type and the sha256 of head.skops
     head.skops      the fitted head, written with skops (no pickle)
 
-and, for a head that searches a faiss index (:class:`~featx.heads.knn_index.IndexKNNClassifier`),
-one ``index-<i>.faiss`` member per index, written by ``faiss.write_index`` and stored
-uncompressed: streamed from and to a temporary file, never copied in memory (a million rows of
-width 1,024 are a 1 GB index; inside skops's bytes, saving one took 3-4 times that).
+and, for a head that searches an index (:class:`~featx.heads.knn_index.IndexKNNClassifier`),
+one ``index-<i>.bin`` member per index (``index-<i>.faiss`` in older files), written by the head's
+``write_index`` (the inverted file on disk copied, or ``faiss.write_index`` for an exact index)
+and stored uncompressed: streamed from and to a temporary file, never copied in memory (a
+million rows of width 1,024 are a 2 GB index on disk; inside skops's bytes, saving the earlier
+1 GB one in memory took 3-4 times that).
 
 The network's weights are never stored: :func:`featx.load_model` rebuilds the backbone from its
 configuration (a registry name with ImageNet or random weights, or the path of a model file),
@@ -61,7 +63,7 @@ MODEL_FORMAT_VERSION = 1
 _FORMAT_NAME = "featx-model"
 _MANIFEST = "manifest.json"
 _HEAD = "head.skops"
-_INDEX_MEMBER = "index-{}.faiss"
+_INDEX_MEMBER = "index-{}.bin"  # "index-<i>.faiss" in files of earlier featx versions
 
 #: scikit-learn internals that featx's preset heads hold and skops does not trust by default
 #: (a test dumps every fitted preset and checks this list covers it).
@@ -72,8 +74,9 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "featx.adapt.SubspaceAlignment",
     "featx.adapt.adapters.CORAL",
     "featx.adapt.adapters.SubspaceAlignment",
-    # The kNN head on a faiss index: its index is held as faiss.serialize_index's bytes (a uint8
-    # array), rebuilt by faiss.deserialize_index, which parses data and runs no Python code.
+    # The kNN head: in a .featx file its index is a member of its own; pickled (or in skops's
+    # bytes by hand) the index is bytes (a uint8 array): faiss.serialize_index's, rebuilt by
+    # faiss.deserialize_index, or the disk index's file, read as arrays; neither runs code.
     "featx.heads.knn_index.IndexKNNClassifier",
     # The heads that train by blocks: plain estimators holding a StandardScaler, an
     # SGDClassifier and (kernel="rbf") a kernel map, all arrays.
@@ -264,7 +267,7 @@ def _attach_indexes(head: Any, zf: zipfile.ZipFile, manifest: dict[str, Any], fi
         if name not in members or name not in zf.namelist():
             raise FeatxError(f"{str(file)!r} has no {name} (the head's index); the file is "
                              "damaged.")
-        fd, tmp_name = tempfile.mkstemp(suffix=".faiss")
+        fd, tmp_name = tempfile.mkstemp(suffix=".index")
         try:
             digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as tmp, zf.open(name) as src:
