@@ -50,8 +50,10 @@ def test_every_preset_is_a_pipeline_or_a_streaming_head_whose_grids_apply(name):
         for key, values in grid.items():
             for value in values:
                 clone(head).set_params(**{key: value})  # raises on a key the head lacks
-    if preset.streams:  # standardises itself, trains by blocks, runs on every row at scale
-        assert hasattr(head, "fit_stream") and preset.max_rows is None and preset.scaled
+    if preset.streams:  # trains by blocks, runs on every row at scale; standardises itself
+        # where it needs comparable scales (gradient boosting's trees do not)
+        assert hasattr(head, "fit_stream") and preset.max_rows is None
+        assert preset.scaled == (name != "gb_xgb")
         assert make_head(name, random_state=7).random_state == 7
         return
     assert isinstance(head, Pipeline) and head.steps[-1][0] == "clf"
@@ -67,7 +69,7 @@ def test_defaults_and_unknown_names():
     with pytest.raises(FeatxError, match="did you mean 'knn'"):
         make_head("kn")
     X, y = blobs()
-    with pytest.raises(FeatxError, match="'svm' is not known.*Known: hist_gb"):
+    with pytest.raises(FeatxError, match="'svm' is not known.*Known: gb_xgb, hist_gb"):
         tune_heads(X, y, heads=["svm"])
 
 

@@ -362,8 +362,12 @@ def _leak_free(scoring: str, test_score: float | None, predicted: tuple[np.ndarr
 
 
 def _epochs(est: Any) -> int:
-    return int(est.get_params().get("max_epochs", 1)) + (
-        1 if "max_epochs" in est.get_params() else 0)
+    """Passes over the rows a fit makes at most (the progress bar's length): an SGD head's
+    epochs and its scaler's pass; a boosted head's rounds and its first read."""
+    params = est.get_params()
+    if "max_epochs" in params:
+        return int(params["max_epochs"]) + 1
+    return int(params["n_estimators"]) + 1 if "early_stopping_rounds" in params else 1
 
 
 def _bar(name: str, total: int, progress: bool | None) -> Any:
@@ -393,6 +397,8 @@ def _fit(est: Any, rows: BlockSource, data: ScaleData, shared: dict[str, Any], s
         if "scaler" not in shared:
             shared["scaler"] = fit_scaler(data.fit, deadline)
         kwargs |= {"valid": data.valid, "classes": data.classes, "scaler": shared["scaler"]}
+    elif "early_stopping_rounds" in params:  # a BoostedHead: the validation block stops it
+        kwargs |= {"valid": data.valid, "classes": data.classes}
     est.fit_stream(rows, **kwargs)
 
 

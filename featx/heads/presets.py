@@ -150,6 +150,12 @@ def _knn_faiss(random_state: int | None) -> Any:
     return IndexKNNClassifier(random_state=random_state or 0)
 
 
+def _gb_xgb(random_state: int | None) -> Any:
+    from featx.heads.boosted import BoostedHead
+
+    return BoostedHead(random_state=random_state or 0)
+
+
 #: The presets, by name. Each grid was chosen to bracket what works on frozen ImageNet features
 #: (1,000-2,000 wide, a few thousand samples) while staying cheap to search.
 HEADS: dict[str, HeadPreset] = {
@@ -181,6 +187,10 @@ HEADS: dict[str, HeadPreset] = {
         HeadPreset("knn_faiss", "standardise + k nearest neighbours on a faiss index",
                    _knn_faiss, {"n_neighbors": [5, 10, 20]}, True, streams=True,
                    scale_grid={"n_neighbors": [10]}),
+        HeadPreset("gb_xgb", "gradient boosting (XGBoost) from blocks kept on disk as bins "
+                   "(the boost extra)", _gb_xgb,
+                   {"learning_rate": [0.05, 0.1], "max_leaf_nodes": [15, 31]}, False,
+                   streams=True, scale_grid={"learning_rate": [0.1], "max_leaf_nodes": [31]}),
     ]
 }
 
@@ -200,8 +210,8 @@ def list_heads() -> list[str]:
     --------
     >>> from featx import list_heads
     >>> list_heads()  # doctest: +NORMALIZE_WHITESPACE
-    ['hist_gb', 'knn', 'knn_faiss', 'linear_svm', 'linear_svm_sgd', 'logreg', 'logreg_sgd',
-     'mlp', 'rbf_svm', 'rbf_svm_approx']
+    ['gb_xgb', 'hist_gb', 'knn', 'knn_faiss', 'linear_svm', 'linear_svm_sgd', 'logreg',
+     'logreg_sgd', 'mlp', 'rbf_svm', 'rbf_svm_approx']
     """
     return sorted(HEADS)
 

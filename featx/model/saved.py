@@ -81,6 +81,9 @@ TRUSTED_TYPES: tuple[str, ...] = (
     # The heads that train by blocks: plain estimators holding a StandardScaler, an
     # SGDClassifier and (kernel="rbf") a kernel map, all arrays.
     "featx.heads.scalable.SGDHead",
+    # The streaming gradient-boosting head: XGBoost's model as its UBJSON bytes (an array),
+    # loaded by xgboost.Booster.load_model (data, no code).
+    "featx.heads.boosted.BoostedHead",
     "featx.heads.kernel_map.RBFMap",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.metrics._dist_metrics.EuclideanDistance32",
