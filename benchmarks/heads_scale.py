@@ -20,8 +20,8 @@ test image's, so no test row is a copy of a training image.
   accuracy  at --accuracy-rows training rows (10,000 test rows), each scalable head against its
             exact in-memory counterpart at the exact head's best grid value on the demo
             (logreg C=0.01 / logreg_sgd; rbf_svm C=10 / rbf_svm_approx; knn k=10 /
-            knn_faiss k=10; hist_gb / hist_gb on a 20,000-row sample, what featx runs above
-            20,000 rows)
+            knn_faiss k=10; hist_gb / gb_xgb, and hist_gb / hist_gb on a 20,000-row sample,
+            what featx runs above 20,000 rows); --accuracy-heads hist_gb runs only those pairs
   knn       knn_faiss built on --knn-rows rows (the resident memory it holds afterwards);
             --knn-queries queries timed, then the first 10,000 at half and twice the cells
             searched; recall@10 against exact search (faiss's flat index) on 1,000 of them;
@@ -136,14 +136,33 @@ class Launcher:
     Forked from the launcher (tens of MB), the child's peak is its own."""
 
     CODE = (
-        "import json, os, subprocess, sys\n"
+        "import json, os, subprocess, sys, threading, time\n"
+        "def rss(pid):\n"
+        "    try:\n"
+        "        with open(f'/proc/{pid}/status') as f:\n"
+        "            return next(int(l.split()[1]) for l in f if l.startswith('VmRSS'))\n"
+        "    except (OSError, StopIteration):\n"
+        "        return 0\n"
         "for line in sys.stdin:\n"
         "    child = subprocess.Popen(json.loads(line), stdout=subprocess.PIPE,\n"
         "                             stderr=subprocess.STDOUT, text=True)\n"
-        "    log = child.stdout.read()\n"
+        "    last, phases, done = ['(starting)'], {}, []\n"
+        "    def sample():\n"
+        "        while not done:\n"
+        "            kb, tag = rss(child.pid), last[0]\n"
+        "            phases[tag] = max(phases.get(tag, 0), kb)\n"
+        "            time.sleep(0.2)\n"
+        "    sampler = threading.Thread(target=sample, daemon=True)\n"
+        "    sampler.start()\n"
+        "    log = []\n"
+        "    for out in child.stdout:\n"
+        "        log.append(out)\n"
+        "        if out.strip():\n"
+        "            last[0] = out.strip()[:80]\n"
         "    _, status, usage = os.wait4(child.pid, 0)\n"
-        "    print(json.dumps([status, usage.ru_maxrss, log]), flush=True)\n")
-
+        "    done.append(1)\n"
+        "    sampler.join()\n"
+        "    print(json.dumps([status, usage.ru_maxrss, ''.join(log), phases]), flush=True)\n")
     def __init__(self) -> None:
         self._proc: subprocess.Popen[str] | None = None
 
@@ -151,15 +170,16 @@ class Launcher:
         self._proc = subprocess.Popen([sys.executable, "-c", self.CODE], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True)
 
-    def run(self, argv: list[str]) -> tuple[int, int, str]:
-        """Run ``argv`` to its end: its exit status, peak RSS in kB, and its output."""
+    def run(self, argv: list[str]) -> tuple[int, int, str, dict[str, int]]:
+        """Run ``argv`` to its end: its exit status, peak RSS in kB, its output, and the
+        largest resident memory sampled (every 0.2 s, kB) after each line it printed."""
         if self._proc is None:
             self.start()
         assert self._proc is not None and self._proc.stdin and self._proc.stdout
         self._proc.stdin.write(json.dumps(argv) + "\n")
         self._proc.stdin.flush()
-        status, peak_kb, log = json.loads(self._proc.stdout.readline())
-        return int(status), int(peak_kb), str(log)
+        status, peak_kb, log, phases = json.loads(self._proc.stdout.readline())
+        return int(status), int(peak_kb), str(log), dict(phases)
 
 
 LAUNCHER = Launcher()
@@ -179,23 +199,31 @@ def part_cli(folder: Path, data: dict[str, Any], sizes: list[int]) -> dict[str, 
             print(f"  wrote {n:,} + {n // 10:,} rows and files in "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
-        status, peak_kb, log = LAUNCHER.run(
+        status, peak_kb, log, phases = LAUNCHER.run(
             [str(featx), "heads", str(work / "train"), "--test", str(work / "test"),
              "--cache", str(cache), "--out", str(work / "out")])
         seconds = time.perf_counter() - t0
         (work / "log.txt").write_text(log)
         if status != 0:
             raise RuntimeError(f"featx heads on {n} rows failed:\n{log[-3000:]}")
+        top = sorted(phases.items(), key=lambda kv: -kv[1])[:5]
         out[str(n)] = {"seconds": seconds, "seconds_per_row": seconds / n,
                        "peak_rss_mb": peak_kb / 1024,
+                       "largest_phases": [[tag, kb / 1024] for tag, kb in top],
                        "leaderboard": [line for line in log.splitlines()
                                        if line.startswith(("#", "1 ", "2 ", "3 ", "4 ", "  "))]}
         print(f"  featx heads on {n:,} rows: {seconds:.0f} s, peak RSS "
-              f"{peak_kb / 1024:.0f} MB", flush=True)
+              f"{peak_kb / 1024:.0f} MB; largest resident memory sampled after the line:",
+              flush=True)
+        for tag, kb in top:
+            print(f"    {kb / 1024:6.0f} MB  {tag}", flush=True)
     return out
 
 
-def part_accuracy(data: dict[str, Any], rows: int) -> dict[str, Any]:
+def part_accuracy(data: dict[str, Any], rows: int, only: set[str] | None = None
+                  ) -> dict[str, Any]:
+    """Each pair's exact head and scalable head on ``rows`` resampled rows, tested on 10,000;
+    ``only``: the pairs (by exact head) to run."""
     from featx import make_head
     from featx.heads.knn_index import IndexKNNClassifier
 
@@ -208,21 +236,29 @@ def part_accuracy(data: dict[str, Any], rows: int) -> dict[str, Any]:
          make_head("rbf_svm_approx")),
         ("knn", make_head("knn", clf__n_neighbors=10), "knn_faiss",
          IndexKNNClassifier(10, exact_below=1)),
+        ("hist_gb", make_head("hist_gb"), "gb_xgb", make_head("gb_xgb")),
         ("hist_gb", make_head("hist_gb"), "hist_gb (20k sample)", make_head("hist_gb")),
     ]
     out: dict[str, Any] = {}
+    exact_done: dict[str, Any] = {}
     for exact_name, exact, scalable_name, scalable in pairs:
-        row: dict[str, Any] = {}
-        for name, est, X_fit, y_fit in [(exact_name, exact, X, y),
-                                        (scalable_name, scalable,
-                                         X[sample] if "sample" in scalable_name else X,
-                                         y[sample] if "sample" in scalable_name else y)]:
+        if only and exact_name not in only:
+            continue
+        # The same exact head against another scalable one is fitted once.
+        row: dict[str, Any] = ({exact_name: exact_done[exact_name]} if exact_name in exact_done
+                               else {})
+        fits = [] if row else [(exact_name, exact, X, y)]
+        fits.append((scalable_name, scalable, *((X[sample], y[sample])
+                                                if "sample" in scalable_name else (X, y))))
+        for name, est, X_fit, y_fit in fits:
             t0 = time.perf_counter()
             est.fit(X_fit, y_fit)
             fit = time.perf_counter() - t0
             row[name] = {"accuracy": float(est.score(Xt, yt)), "fit_seconds": fit}
             print(f"  {name}: {row[name]['accuracy']:.4f} ({fit:.0f} s)", flush=True)
-        out[exact_name] = {"exact": exact_name, "scalable": scalable_name, **row}
+        exact_done[exact_name] = row[exact_name]
+        out[f"{exact_name} / {scalable_name}"] = {"exact": exact_name, "scalable": scalable_name,
+                                                   **row}
     return out
 
 
@@ -379,6 +415,10 @@ def table(results: dict[str, Any]) -> str:
         for n in sizes:
             lines += ["", f"Leaderboard at {int(n):,} rows:", "", "```",
                       *cli[n]["leaderboard"], "```"]
+            if cli[n].get("largest_phases"):
+                lines += ["", "Largest resident memory sampled (every 0.2 s) after the line "
+                          "the command printed last:", ""]
+                lines += [f"- {mb:.0f} MB after `{tag}`" for tag, mb in cli[n]["largest_phases"]]
     acc = results.get("accuracy")
     if acc:
         lines += ["", f"| at {results['accuracy_rows']:,} rows | exact | accuracy | fit s | "
@@ -417,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="100000,1000000")
     p.add_argument("--accuracy-rows", type=int, default=50_000)
+    p.add_argument("--accuracy-heads", default=None, help="the pairs to run, by exact head "
+                   "(e.g. hist_gb); the others keep their earlier results")
     p.add_argument("--knn-rows", type=int, default=1_000_000)
     p.add_argument("--knn-queries", type=int, default=100_000)
     p.add_argument("--parts", default="base,cli,accuracy,knn")
@@ -436,7 +478,10 @@ def main(argv: list[str] | None = None) -> int:
         results["cli"] = {**results.get("cli", {}),
                           **part_cli(folder, data, [int(s) for s in args.sizes.split(",")])}
     if "accuracy" in parts:
-        results["accuracy"] = part_accuracy(data, args.accuracy_rows)
+        only = set(args.accuracy_heads.split(",")) if args.accuracy_heads else None
+        earlier = results.get("accuracy", {}) if only else {}
+        earlier = {(f"{v['exact']} / {v['scalable']}"): v for v in earlier.values()}
+        results["accuracy"] = {**earlier, **part_accuracy(data, args.accuracy_rows, only)}
         results["accuracy_rows"] = args.accuracy_rows
     if "knn" in parts:
         results["knn"] = part_knn(data, args.knn_rows, args.knn_queries)
