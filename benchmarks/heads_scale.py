@@ -319,7 +319,8 @@ def resident_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
-def part_knn(data: dict[str, Any], rows: int, queries: int) -> dict[str, Any]:
+def part_knn(data: dict[str, Any], rows: int, queries: int, nlist: int | None = None
+             ) -> dict[str, Any]:
     """knn_faiss built on ``rows`` rows; ``queries`` queries at its default cells searched, then
     the first 10,000 at fewer and more; recall@10 against exact search on 1,000 of them."""
     import gc
@@ -330,7 +331,7 @@ def part_knn(data: dict[str, Any], rows: int, queries: int) -> dict[str, Any]:
     before, resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, \
         resident_mb()
     t0 = time.perf_counter()
-    head = IndexKNNClassifier(10).fit_stream(resampled_source(data, rows))
+    head = IndexKNNClassifier(10, nlist=nlist).fit_stream(resampled_source(data, rows))
     build = time.perf_counter() - t0
     gc.collect()
     held = resident_mb() - resident_before
@@ -461,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(e.g. hist_gb); the others keep their earlier results")
     p.add_argument("--knn-rows", type=int, default=1_000_000)
     p.add_argument("--knn-queries", type=int, default=100_000)
+    p.add_argument("--knn-nlist", type=int, default=None, help="the kNN index's cells "
+                   "(default: the head's own choice)")
     p.add_argument("--parts", default="base,cli,accuracy,knn")
     p.add_argument("--dir", default=None, help="where the rows and files go (default: a "
                    "temporary folder, removed at the end)")
@@ -484,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         results["accuracy"] = {**earlier, **part_accuracy(data, args.accuracy_rows, only)}
         results["accuracy_rows"] = args.accuracy_rows
     if "knn" in parts:
-        results["knn"] = part_knn(data, args.knn_rows, args.knn_queries)
+        results["knn"] = part_knn(data, args.knn_rows, args.knn_queries, args.knn_nlist)
     results.pop("knn_settings", None)  # the in-memory index's settings: see git history
     RESULTS.mkdir(exist_ok=True)
     out_json.write_text(json.dumps(results, indent=1))

@@ -301,3 +301,17 @@ def test_cli_heads_above_exact_rows_streams_from_the_cache_and_saves_a_model(tmp
     emb = ImageEmbedder(str(tmp_path / "tiny.keras"), cache=str(tmp_path / "e.h5"),
                         on_error="skip")
     assert emb.embed_to_cache(sorted(map(str, (tmp_path / "src").rglob("*.png")))).n_embedded == 0
+
+
+def test_predictions_go_in_batches_not_one_call_per_block():
+    """A part of a cache group comes as a few rows per block read; the holdout protocol joins
+    them before predicting (the kNN head on disk reads its whole index once per call)."""
+    from featx.heads.at_scale import _batches
+
+    X, y = clusters(1000, seed=9)
+    source = ArrayBlocks(X, y, rows=np.arange(0, 1000, 2), block_rows=30)  # 500 rows, 17 blocks
+    batches = list(_batches(source, 200))
+    assert [len(b[1]) for b in batches] == [210, 210, 80]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), X[::2])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y[::2])
+    assert list(_batches(ArrayBlocks(X, y, rows=np.arange(0)), 200)) == []
