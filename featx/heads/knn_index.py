@@ -1,7 +1,7 @@
 """The k-nearest-neighbours head on a faiss index: the ``knn`` preset's maths at a million rows.
 
 :class:`IndexKNNClassifier` standardises the rows (a :class:`~sklearn.preprocessing.StandardScaler`
-fitted by ``partial_fit``, one pass over the blocks) and keeps them in a faiss index, filled one
+fitted by ``partial_fit``, one pass over the blocks) and keeps them in an index, filled one
 block at a time, so the float32 matrix is never in memory whole:
 
 - below ``exact_below`` rows, an exact ``IndexFlatL2`` (4 bytes a value): the same neighbours as
@@ -13,10 +13,10 @@ block at a time, so the float32 matrix is never in memory whole:
   and in memory only the centroids and 12 bytes a row (each row's position and class).
 
 Measured on resampled MobileNet rows of width 1,024 as recall@10 against exact search (AMD EPYC,
-2 cores; ``python -m benchmarks.heads_scale --parts knn``): 200,000 rows (1,024 cells) built in
-26 s, 82 MB resident afterwards; 32 cells searched 0.991 in 3.6 s per 10,000 queries, 16: 0.972
-in 2.9 s, 64: 0.999 in 7.0 s. 1,000,000 rows (2,048 cells; a first version of this code, other
-work on the machine): 32 cells 0.990, 100,000 queries in 64 s; 64 cells 0.996.
+2 cores; ``python -m benchmarks.heads_scale --parts knn``): 1,000,000 rows (2,048 cells) built in
+107 s, 28 MB resident afterwards (the rows a 1,969 MB file); 100,000 queries in 72 s at 32 cells
+searched, recall@10 0.984; per 10,000 queries 16 cells 0.959 in 8.9 s, 32: 0.984 in 7.2 s, 64:
+0.996 in 16.1 s. 200,000 rows (1,024 cells): built in 26 s; 32 cells 0.991 in 3.6 s, 16: 0.972.
 
 Before, the rows were held in memory as 4-bit codes re-ranked by 8-bit ones (``IndexRefine(
 IndexIVFPQFastScan, IndexScalarQuantizer)``, 1.15 bytes a value, 1.15 GB at a million rows):
@@ -418,9 +418,9 @@ def _codes(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
 def disk_nprobe(nlist: int) -> int:
     """Cells searched per query in the index on disk: :func:`auto_nprobe` up to 512 cells, half
     of it from 1,024 on (1,024 and 2,048 cells: 32), the search within a cell being exact.
-    Measured as recall@10: 2,048 cells, 32 searched, 0.990 (1,000,000 resampled MobileNet rows);
-    1,024 and 32: 0.996 (200,000); 128 cells, 16 searched: 0.985, where 8 gave 0.882 (5,500 rows
-    in 16 dimensions and noise, ``tests/test_heads_knn_index.py``)."""
+    Measured as recall@10: 2,048 cells, 32 searched, 0.984 (1,000,000 resampled MobileNet rows;
+    16: 0.959); 1,024 and 32: 0.991 (200,000); 128 cells, 16 searched: 0.985, where 8 gave 0.882
+    (5,500 rows in 16 dimensions and noise, ``tests/test_heads_knn_index.py``)."""
     full = auto_nprobe(nlist)
     return full if nlist <= 512 else max(1, full // 2)
 
