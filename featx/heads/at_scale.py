@@ -31,7 +31,7 @@ import numpy as np
 from featx.exceptions import FeatxError
 from featx.heads.leaderboard import HeadResult, Leaderboard
 from featx.heads.presets import HeadPreset
-from featx.heads.rows import ArrayBlocks, BlockSource, CachedBlocks
+from featx.heads.rows import ArrayBlocks, BlockSource, CachedBlocks, all_rows
 from featx.heads.scalable import BudgetExceeded, fit_scaler
 
 __all__ = ["EXACT_ROWS", "VALID_ROWS", "ScaleData", "arrays_at_scale", "cache_at_scale",
@@ -390,7 +390,7 @@ def _fit(est: Any, rows: BlockSource, data: ScaleData, shared: dict[str, Any], s
     if not streams:
         if deadline is not None and time.monotonic() >= deadline:
             raise BudgetExceeded("its time share ran out")
-        X, y = _all(rows)
+        X, y = all_rows(rows)
         est.fit(X, y)
         if step is not None:
             step(len(y))
@@ -404,12 +404,6 @@ def _fit(est: Any, rows: BlockSource, data: ScaleData, shared: dict[str, Any], s
     elif "early_stopping_rounds" in params:  # a BoostedHead: the validation block stops it
         kwargs |= {"valid": data.valid, "classes": data.classes}
     est.fit_stream(rows, **kwargs)
-
-
-def _all(rows: BlockSource) -> tuple[np.ndarray, np.ndarray]:
-    """Every row of a small source in memory."""
-    xs, ys = zip(*rows.blocks(seed=None), strict=True)
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 def _batches(source: BlockSource, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -32,7 +32,13 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featx.exceptions import FeatxError
-from featx.heads.rows import DEFAULT_BLOCK_ROWS, ArrayBlocks, BlockSource
+from featx.heads.rows import (
+    DEFAULT_BLOCK_ROWS,
+    ArrayBlocks,
+    BlockSource,
+    all_rows,
+    class_codes,
+)
 from featx.heads.scalable import BudgetExceeded
 
 __all__ = ["BoostedHead", "xgboost_module"]
@@ -182,7 +188,7 @@ class BoostedHead(ClassifierMixin, BaseEstimator):
         if len(classes) < 2:  # a ValueError, as scikit-learn's classifiers raise
             raise ValueError(f"expected at least 2 classes to train on; got one class, "
                              f"{classes.tolist()}.")
-        n_jobs = self.n_jobs or len(os.sched_getaffinity(0))
+        n_jobs = self._threads()
         if deadline is not None and time.monotonic() > deadline:
             raise BudgetExceeded("its time share ran out before the rows were read")
         params = {
@@ -227,8 +233,9 @@ class BoostedHead(ClassifierMixin, BaseEstimator):
                                               nthread=params["nthread"])
             evals = []
             if valid is not None and valid.n_rows:
-                Xv, yv = _all(valid)
-                evals = [(xgb.QuantileDMatrix(Xv, _codes(yv, classes), ref=train,
+                Xv, yv = all_rows(valid)
+                labels = class_codes(yv, classes).astype(np.float32)
+                evals = [(xgb.QuantileDMatrix(Xv, labels, ref=train,
                                               max_bin=params["max_bin"],
                                               nthread=params["nthread"]), "valid")]
                 del Xv, yv
@@ -243,12 +250,15 @@ class BoostedHead(ClassifierMixin, BaseEstimator):
             rows = train = evals = None
             gc.collect()
 
+    def _threads(self) -> int:
+        return int(self.n_jobs or len(os.sched_getaffinity(0)))
+
     def _booster_of(self) -> Any:
         booster = getattr(self, "_booster", None)
         if booster is None:
             booster = xgboost_module().Booster()
             booster.load_model(bytearray(self.model_.tobytes()))
-            booster.set_param({"nthread": self.n_jobs or len(os.sched_getaffinity(0))})
+            booster.set_param({"nthread": self._threads()})
             self._booster = booster
         return booster
 
@@ -295,7 +305,8 @@ def _data_iter(xgb: Any) -> type:
             if not np.isfinite(X).all():
                 raise FeatxError("a block of rows holds NaN or infinite values; re-embed the "
                                  "images that failed, or drop their rows.")
-            input_data(data=np.ascontiguousarray(X, np.float32), label=_codes(y, self._classes))
+            input_data(data=np.ascontiguousarray(X, np.float32),
+                       label=class_codes(y, self._classes).astype(np.float32))
             if self._progress is not None and self._passes == 1:
                 self._progress(len(y))
             return True
@@ -324,16 +335,3 @@ def _deadline_callback(xgb: Any) -> type:
             return self.stopped
 
     return Deadline
-
-
-def _codes(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    code = np.minimum(np.searchsorted(classes, y), len(classes) - 1)
-    if np.any(classes[code] != y):
-        raise FeatxError(f"a block holds labels {np.setdiff1d(y, classes).tolist()[:5]} that are "
-                         f"not among the classes {classes.tolist()[:20]}.")
-    return code.astype(np.float32)
-
-
-def _all(source: BlockSource) -> tuple[np.ndarray, np.ndarray]:
-    parts = list(source.blocks(seed=None))
-    return (np.concatenate([X for X, _ in parts]), np.concatenate([y for _, y in parts]))

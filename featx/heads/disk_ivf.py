@@ -32,7 +32,8 @@ import shutil
 import struct
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,7 @@ class DiskIVF:
         """
         centroids = np.ascontiguousarray(centroids, np.float32)
         nlist, dim = centroids.shape
-        owned = Path(tempfile.mkdtemp(prefix="featx-knn-", dir=folder))
-        try:
+        with _own_folder(folder) as owned:
             quantizer = _quantizer(centroids)
             cells = np.empty(n_rows, np.int32)
             at = 0
@@ -168,9 +168,6 @@ class DiskIVF:
             return cls(path, header, centroids, starts, ids,
                        None if projection is None else np.asarray(projection, np.float32),
                        None if bias is None else np.asarray(bias, np.float32), owned)
-        except BaseException:
-            shutil.rmtree(owned, ignore_errors=True)
-            raise
 
     # -- files ------------------------------------------------------------------------------
     @classmethod
@@ -178,17 +175,13 @@ class DiskIVF:
              ) -> DiskIVF:
         """A copy of the file at ``path`` (hard-linked where it can be), owned by the instance:
         the caller may remove ``path`` afterwards."""
-        owned = Path(tempfile.mkdtemp(prefix="featx-knn-", dir=folder))
-        try:
+        with _own_folder(folder) as owned:
             mine = owned / "index.ivf"
             try:
                 os.link(path, mine)
             except OSError:
                 shutil.copyfile(path, mine)
             return cls._read(mine, owned)
-        except BaseException:
-            shutil.rmtree(owned, ignore_errors=True)
-            raise
 
     @classmethod
     def _read(cls, path: Path, owned: Path | None) -> DiskIVF:
@@ -239,13 +232,9 @@ class DiskIVF:
     @classmethod
     def from_bytes(cls, data: np.ndarray) -> DiskIVF:
         """An index from :meth:`to_bytes`'s bytes, in a file of its own."""
-        owned = Path(tempfile.mkdtemp(prefix="featx-knn-"))
-        try:
+        with _own_folder(None) as owned:
             np.asarray(data, np.uint8).tofile(owned / "index.ivf")
             return cls._read(owned / "index.ivf", owned)
-        except BaseException:
-            shutil.rmtree(owned, ignore_errors=True)
-            raise
 
     def close(self) -> None:
         """Remove the file now if this instance owns it (it cannot be searched afterwards)."""
@@ -302,6 +291,18 @@ class DiskIVF:
                     _merge(dist, ind, q, d, self.ids[first + i])
         order = np.argsort(dist, axis=1, kind="stable")
         return np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
+
+
+@contextmanager
+def _own_folder(folder: str | os.PathLike[str] | None) -> Iterator[Path]:
+    """A new temporary folder for an index's file (inside ``folder`` if given), removed if the
+    block raises; otherwise the index made in it owns it."""
+    owned = Path(tempfile.mkdtemp(prefix="featx-knn-", dir=folder))
+    try:
+        yield owned
+    except BaseException:
+        shutil.rmtree(owned, ignore_errors=True)
+        raise
 
 
 def _merge(dist: np.ndarray, ind: np.ndarray, q: np.ndarray, d: np.ndarray, i: np.ndarray

@@ -42,7 +42,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 from featx.audit.faiss_tools import auto_nlist, auto_nprobe, faiss_module
 from featx.exceptions import FeatxError
 from featx.heads.disk_ivf import DiskIVF, is_disk_ivf
-from featx.heads.rows import DEFAULT_BLOCK_ROWS, ArrayBlocks, BlockSource
+from featx.heads.rows import DEFAULT_BLOCK_ROWS, ArrayBlocks, BlockSource, class_codes
 from featx.heads.scalable import BudgetExceeded, fit_scaler
 
 __all__ = ["IndexKNNClassifier", "auto_nlist", "auto_nprobe", "disk_nprobe"]
@@ -270,7 +270,7 @@ class IndexKNNClassifier(ClassifierMixin, BaseEstimator):
             calls[0] += 1
             for X, y in source.blocks(seed=None):
                 if calls[0] == 1:
-                    codes.append(_codes(y, classes))
+                    codes.append(class_codes(y, classes))
                 X = _scaled(_finite(X), scaler)
                 yield X if projection is None else X @ projection + bias
 
@@ -396,23 +396,13 @@ def _add_rows(index: Any, source: BlockSource, classes: np.ndarray, scaler: Any,
     codes = []
     for X, y in source.blocks(seed=None):
         steps.check("adding rows to the index")
-        codes.append(_codes(y, classes))
+        codes.append(class_codes(y, classes))
         index.add(_scaled(_finite(X), scaler))
         steps.tick(len(X))
     if not codes:
         raise FeatxError(f"the source says it holds {source.n_rows:,} rows but its blocks gave "
                          "none; nothing to index.")
     return np.concatenate(codes)
-
-
-def _codes(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Each label's position in ``classes``."""
-    code = np.minimum(np.searchsorted(classes, y), len(classes) - 1)
-    if np.any(classes[code] != y):
-        raise FeatxError(f"a block holds labels {np.setdiff1d(y, classes).tolist()[:5]} "
-                         f"that are not among the source's classes {classes.tolist()[:20]}; "
-                         "a source's classes must list every label its blocks hold.")
-    return code.astype(np.int32)
 
 
 def disk_nprobe(nlist: int) -> int:

@@ -22,7 +22,8 @@ import numpy as np
 
 from featx.exceptions import FeatxError
 
-__all__ = ["BlockSource", "ArrayBlocks", "CachedBlocks", "DEFAULT_BLOCK_ROWS", "PARTS"]
+__all__ = ["BlockSource", "ArrayBlocks", "CachedBlocks", "DEFAULT_BLOCK_ROWS", "PARTS", "all_rows",
+           "class_codes"]
 
 #: Rows per block: 8,192 rows of width 1,024 are 32 MB of float32.
 DEFAULT_BLOCK_ROWS = 8192
@@ -51,6 +52,29 @@ class BlockSource(Protocol):
     def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """At most ``n`` rows drawn uniformly (seeded), in memory."""
         ...
+
+
+def all_rows(source: BlockSource) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of a small source in memory (a validation block, a head that does not
+    stream)."""
+    xs, ys = zip(*source.blocks(seed=None), strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def class_codes(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Each label's position in the sorted ``classes`` (int32).
+
+    Raises
+    ------
+    FeatxError
+        If a label is not among ``classes``.
+    """
+    code = np.minimum(np.searchsorted(classes, y), len(classes) - 1)
+    if np.any(classes[code] != y):
+        raise FeatxError(f"a block holds labels {np.setdiff1d(y, classes).tolist()[:5]} that are "
+                         f"not among the classes {classes.tolist()[:20]}; a source's classes must "
+                         "list every label its blocks hold.")
+    return code.astype(np.int32)
 
 
 class ArrayBlocks:
